@@ -157,12 +157,14 @@ impl Running {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {
             let abort = task.abort_handle();
+            let started = std::time::Instant::now();
             if tokio::time::timeout(Duration::from_secs(10), task)
                 .await
                 .is_err()
             {
                 abort.abort();
             }
+            tracing::info!(service = self.service.name(), ms = started.elapsed().as_millis() as u64, "stopped");
         }
     }
 }
@@ -244,24 +246,41 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn get(&self, service: Service) -> &Running {
-        self.services
-            .iter()
-            .find(|r| r.service == service)
-            .expect("spawn_all starts every service")
+    pub fn get(&self, service: Service) -> Option<&Running> {
+        self.services.iter().find(|r| r.service == service)
     }
 
+    /// The address of a service; panics when it was taken out of the fleet.
     pub fn addr(&self, service: Service) -> SocketAddr {
-        self.get(service).addr
+        match self.get(service) {
+            Some(running) => running.addr,
+            None => panic!("{} is not running in this fleet", service.name()),
+        }
     }
 
+    /// `http://ADDR` of a service; panics when it was taken out of the fleet.
     pub fn url(&self, service: Service) -> String {
-        self.get(service).url()
+        format!("http://{}", self.addr(service))
     }
 
+    /// Takes one service out of the fleet (to stop or restart it in a test).
+    pub fn take(&mut self, service: Service) -> Option<Running> {
+        let index = self.services.iter().position(|r| r.service == service)?;
+        Some(self.services.remove(index))
+    }
+
+    /// Stops every service at once and waits for all of them.
     pub async fn stop(self) {
-        for running in self.services {
-            running.stop().await;
+        for running in &self.services {
+            let _ = running.shutdown.send(true);
+        }
+        let stops: Vec<_> = self
+            .services
+            .into_iter()
+            .map(|r| tokio::spawn(r.stop()))
+            .collect();
+        for stop in stops {
+            let _ = stop.await;
         }
     }
 }

@@ -1,0 +1,207 @@
+//! The admin listener: metrics, health, readiness, the effective config, routes,
+//! upstreams and reload. When `admin.token` is set, every write needs
+//! `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::config;
+use crate::control::Control;
+
+pub async fn serve(listener: TcpListener, control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let control = control.clone();
+        let service = service_fn(move |req| {
+            let control = control.clone();
+            async move { Ok::<_, Infallible>(handle(&control, req).await) }
+        });
+        let conn = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = watched.await;
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD && !authorized(control, &req) {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "admin token required", "status": 401}),
+        );
+    }
+    let path = req.uri().path().to_string();
+    match (method, path.as_str()) {
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(Body::full(control.shared.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (Method::GET, "/healthz") => json(StatusCode::OK, json!({"status": "ok"})),
+        (Method::GET, "/readyz") => readyz(control),
+        (Method::GET, "/config") => {
+            let rt = control.runtime.load();
+            json(
+                StatusCode::OK,
+                serde_json::to_value(config::redacted(&rt.config)).unwrap_or(Value::Null),
+            )
+        }
+        (Method::GET, "/routes") => routes(control),
+        (Method::GET, "/upstreams") => upstreams(control),
+        (Method::POST, "/reload") => match control.reload() {
+            Ok(()) => json(StatusCode::OK, json!({"status": "reloaded"})),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "error": "config refused; the previous config keeps serving",
+                    "status": 422,
+                    "problems": e.issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                }),
+            ),
+        },
+        _ => json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such admin endpoint", "status": 404}),
+        ),
+    }
+}
+
+fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
+    let rt = control.runtime.load();
+    let Some(token) = rt
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref())
+        .filter(|t| !t.is_empty())
+    else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let given = given
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn readyz(control: &Control) -> Response<Body> {
+    let rt = control.runtime.load();
+    let empty: Vec<&str> = rt
+        .upstreams
+        .values()
+        .filter(|u| u.endpoints().endpoints.is_empty())
+        .map(|u| u.name.as_str())
+        .collect();
+    if control.ready() && empty.is_empty() {
+        json(StatusCode::OK, json!({"status": "ready"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "status": "not ready",
+                "listeners_up": control.ready(),
+                "upstreams_without_endpoints": empty,
+            }),
+        )
+    }
+}
+
+fn routes(control: &Control) -> Response<Body> {
+    let rt = control.runtime.load();
+    let list: Vec<Value> = rt
+        .config
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "match": r.matcher,
+                "rewrite": r.rewrite,
+                "upstream": r.upstream,
+                "split": r.split,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, json!({ "routes": list }))
+}
+
+fn upstreams(control: &Control) -> Response<Body> {
+    let rt = control.runtime.load();
+    let mut out = serde_json::Map::new();
+    for (name, upstream) in &rt.upstreams {
+        let endpoints: Vec<Value> = upstream
+            .endpoints()
+            .endpoints
+            .iter()
+            .map(|e| {
+                json!({
+                    "address": e.address,
+                    "weight": e.weight,
+                    "source": "static",
+                    "state": "healthy",
+                    "in_flight": e.in_flight(),
+                })
+            })
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({ "balance": upstream.config.balance, "endpoints": endpoints }),
+        );
+    }
+    json(StatusCode::OK, json!({ "upstreams": out }))
+}
+
+fn json(status: StatusCode, value: Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,300 @@
+//! Configuration: file text -> `${VAR}` substitution -> serde structs (one section at a
+//! time, so one typo does not hide the next) -> validation. Every problem carries its YAML
+//! path and, when the locator finds it, line and column.
+
+mod env;
+mod locate;
+mod schema;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+pub use locate::Locator;
+pub use schema::*;
+pub use units::{Duration, Percent, Size};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "{}: {}", self.path, self.message)?;
+        }
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub fn single(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            issues: vec![ConfigIssue {
+                path: path.into(),
+                message: message.into(),
+                line: None,
+                column: None,
+            }],
+        }
+    }
+}
+
+/// Reads, substitutes, parses and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+/// Parses and validates config text, with `${VAR}` taken from the process environment.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with_env(text, &|name| std::env::var(name).ok())
+}
+
+pub fn parse_with_env(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = env::substitute(text, lookup).map_err(|errors| ConfigError {
+        issues: errors
+            .into_iter()
+            .map(|e| ConfigIssue {
+                path: String::new(),
+                message: format!(
+                    "environment variable ${{{}}} is not set and has no default (write ${{{}:-default}})",
+                    e.name, e.name
+                ),
+                line: Some(e.line),
+                column: Some(e.column),
+            })
+            .collect(),
+    })?;
+    let locator = Locator::new(&text);
+    let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let location = e.location();
+        ConfigError {
+            issues: vec![ConfigIssue {
+                path: String::new(),
+                message: format!("invalid YAML: {e}"),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+            }],
+        }
+    })?;
+    let mut issues = Vec::new();
+    let mut broken = BrokenNames::new();
+    let config = deserialize_sections(value, &mut issues, &mut broken);
+    issues.extend(validate::validate(&config, &broken));
+    if issues.is_empty() {
+        return Ok(config);
+    }
+    for issue in &mut issues {
+        if issue.line.is_none() {
+            if let Some((line, column)) = locator.find(&issue.path) {
+                issue.line = Some(line);
+                issue.column = Some(column);
+            }
+        }
+    }
+    Err(ConfigError { issues })
+}
+
+/// Names (`upstreams.orders`) whose definitions failed to deserialise: references to them
+/// are not reported a second time as unknown.
+pub type BrokenNames = std::collections::HashSet<String>;
+
+fn deserialize_sections(
+    value: Value,
+    issues: &mut Vec<ConfigIssue>,
+    broken: &mut BrokenNames,
+) -> Config {
+    let mut config = Config::default();
+    let mapping = match value {
+        Value::Mapping(m) => m,
+        Value::Null => {
+            issues.push(issue("", "the config file is empty"));
+            return config;
+        }
+        _ => {
+            issues.push(issue("", "the config file must be a mapping of sections"));
+            return config;
+        }
+    };
+    let mut saw_server = false;
+    for (key, value) in mapping {
+        let Some(key) = key.as_str().map(str::to_string) else {
+            issues.push(issue("", "section names must be strings"));
+            continue;
+        };
+        match key.as_str() {
+            "server" => {
+                saw_server = true;
+                if let Some(v) = section(&key, value, issues) {
+                    config.server = v;
+                }
+            }
+            "admin" => config.admin = section(&key, value, issues),
+            "consul" => config.consul = section(&key, value, issues),
+            "upstreams" => config.upstreams = named(&key, value, issues, broken),
+            "jwt" => config.jwt = named(&key, value, issues, broken),
+            "rate_limits" => config.rate_limits = named(&key, value, issues, broken),
+            "caches" => config.caches = named(&key, value, issues, broken),
+            "routes" => config.routes = listed(&key, value, issues),
+            other => issues.push(issue(
+                other,
+                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes)",
+            )),
+        }
+    }
+    if !saw_server {
+        issues.push(issue("server", "missing section (server.listen is required)"));
+    }
+    config
+}
+
+fn section<T: DeserializeOwned>(
+    path: &str,
+    value: Value,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut full = path.to_string();
+            for segment in e.path().iter() {
+                match segment {
+                    serde_path_to_error::Segment::Seq { index } => {
+                        full.push_str(&format!("[{index}]"))
+                    }
+                    serde_path_to_error::Segment::Map { key } => {
+                        full.push('.');
+                        full.push_str(key);
+                    }
+                    _ => {}
+                }
+            }
+            let message = e.into_inner().to_string();
+            if let Some(field) = unknown_field(&message) {
+                full.push('.');
+                full.push_str(field);
+            }
+            issues.push(issue(&full, message));
+            None
+        }
+    }
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+fn named<T: DeserializeOwned>(
+    path: &str,
+    value: Value,
+    issues: &mut Vec<ConfigIssue>,
+    broken: &mut BrokenNames,
+) -> std::collections::BTreeMap<String, T> {
+    let mut out = std::collections::BTreeMap::new();
+    match value {
+        Value::Mapping(m) => {
+            for (name, value) in m {
+                let Some(name) = name.as_str().map(str::to_string) else {
+                    issues.push(issue(path, "names must be strings"));
+                    continue;
+                };
+                let full = format!("{path}.{name}");
+                match section(&full, value, issues) {
+                    Some(v) => {
+                        out.insert(name, v);
+                    }
+                    None => {
+                        broken.insert(full);
+                    }
+                }
+            }
+        }
+        Value::Null => {}
+        _ => issues.push(issue(path, "expected a mapping of names to definitions")),
+    }
+    out
+}
+
+fn listed<T: DeserializeOwned>(path: &str, value: Value, issues: &mut Vec<ConfigIssue>) -> Vec<T> {
+    let mut out = Vec::new();
+    match value {
+        Value::Sequence(items) => {
+            for (i, value) in items.into_iter().enumerate() {
+                if let Some(v) = section(&format!("{path}[{i}]"), value, issues) {
+                    out.push(v);
+                }
+            }
+        }
+        Value::Null => {}
+        _ => issues.push(issue(path, "expected a list")),
+    }
+    out
+}
+
+fn issue(path: &str, message: impl Into<String>) -> ConfigIssue {
+    ConfigIssue {
+        path: path.to_string(),
+        message: message.into(),
+        line: None,
+        column: None,
+    }
+}
+
+/// The config with secrets replaced, for `GET /config`.
+pub fn redacted(config: &Config) -> Config {
+    let mut config = config.clone();
+    if let Some(admin) = config.admin.as_mut() {
+        if admin.token.as_deref().is_some_and(|t| !t.is_empty()) {
+            admin.token = Some("<redacted>".into());
+        }
+    }
+    if let Some(consul) = config.consul.as_mut() {
+        if consul.token.as_deref().is_some_and(|t| !t.is_empty()) {
+            consul.token = Some("<redacted>".into());
+        }
+    }
+    for jwt in config.jwt.values_mut() {
+        if jwt.secret.is_some() {
+            jwt.secret = Some("<redacted>".into());
+        }
+    }
+    config
+}

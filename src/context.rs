@@ -1,0 +1,40 @@
+//! Per-request context: what the stages learn about a request as it moves along, and what
+//! the access log and metrics report at the end.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::runtime::Route;
+use crate::upstream::Endpoint;
+
+/// Facts about the client connection, fixed for its lifetime.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    pub fn proto(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+pub struct Context {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub conn: ConnInfo,
+    pub client_ip: IpAddr,
+    pub peer_trusted: bool,
+    pub route: Option<Arc<Route>>,
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// The authenticated user (a JWT `sub`), for the access log.
+    pub user: Option<String>,
+}

@@ -1,0 +1,90 @@
+//! `GatewayError`: every refusal the gateway makes, its status, whether a retry may help,
+//! and the one JSON shape clients see: `{"error": "...", "status": N, "request_id": "..."}`.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::Body;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body is too large")]
+    BodyTooLarge,
+    #[error("no endpoint available for upstream {0}")]
+    NoEndpoint(String),
+    #[error("upstream connection failed")]
+    ConnectFailed,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("invalid response from upstream")]
+    BadGateway,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NoEndpoint(_) | GatewayError::ConnectFailed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BadGateway => StatusCode::BAD_GATEWAY,
+            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether another attempt (on another endpoint) may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::ConnectFailed | GatewayError::UpstreamTimeout | GatewayError::BadGateway
+        )
+    }
+
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        json_error(self.status(), &self.to_string(), request_id)
+    }
+}
+
+/// Renders the gateway's JSON error shape.
+pub fn json_error(status: StatusCode, message: &str, request_id: &HeaderValue) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": message,
+        "status": status.as_u16(),
+        "request_id": request_id.to_str().unwrap_or(""),
+    });
+    let mut response = Response::new(Body::full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(crate::observe::REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn renders_the_json_shape() {
+        let id = HeaderValue::from_static("abc");
+        let response = GatewayError::NoEndpoint("users".into()).to_response(&id);
+        assert_eq!(response.status(), 503);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["request_id"], "abc");
+        assert!(v["error"].as_str().unwrap().contains("users"));
+    }
+}

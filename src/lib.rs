@@ -1,0 +1,228 @@
+//! Portico: an API gateway. `Gateway::start` binds the listeners for a config and returns
+//! a handle to reload and stop it; `portico run` (main.rs) and the tests both use it.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod context;
+pub mod control;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod observe;
+pub mod path;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ConfigError};
+pub use error::GatewayError;
+
+use control::Control;
+use observe::{AccessLog, Metrics};
+use runtime::{Runtime, Shared};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] server::tls::TlsError),
+}
+
+/// How to start: the config, where it came from (for reloads) and how often to look
+/// for changes to that file.
+pub struct Options {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub watch_interval: Option<Duration>,
+}
+
+impl Options {
+    pub fn new(config: Config) -> Options {
+        Options {
+            config,
+            config_path: None,
+            watch_interval: None,
+        }
+    }
+}
+
+pub struct Gateway;
+
+/// A running gateway.
+pub struct GatewayHandle {
+    pub http_addr: SocketAddr,
+    pub https_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    control: Arc<Control>,
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(options: Options) -> Result<GatewayHandle, StartError> {
+        let config = options.config;
+        let metrics = Metrics::new();
+        let dropped = metrics.access_log_dropped.clone();
+        let access_log = if config.server.access_log {
+            AccessLog::stdout(dropped)
+        } else {
+            AccessLog::disabled(dropped)
+        };
+        let shared = Arc::new(Shared {
+            metrics,
+            access_log,
+        });
+        let certs = match &config.server.tls {
+            Some(tls) => Some(Arc::new(ArcSwap::from_pointee(
+                server::tls::CertStore::build(tls)?,
+            ))),
+            None => None,
+        };
+        let bind = |address: String| async move {
+            server::bind(&address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })
+        };
+        let (http, http_addr) = bind(config.server.listen.clone()).await?;
+        let https = match &config.server.tls {
+            Some(tls) => Some(bind(tls.listen.clone()).await?),
+            None => None,
+        };
+        let admin = match &config.admin {
+            Some(admin) => Some(bind(admin.listen.clone()).await?),
+            None => None,
+        };
+        let max_connections = config.server.limits.max_connections;
+        let runtime = Runtime::build(config, &shared, None)?;
+        let control = Arc::new(Control::new(runtime, shared, options.config_path, certs.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(max_connections));
+
+        let mut listeners = vec![tokio::spawn(server::serve(
+            server::Listener { tcp: http, tls: None },
+            control.clone(),
+            connections.clone(),
+            shutdown_rx.clone(),
+        ))];
+        let mut https_addr = None;
+        if let (Some((tcp, addr)), Some(store)) = (https, certs) {
+            https_addr = Some(addr);
+            listeners.push(tokio::spawn(server::serve(
+                server::Listener {
+                    tcp,
+                    tls: Some(server::tls::acceptor(store)?),
+                },
+                control.clone(),
+                connections,
+                shutdown_rx.clone(),
+            )));
+        }
+        let mut background = Vec::new();
+        let mut admin_addr = None;
+        if let Some((tcp, addr)) = admin {
+            admin_addr = Some(addr);
+            background.push(tokio::spawn(admin::serve(
+                tcp,
+                control.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        if let (Some(interval), Some(path)) = (options.watch_interval, control.config_path.clone()) {
+            background.push(tokio::spawn(watch_file(
+                control.clone(),
+                path,
+                interval,
+                shutdown_rx,
+            )));
+        }
+        control
+            .listeners_up
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(%http_addr, ?https_addr, ?admin_addr, "portico listening");
+        Ok(GatewayHandle {
+            http_addr,
+            https_addr,
+            admin_addr,
+            control,
+            shutdown,
+            listeners,
+            background,
+        })
+    }
+}
+
+impl GatewayHandle {
+    /// Re-reads the config file, as SIGHUP and `POST /reload` do.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        self.control.reload()
+    }
+
+    /// Applies a config directly.
+    pub fn apply(&self, config: Config) -> Result<(), ConfigError> {
+        self.control.apply(config)
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.control.runtime.load_full()
+    }
+
+    pub fn metrics(&self) -> String {
+        self.control.shared.metrics.render()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        for task in self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Reloads when the file's content changes. Polling the content (not inotify) works the
+/// same on every filesystem, including the symlink swaps of Kubernetes ConfigMaps.
+async fn watch_file(
+    control: Arc<Control>,
+    path: PathBuf,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(content) = std::fs::read(&path) else {
+            continue;
+        };
+        if last.as_deref() == Some(content.as_slice()) {
+            continue;
+        }
+        last = Some(content);
+        tracing::info!(path = %path.display(), "config file changed; reloading");
+        let _ = control.reload();
+    }
+}

@@ -1,0 +1,154 @@
+//! The `portico` command: run a gateway, check a config file, print the version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use portico::{config, Gateway, Options};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "A fast API gateway: one binary, one YAML file")]
+struct Cli {
+    /// Log format for operational logs (stderr). The access log is always JSON on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    /// Log level (overrides RUST_LOG), e.g. info, debug, portico=debug.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// How often to look for changes to the config file (0 turns watching off).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        watch_interval: Duration,
+    },
+    /// Validate a config file: exit 0 when valid, 1 with every problem listed otherwise.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    config::units::parse_duration(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format, cli.log_level.as_deref());
+    match cli.command {
+        Command::Version => {
+            println!("portico {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            watch_interval,
+        } => match run(config, watch_interval) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portico: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logs(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} routes, {} upstreams)",
+                path.display(),
+                config.routes.len(),
+                config.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {} problem(s)", path.display(), e.issues.len());
+            for issue in &e.issues {
+                eprintln!("  {issue}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf, watch_interval: Duration) -> anyhow::Result<()> {
+    let config = config::load_file(&path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+    runtime.block_on(async move {
+        let handle = Gateway::start(Options {
+            config,
+            config_path: Some(path),
+            watch_interval: (!watch_interval.is_zero()).then_some(watch_interval),
+        })
+        .await?;
+        wait_for_signals(&handle).await?;
+        tracing::info!("shutting down: draining in-flight requests");
+        handle.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(handle: &portico::GatewayHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                let _ = handle.reload();
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_handle: &portico::GatewayHandle) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The JSON access log: one line per request on stdout. Lines are handed to a writer task
+//! through a bounded channel; when stdout cannot keep up, lines are dropped and counted
+//! (`portico_access_log_dropped_total`) rather than slowing requests down.
+
+use std::time::SystemTime;
+
+use prometheus::IntCounter;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+const QUEUE: usize = 16 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    dropped: IntCounter,
+}
+
+#[derive(Serialize)]
+pub struct AccessRecord<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub client_ip: String,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub endpoint: &'a str,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+}
+
+impl AccessLog {
+    /// A log that writes to stdout from a background task (needs a Tokio runtime).
+    pub fn stdout(dropped: IntCounter) -> AccessLog {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        tokio::spawn(async move {
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            while let Some(line) = rx.recv().await {
+                if out.write_all(&line).await.is_err() {
+                    return;
+                }
+                while let Ok(line) = rx.try_recv() {
+                    if out.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+                if out.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        AccessLog {
+            tx: Some(tx),
+            dropped,
+        }
+    }
+
+    pub fn disabled(dropped: IntCounter) -> AccessLog {
+        AccessLog { tx: None, dropped }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn write(&self, record: &AccessRecord<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = Vec::with_capacity(256);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        if tx.try_send(line).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds, without pulling in a date crate.
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days, Howard Hinnant's algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        now.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_format() {
+        let t = super::rfc3339_now();
+        assert_eq!(t.len(), 24);
+        assert!(t.starts_with("20"));
+        assert!(t.ends_with('Z'));
+    }
+}

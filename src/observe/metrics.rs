@@ -1,0 +1,258 @@
+//! Prometheus metrics. The registry lives in one `Metrics` value shared by every Runtime
+//! (counters survive reloads); routes and endpoints resolve their label handles when the
+//! Runtime is built, so the request path only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_requests: IntCounterVec,
+    pub upstream_endpoints: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub access_log_dropped: IntCounter,
+    pub connections_refused: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    // Names are fixed and unique here, so registration cannot collide.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+        };
+        let requests = register(
+            &registry,
+            counter(
+                "portico_requests_total",
+                "Requests answered, by route and status",
+                &["route", "status"],
+            ),
+        );
+        let duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "portico_request_duration_seconds",
+                    "Time from request head to response head, by route",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0,
+                ]),
+                &["route"],
+            )
+            .expect("valid metric definition"),
+        );
+        let upstream_requests = register(
+            &registry,
+            counter(
+                "portico_upstream_requests_total",
+                "Requests sent to upstream endpoints, by outcome",
+                &["upstream", "endpoint", "outcome"],
+            ),
+        );
+        let upstream_endpoints = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "portico_upstream_endpoints",
+                    "Endpoints per upstream, by state",
+                ),
+                &["upstream", "state"],
+            )
+            .expect("valid metric definition"),
+        );
+        let config_reloads = register(
+            &registry,
+            counter(
+                "portico_config_reloads_total",
+                "Config reloads, by result",
+                &["result"],
+            ),
+        );
+        let access_log_dropped = register(
+            &registry,
+            IntCounter::new(
+                "portico_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind",
+            )
+            .expect("valid metric definition"),
+        );
+        let connections_refused = register(
+            &registry,
+            IntCounter::new(
+                "portico_connections_refused_total",
+                "Client connections closed at once because server.limits.max_connections was reached",
+            )
+            .expect("valid metric definition"),
+        );
+        // Show both reload results from the start, so rate() works on the first reload.
+        config_reloads.with_label_values(&["success"]);
+        config_reloads.with_label_values(&["error"]);
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_requests,
+            upstream_endpoints,
+            config_reloads,
+            access_log_dropped,
+            connections_refused,
+        }
+    }
+
+    /// Handles for one route, resolved once.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let common = COMMON_STATUSES.map(|s| {
+            self.requests
+                .with_label_values(&[route, STATUS_TEXT[status_index(s)]])
+        });
+        RouteMetrics {
+            route: route.to_string(),
+            common,
+            requests: self.requests.clone(),
+            duration: self.duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Handles for one endpoint of one upstream, resolved once.
+    pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
+        EndpointMetrics {
+            outcomes: Outcome::ALL.map(|o| {
+                self.upstream_requests
+                    .with_label_values(&[upstream, endpoint, o.label()])
+            }),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+const COMMON_STATUSES: [u16; 20] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 409, 413, 429, 431, 500, 502, 503, 504,
+    101,
+];
+const STATUS_TEXT: [&str; 20] = [
+    "200", "201", "204", "301", "302", "304", "400", "401", "403", "404", "405", "409", "413",
+    "429", "431", "500", "502", "503", "504", "101",
+];
+
+fn status_index(status: u16) -> usize {
+    COMMON_STATUSES
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct RouteMetrics {
+    route: String,
+    common: [IntCounter; 20],
+    requests: IntCounterVec,
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteMetrics({})", self.route)
+    }
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, seconds: f64) {
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.common[i].inc(),
+            None => self
+                .requests
+                .with_label_values(&[self.route.as_str(), &status.to_string()])
+                .inc(),
+        }
+        self.duration.observe(seconds);
+    }
+}
+
+/// What became of one attempt to an upstream endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    ClientError,
+    ServerError,
+    ConnectFailure,
+    Timeout,
+    InvalidResponse,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::ClientError,
+        Outcome::ServerError,
+        Outcome::ConnectFailure,
+        Outcome::Timeout,
+        Outcome::InvalidResponse,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::ServerError => "server_error",
+            Outcome::ConnectFailure => "connect_failure",
+            Outcome::Timeout => "timeout",
+            Outcome::InvalidResponse => "invalid_response",
+        }
+    }
+
+    pub fn from_status(status: u16) -> Outcome {
+        match status {
+            500.. => Outcome::ServerError,
+            400..=499 => Outcome::ClientError,
+            _ => Outcome::Success,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    outcomes: [IntCounter; 6],
+}
+
+impl std::fmt::Debug for EndpointMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointMetrics")
+    }
+}
+
+impl EndpointMetrics {
+    pub fn record(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+}

@@ -1,0 +1,417 @@
+//! Route matching and path rewriting. A `RouteTable` is a list scanned in file order;
+//! everything a match needs (methods, header names, host patterns, path segments) is
+//! parsed when the table is built, never per request.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use crate::config::{HeaderMatchConfig, MatchConfig, RewriteConfig};
+
+/// What a request offers to the matcher: every field already extracted once.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// Host without port, as sent (case is ignored when comparing).
+    pub host: &'a str,
+    /// The normalised path.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    entries: Vec<(RouteMatch, T)>,
+}
+
+impl<T> RouteTable<T> {
+    pub fn new(entries: Vec<(RouteMatch, T)>) -> Self {
+        RouteTable { entries }
+    }
+
+    /// The first entry, in file order, whose rules all match.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<&T> {
+        self.entries
+            .iter()
+            .find(|(m, _)| m.matches(request))
+            .map(|(_, t)| t)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, t)| t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    path: PathMatch,
+    host: Option<HostMatch>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Any,
+    /// Segment-aware prefix, stored without a trailing slash (`/` is `Any`).
+    Prefix(String),
+    Exact(String),
+    Pattern(Vec<Segment>),
+}
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+#[derive(Debug, Clone)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+type BuildError = (&'static str, String);
+
+impl RouteMatch {
+    pub fn build(config: &MatchConfig) -> Result<RouteMatch, BuildError> {
+        let path = match (&config.path_prefix, &config.path) {
+            (Some(_), Some(_)) => {
+                return Err(("path", "use either path_prefix or path, not both".into()))
+            }
+            (Some(prefix), None) => prefix_match(prefix).map_err(|e| ("path_prefix", e))?,
+            (None, Some(path)) => pattern_match(path).map_err(|e| ("path", e))?,
+            (None, None) => PathMatch::Any,
+        };
+        let host = config
+            .host
+            .as_deref()
+            .map(host_match)
+            .transpose()
+            .map_err(|e| ("host", e))?;
+        let mut methods = Vec::new();
+        for m in &config.methods {
+            let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| ("methods", format!("invalid method {m:?}")))?;
+            methods.push(method);
+        }
+        let mut headers = Vec::new();
+        for (name, rule) in &config.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ("headers", format!("invalid header name {name:?}")))?;
+            let value = match rule {
+                HeaderMatchConfig::Present(true) => None,
+                HeaderMatchConfig::Present(false) => {
+                    return Err((
+                        "headers",
+                        format!("header {name:?}: use a value to match or true for presence"),
+                    ))
+                }
+                HeaderMatchConfig::Exact(v) => Some(
+                    HeaderValue::from_str(v)
+                        .map_err(|_| ("headers", format!("invalid header value {v:?}")))?,
+                ),
+            };
+            headers.push((header, value));
+        }
+        Ok(RouteMatch {
+            path,
+            host,
+            methods,
+            headers,
+        })
+    }
+
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method) {
+            return false;
+        }
+        if let Some(host) = &self.host {
+            let ok = match host {
+                HostMatch::Exact(h) => req.host.eq_ignore_ascii_case(h),
+                HostMatch::Suffix(s) => {
+                    req.host.len() > s.len()
+                        && req.host.is_char_boundary(req.host.len() - s.len())
+                        && req.host[req.host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if !self.path_matches(req.path) {
+            return false;
+        }
+        self.headers.iter().all(|(name, want)| match want {
+            None => req.headers.contains_key(name),
+            Some(v) => req.headers.get_all(name).iter().any(|got| got == v),
+        })
+    }
+
+    fn path_matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(prefix) => has_segment_prefix(path, prefix),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Pattern(segments) => {
+                let mut parts = path[1..].split('/');
+                for segment in segments {
+                    match (segment, parts.next()) {
+                        (Segment::Literal(l), Some(p)) if l == p => {}
+                        (Segment::Param, Some(p)) if !p.is_empty() => {}
+                        _ => return false,
+                    }
+                }
+                parts.next().is_none()
+            }
+        }
+    }
+}
+
+fn has_segment_prefix(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+}
+
+fn check_path(text: &str) -> Result<(), String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} must start with /"));
+    }
+    match crate::path::normalize(text) {
+        Ok(n) if n == text => Ok(()),
+        _ => Err(format!(
+            "{text:?} is not a normalised path (no //, . or .. segments, no escaped unreserved characters)"
+        )),
+    }
+}
+
+fn prefix_match(prefix: &str) -> Result<PathMatch, String> {
+    check_path(prefix)?;
+    let trimmed = prefix.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        PathMatch::Any
+    } else {
+        PathMatch::Prefix(trimmed.to_string())
+    })
+}
+
+fn pattern_match(path: &str) -> Result<PathMatch, String> {
+    if !path.contains('{') {
+        check_path(path)?;
+        return Ok(PathMatch::Exact(path.to_string()));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with /"));
+    }
+    let mut segments = Vec::new();
+    for part in path[1..].split('/') {
+        if part.starts_with('{') && part.ends_with('}') && part.len() > 2 {
+            segments.push(Segment::Param);
+        } else if part.contains('{') || part.contains('}') {
+            return Err(format!(
+                "segment {part:?} of {path:?}: a parameter must be a whole segment such as {{id}}"
+            ));
+        } else {
+            segments.push(Segment::Literal(part.to_string()));
+        }
+    }
+    Ok(PathMatch::Pattern(segments))
+}
+
+fn host_match(host: &str) -> Result<HostMatch, String> {
+    let host = host.trim().to_ascii_lowercase();
+    let valid = |h: &str| {
+        !h.is_empty()
+            && h.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    if let Some(rest) = host.strip_prefix("*.") {
+        if valid(rest) {
+            return Ok(HostMatch::Suffix(format!(".{rest}")));
+        }
+    } else if valid(&host) {
+        return Ok(HostMatch::Exact(host));
+    }
+    Err(format!(
+        "invalid host {host:?} (expected shop.example.com or *.example.com)"
+    ))
+}
+
+/// A path rewrite applied to the normalised path before it goes upstream.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    StripPrefix(String),
+    ReplacePrefix { from: String, to: String },
+    Regex { pattern: Regex, replacement: String },
+}
+
+impl Rewrite {
+    pub fn build(config: &RewriteConfig) -> Result<Rewrite, String> {
+        let chosen = [
+            config.strip_prefix.is_some(),
+            config.replace_prefix.is_some(),
+            config.regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if chosen != 1 {
+            return Err("use exactly one of strip_prefix, replace_prefix, regex".into());
+        }
+        if let Some(prefix) = &config.strip_prefix {
+            check_path(prefix)?;
+            return Ok(Rewrite::StripPrefix(prefix.trim_end_matches('/').to_string()));
+        }
+        if let Some(rp) = &config.replace_prefix {
+            check_path(&rp.from)?;
+            check_path(&rp.to)?;
+            return Ok(Rewrite::ReplacePrefix {
+                from: rp.from.trim_end_matches('/').to_string(),
+                to: rp.to.trim_end_matches('/').to_string(),
+            });
+        }
+        let rx = config.regex.as_ref().ok_or("missing regex")?;
+        let pattern =
+            Regex::new(&rx.pattern).map_err(|e| format!("invalid regex {:?}: {e}", rx.pattern))?;
+        Ok(Rewrite::Regex {
+            pattern,
+            replacement: rx.replacement.clone(),
+        })
+    }
+
+    pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        match self {
+            Rewrite::StripPrefix(prefix) => {
+                if prefix.is_empty() || !has_segment_prefix(path, prefix) {
+                    return Cow::Borrowed(path);
+                }
+                let rest = &path[prefix.len()..];
+                Cow::Borrowed(if rest.is_empty() { "/" } else { rest })
+            }
+            Rewrite::ReplacePrefix { from, to } => {
+                if !has_segment_prefix(path, from) {
+                    return Cow::Borrowed(path);
+                }
+                let rest = &path[from.len()..];
+                let mut out = String::with_capacity(to.len() + rest.len() + 1);
+                out.push_str(to);
+                out.push_str(rest);
+                if out.is_empty() {
+                    out.push('/');
+                }
+                Cow::Owned(out)
+            }
+            Rewrite::Regex {
+                pattern,
+                replacement,
+            } => {
+                let replaced = pattern.replace(path, replacement.as_str());
+                if replaced.starts_with('/') {
+                    replaced
+                } else {
+                    Cow::Owned(format!("/{replaced}"))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RegexRewriteConfig, ReplacePrefixConfig};
+
+    fn view<'a>(method: &'a Method, host: &'a str, path: &'a str, h: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method,
+            host,
+            path,
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        let m = RouteMatch::build(&MatchConfig {
+            path_prefix: Some("/api/users".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        assert!(m.matches(&view(&get, "x", "/api/users", &h)));
+        assert!(m.matches(&view(&get, "x", "/api/users/7", &h)));
+        assert!(!m.matches(&view(&get, "x", "/api/usersX", &h)));
+        assert!(!m.matches(&view(&get, "x", "/api", &h)));
+    }
+
+    #[test]
+    fn patterns_hosts_methods_headers() {
+        let mut headers = std::collections::BTreeMap::new();
+        headers.insert("x-beta".to_string(), HeaderMatchConfig::Exact("1".into()));
+        headers.insert("x-key".to_string(), HeaderMatchConfig::Present(true));
+        let m = RouteMatch::build(&MatchConfig {
+            path: Some("/api/legacy/{id}".into()),
+            host: Some("*.shop.local".into()),
+            methods: vec!["get".into()],
+            headers,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-beta", HeaderValue::from_static("1"));
+        h.insert("x-key", HeaderValue::from_static("anything"));
+        let get = Method::GET;
+        assert!(m.matches(&view(&get, "Legacy.Shop.local", "/api/legacy/7", &h)));
+        assert!(!m.matches(&view(&get, "shop.local", "/api/legacy/7", &h)));
+        assert!(!m.matches(&view(&get, "a.shop.local", "/api/legacy/7/x", &h)));
+        assert!(!m.matches(&view(&get, "a.shop.local", "/api/legacy/", &h)));
+        assert!(!m.matches(&view(&Method::POST, "a.shop.local", "/api/legacy/7", &h)));
+        h.remove("x-key");
+        assert!(!m.matches(&view(&get, "a.shop.local", "/api/legacy/7", &h)));
+    }
+
+    #[test]
+    fn rewrites() {
+        let strip = Rewrite::build(&RewriteConfig {
+            strip_prefix: Some("/api".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(strip.apply("/api/users/7"), "/users/7");
+        assert_eq!(strip.apply("/api"), "/");
+        assert_eq!(strip.apply("/apix"), "/apix");
+        let replace = Rewrite::build(&RewriteConfig {
+            replace_prefix: Some(ReplacePrefixConfig {
+                from: "/api/products".into(),
+                to: "/products".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(replace.apply("/api/products/3"), "/products/3");
+        let regex = Rewrite::build(&RewriteConfig {
+            regex: Some(RegexRewriteConfig {
+                pattern: "^/api/legacy/(.*)$".into(),
+                replacement: "/v1/$1".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(regex.apply("/api/legacy/42"), "/v1/42");
+        assert!(Rewrite::build(&RewriteConfig::default()).is_err());
+    }
+}

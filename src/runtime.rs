@@ -1,0 +1,117 @@
+//! `Config` compiled into ready objects: the route table, upstream pools, parsed trusted
+//! proxies, pre-resolved metric handles. A Runtime is immutable; a reload builds a new one
+//! beside the old (reusing upstreams whose definition did not change, so their connection
+//! pools and in-flight counters carry over) and swaps it in whole.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::config::{Config, ConfigError, RouteConfig};
+use crate::observe::{AccessLog, Metrics, RouteMetrics};
+use crate::router::{RouteMatch, RouteTable, Rewrite};
+use crate::upstream::Upstream;
+
+/// What lives for the whole process, across reloads.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub rewrite: Option<Rewrite>,
+    pub upstream: Arc<Upstream>,
+    pub metrics: RouteMetrics,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub routes: RouteTable<Arc<Route>>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_request_body: u64,
+    /// Metrics of requests that matched no route.
+    pub no_route: RouteMetrics,
+    pub shared: Arc<Shared>,
+}
+
+impl Runtime {
+    pub fn build(
+        config: Config,
+        shared: &Arc<Shared>,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, ConfigError> {
+        let metrics = &shared.metrics;
+        let mut upstreams = BTreeMap::new();
+        for (name, cfg) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|u| &u.config == cfg)
+                .cloned();
+            let upstream = match reused {
+                Some(u) => u,
+                None => Arc::new(
+                    Upstream::build(name, cfg, metrics)
+                        .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
+                ),
+            };
+            upstreams.insert(name.clone(), upstream);
+        }
+        let mut entries = Vec::with_capacity(config.routes.len());
+        for (i, rc) in config.routes.iter().enumerate() {
+            let route = build_route(i, rc, &upstreams, metrics)?;
+            let matcher = RouteMatch::build(&rc.matcher)
+                .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
+            entries.push((matcher, Arc::new(route)));
+        }
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|n| crate::server::parse_net(n))
+            .collect();
+        Ok(Runtime {
+            max_request_body: config.server.limits.max_request_body.0,
+            config: Arc::new(config),
+            routes: RouteTable::new(entries),
+            upstreams,
+            trusted_proxies,
+            no_route: metrics.route("none"),
+            shared: shared.clone(),
+        })
+    }
+}
+
+fn build_route(
+    i: usize,
+    rc: &RouteConfig,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    metrics: &Metrics,
+) -> Result<Route, ConfigError> {
+    let err = |field: &str, e: String| ConfigError::single(format!("routes[{i}].{field}"), e);
+    let upstream_name = rc
+        .upstream
+        .as_deref()
+        .ok_or_else(|| err("upstream", "a route needs an upstream".into()))?;
+    let upstream = upstreams
+        .get(upstream_name)
+        .cloned()
+        .ok_or_else(|| err("upstream", format!("unknown upstream {upstream_name:?}")))?;
+    let rewrite = rc
+        .rewrite
+        .as_ref()
+        .map(Rewrite::build)
+        .transpose()
+        .map_err(|e| err("rewrite", e))?;
+    Ok(Route {
+        name: rc.name.clone(),
+        rewrite,
+        upstream,
+        metrics: metrics.route(&rc.name),
+    })
+}

@@ -1,0 +1,163 @@
+//! Listeners: accept loops for HTTP (HTTP/1.1 + h2c) and HTTPS (rustls, ALPN), the
+//! connection limit, slow-client and idle cut-offs, and graceful shutdown.
+//!
+//! Lifecycle: `serve` runs until the shutdown channel flips; it then stops accepting and
+//! lets hyper finish in-flight requests on every open connection, for at most
+//! `shutdown_grace`, before returning.
+
+mod idle;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::context::ConnInfo;
+use crate::control::Control;
+use idle::{Activity, IdleIo};
+
+/// `10.0.0.0/8` or a single address (`127.0.0.1`, `::1`).
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accepts connections until shutdown, then drains them.
+pub async fn serve(
+    listener: Listener,
+    control: Arc<Control>,
+    connections: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.tcp.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "connection refused: max_connections reached");
+            control.shared.metrics.connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let limits = control.runtime.load().config.server.limits.clone();
+        let conn = ConnInfo {
+            peer,
+            tls: listener.tls.is_some(),
+        };
+        let builder = connection_builder(&limits);
+        let control = control.clone();
+        let tls = listener.tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let activity = Arc::new(Activity::new());
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |request| {
+                    let runtime = control.runtime.load_full();
+                    let guard = activity.request_started();
+                    async move {
+                        let response = crate::gateway::handle(runtime, conn, request).await;
+                        drop(guard);
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                })
+            };
+            let idle_timeout = limits.idle_timeout.0;
+            match tls {
+                None => {
+                    let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
+                    let served = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+                    tokio::select! {
+                        _ = served => {}
+                        _ = idle::watchdog(activity, idle_timeout) => {}
+                    }
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        limits.header_read_timeout.0,
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
+                    let served = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+                    tokio::select! {
+                        _ = served => {}
+                        _ = idle::watchdog(activity, idle_timeout) => {}
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let grace = control.runtime.load().config.server.shutdown_grace.0;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
+    }
+}
+
+fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let max_headers = limits.max_request_headers.0.clamp(8192, 1 << 24) as usize;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_headers as u32)
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Binds a listener; `0` ports get an ephemeral port (tests).
+pub async fn bind(address: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let addr: SocketAddr = address
+        .parse()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid address {address:?}")))?;
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
