@@ -164,7 +164,11 @@ impl Running {
             {
                 abort.abort();
             }
-            tracing::info!(service = self.service.name(), ms = started.elapsed().as_millis() as u64, "stopped");
+            tracing::info!(
+                service = self.service.name(),
+                ms = started.elapsed().as_millis() as u64,
+                "stopped"
+            );
         }
     }
 }

@@ -16,7 +16,10 @@ async fn login(auth: &str, username: &str, password: &str) -> crate::support::Re
 
 /// Verifies `token` against the published JWKS, as the gateway will.
 async fn verify(auth: &str, token: &str) -> Result<Claims, String> {
-    let kid = decode_header(token).map_err(|e| e.to_string())?.kid.ok_or("no kid")?;
+    let kid = decode_header(token)
+        .map_err(|e| e.to_string())?
+        .kid
+        .ok_or("no kid")?;
     let jwks = get(&format!("{auth}/.well-known/jwks.json")).await.body;
     let jwk = jwks["keys"]
         .as_array()
@@ -25,8 +28,9 @@ async fn verify(auth: &str, token: &str) -> Result<Claims, String> {
         .find(|k| k["kid"] == kid.as_str())
         .ok_or("kid not in JWKS")?
         .clone();
-    let key = DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap())
-        .map_err(|e| e.to_string())?;
+    let key =
+        DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap())
+            .map_err(|e| e.to_string())?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&["shop-api"]);
     validation.set_issuer(&[auth]);

@@ -10,7 +10,7 @@ async fn monolith_order_flow() {
     let monolith = alone(
         Service::Monolith,
         Options {
-            decline_above: 1000.0,
+            decline_above: 2000.0,
             ..options()
         },
     )
@@ -51,18 +51,34 @@ async fn monolith_order_flow() {
     assert_eq!(stock(&api, 1).await, before - 1);
 
     // Declined: nothing of the transaction stays but the failed order.
-    let r = post(&orders, json!({ "userId": user, "productId": 1, "quantity": 2 })).await;
+    let r = post(
+        &orders,
+        json!({ "userId": user, "productId": 1, "quantity": 2 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED, "{}", r.body);
     assert_eq!(r.body["order"]["status"], "failed");
     assert_eq!(stock(&api, 1).await, before - 1);
     let r = get(&format!("{api}/payments?orderId={}", r.body["order"]["id"])).await;
     assert!(r.body["payments"].as_array().unwrap().is_empty());
 
-    let r = post(&orders, json!({ "userId": user, "productId": 2, "quantity": 100000 })).await;
+    let r = post(
+        &orders,
+        json!({ "userId": user, "productId": 2, "quantity": 100000 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = post(&orders, json!({ "userId": user, "productId": 1, "quantity": 1000 })).await;
+    let r = post(
+        &orders,
+        json!({ "userId": user, "productId": 1, "quantity": 1000 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = post(&orders, json!({ "userId": 999, "productId": 1, "quantity": 1 })).await;
+    let r = post(
+        &orders,
+        json!({ "userId": 999, "productId": 1, "quantity": 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let r = get(&format!("{orders}?userId={user}")).await;

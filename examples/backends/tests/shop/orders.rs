@@ -29,7 +29,11 @@ async fn order_completes_across_services() {
     assert_eq!(stock(&products, 2).await, before - 3);
 
     let payment = order["paymentId"].as_i64().unwrap();
-    let r = get(&format!("{}/payments/{payment}", fleet.url(Service::Payments))).await;
+    let r = get(&format!(
+        "{}/payments/{payment}",
+        fleet.url(Service::Payments)
+    ))
+    .await;
     assert_eq!(r.body["status"], "completed");
     assert_eq!(r.body["amount"], 599.97);
 
@@ -43,8 +47,12 @@ async fn order_completes_across_services() {
     let r = get(&format!("{url}/999")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
-    let list = notifications_until(&fleet.url(Service::Notifications), user, |l| l.len() >= 3).await;
-    assert_eq!(types(&list), ["order.created", "payment.completed", "user.created"]);
+    let list =
+        notifications_until(&fleet.url(Service::Notifications), user, |l| l.len() >= 3).await;
+    assert_eq!(
+        types(&list),
+        ["order.created", "payment.completed", "user.created"]
+    );
     fleet.stop().await;
 }
 
@@ -63,7 +71,11 @@ async fn saga_compensates_a_declined_payment() {
     let before = stock(&products, 1).await;
 
     let url = format!("{}/orders", fleet.url(Service::Orders));
-    let r = post(&url, json!({ "userId": user, "productId": 1, "quantity": 1 })).await;
+    let r = post(
+        &url,
+        json!({ "userId": user, "productId": 1, "quantity": 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED, "{}", r.body);
     assert!(r.body["error"].as_str().unwrap().contains("declined"));
     let order = &r.body["order"];
@@ -81,11 +93,20 @@ async fn saga_compensates_a_declined_payment() {
     assert_eq!(list[0]["status"], "declined");
 
     let r = get(&format!("{}/outbox", fleet.url(Service::Orders))).await;
-    let events: Vec<_> = r.body["events"].as_array().unwrap().iter().map(|e| e["type"].clone()).collect();
+    let events: Vec<_> = r.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
     assert_eq!(events, [json!("order.failed")]);
     let r = get(&format!("{payments}/outbox")).await;
-    assert!(r.body["events"].as_array().unwrap().is_empty(), "no payment.completed, no refund");
-    let list = notifications_until(&fleet.url(Service::Notifications), user, |l| l.len() >= 2).await;
+    assert!(
+        r.body["events"].as_array().unwrap().is_empty(),
+        "no payment.completed, no refund"
+    );
+    let list =
+        notifications_until(&fleet.url(Service::Notifications), user, |l| l.len() >= 2).await;
     assert_eq!(types(&list), ["order.failed", "user.created"]);
     fleet.stop().await;
 }
@@ -97,17 +118,32 @@ async fn failed_steps_leave_failed_orders() {
     let url = format!("{}/orders", fleet.url(Service::Orders));
     let user = create_user(&fleet.url(Service::Users), "gina").await;
 
-    let r = post(&url, json!({ "userId": 999, "productId": 1, "quantity": 1 })).await;
+    let r = post(
+        &url,
+        json!({ "userId": 999, "productId": 1, "quantity": 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["order"]["status"], "failed");
-    let r = post(&url, json!({ "userId": user, "productId": 999, "quantity": 1 })).await;
+    let r = post(
+        &url,
+        json!({ "userId": user, "productId": 999, "quantity": 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body["error"].as_str().unwrap().contains("product 999"));
 
     let before = stock(&products, 1).await;
-    let r = post(&url, json!({ "userId": user, "productId": 1, "quantity": before + 1 })).await;
+    let r = post(
+        &url,
+        json!({ "userId": user, "productId": 1, "quantity": before + 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.body["error"].as_str().unwrap().contains("insufficient stock"));
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("insufficient stock"));
     assert_eq!(stock(&products, 1).await, before);
 
     for body in [
@@ -121,7 +157,11 @@ async fn failed_steps_leave_failed_orders() {
 
     // Payments down: the stock already taken is given back.
     fleet.take(Service::Payments).unwrap().stop().await;
-    let r = post(&url, json!({ "userId": user, "productId": 3, "quantity": 2 })).await;
+    let r = post(
+        &url,
+        json!({ "userId": user, "productId": 3, "quantity": 2 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
     assert_eq!(r.body["order"]["status"], "failed");
     let r = get(&format!("{products}/products/3/stock")).await;
@@ -138,9 +178,21 @@ async fn idempotency_key_places_one_order() {
     let url = format!("{}/orders", fleet.url(Service::Orders));
     let body = json!({ "userId": user, "productId": 4, "quantity": 2 });
 
-    let first = send(client().post(&url).header("idempotency-key", "k-1").json(&body)).await;
+    let first = send(
+        client()
+            .post(&url)
+            .header("idempotency-key", "k-1")
+            .json(&body),
+    )
+    .await;
     assert_eq!(first.status, StatusCode::CREATED);
-    let second = send(client().post(&url).header("idempotency-key", "k-1").json(&body)).await;
+    let second = send(
+        client()
+            .post(&url)
+            .header("idempotency-key", "k-1")
+            .json(&body),
+    )
+    .await;
     assert_eq!(second.status, StatusCode::CREATED);
     assert_eq!(second.body, first.body);
     assert_eq!(second.headers["idempotent-replayed"], "true");
@@ -149,7 +201,13 @@ async fn idempotency_key_places_one_order() {
     assert_eq!(r.body["orders"].as_array().unwrap().len(), 1);
 
     let other = json!({ "userId": user, "productId": 4, "quantity": 1 });
-    let r = send(client().post(&url).header("idempotency-key", "k-1").json(&other)).await;
+    let r = send(
+        client()
+            .post(&url)
+            .header("idempotency-key", "k-1")
+            .json(&other),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     // Without a key, the same body orders again.

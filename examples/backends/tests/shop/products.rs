@@ -93,9 +93,16 @@ async fn stock_never_goes_negative() {
     .await;
     let id = r.body["id"].as_i64().unwrap();
 
-    let r = post(&format!("{base}/products/{id}/decrease-stock"), json!({ "quantity": 11 })).await;
+    let r = post(
+        &format!("{base}/products/{id}/decrease-stock"),
+        json!({ "quantity": 11 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.body["error"].as_str().unwrap().contains("insufficient stock"));
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("insufficient stock"));
     assert_eq!(stock(&base, id).await, 10);
 
     // 25 concurrent decrements of 1 against a stock of 10: exactly 10 win.
@@ -116,16 +123,32 @@ async fn stock_never_goes_negative() {
     assert_eq!(ok, 10);
     assert_eq!(stock(&base, id).await, 0);
 
-    let r = post(&format!("{base}/products/{id}/increase-stock"), json!({ "quantity": 4 })).await;
+    let r = post(
+        &format!("{base}/products/{id}/increase-stock"),
+        json!({ "quantity": 4 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["stock"], 4);
     for q in [0, -1] {
-        let r = post(&format!("{base}/products/{id}/decrease-stock"), json!({ "quantity": q })).await;
+        let r = post(
+            &format!("{base}/products/{id}/decrease-stock"),
+            json!({ "quantity": q }),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
     }
-    let r = post(&format!("{base}/products/999/decrease-stock"), json!({ "quantity": 1 })).await;
+    let r = post(
+        &format!("{base}/products/999/decrease-stock"),
+        json!({ "quantity": 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = post(&format!("{base}/products/999/increase-stock"), json!({ "quantity": 1 })).await;
+    let r = post(
+        &format!("{base}/products/999/increase-stock"),
+        json!({ "quantity": 1 }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     products.stop().await;
 }

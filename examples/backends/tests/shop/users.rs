@@ -19,7 +19,10 @@ async fn create_get_list_and_verify() {
     assert_eq!(r.body["username"], "alice");
     assert_eq!(r.body["role"], "customer");
     let text = r.body.to_string();
-    assert!(!text.contains("correct-horse") && !text.contains("password"), "{text}");
+    assert!(
+        !text.contains("correct-horse") && !text.contains("password"),
+        "{text}"
+    );
     let id = r.body["id"].as_i64().unwrap();
 
     let r = get(&format!("{base}/users/{id}")).await;
@@ -34,10 +37,18 @@ async fn create_get_list_and_verify() {
     assert_eq!(r.body["users"][0]["username"], "bob");
 
     let verify = format!("{base}/users/verify");
-    let ok = post(&verify, json!({ "username": "alice", "password": "correct-horse" })).await;
+    let ok = post(
+        &verify,
+        json!({ "username": "alice", "password": "correct-horse" }),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.body["id"], id);
-    let bad = post(&verify, json!({ "username": "alice", "password": "wrong-horse" })).await;
+    let bad = post(
+        &verify,
+        json!({ "username": "alice", "password": "wrong-horse" }),
+    )
+    .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     assert!(bad.body["error"].is_string());
     let unknown = post(&verify, json!({ "username": "nobody", "password": "x" })).await;
@@ -62,7 +73,10 @@ async fn duplicates_and_validation() {
     )
     .await;
     assert_eq!(dup_name.status, StatusCode::CONFLICT);
-    assert!(dup_name.body["error"].as_str().unwrap().contains("username"));
+    assert!(dup_name.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("username"));
     let dup_email = post(
         &url,
         json!({ "username": "alice2", "email": "ALICE@example.com", "password": "correct-horse" }),
@@ -102,7 +116,12 @@ async fn duplicates_and_validation() {
 #[tokio::test]
 async fn request_id_is_echoed_or_made() {
     let users = alone(Service::Users, options()).await;
-    let r = send(client().get(format!("{}/health", users.url())).header("x-request-id", "abc-123")).await;
+    let r = send(
+        client()
+            .get(format!("{}/health", users.url()))
+            .header("x-request-id", "abc-123"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "ok");
     assert_eq!(r.headers["x-request-id"], "abc-123");
