@@ -284,8 +284,11 @@ impl Rewrite {
             });
         }
         let rx = config.regex.as_ref().ok_or("missing regex")?;
-        let pattern =
-            Regex::new(&rx.pattern).map_err(|e| format!("invalid regex {:?}: {e}", rx.pattern))?;
+        let pattern = Regex::new(&rx.pattern).map_err(|e| {
+            let detail = e.to_string();
+            let last = detail.lines().last().unwrap_or("").trim_start_matches("error: ");
+            format!("invalid regex {:?}: {last}", rx.pattern)
+        })?;
         Ok(Rewrite::Regex {
             pattern,
             replacement: rx.replacement.clone(),

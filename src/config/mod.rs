@@ -206,20 +206,10 @@ fn section<T: DeserializeOwned>(
                     _ => {}
                 }
             }
-            let message = e.into_inner().to_string();
-            if let Some(field) = unknown_field(&message) {
-                full.push('.');
-                full.push_str(field);
-            }
-            issues.push(issue(&full, message));
+            issues.push(issue(&full, e.into_inner().to_string()));
             None
         }
     }
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
 }
 
 fn named<T: DeserializeOwned>(

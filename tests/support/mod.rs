@@ -1,0 +1,74 @@
+//! Test support: real HTTP backends and a real gateway on ephemeral loopback ports, and
+//! small clients (HTTP/1.1, h2c, TLS, raw TCP) to drive them.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod client;
+
+use std::time::Duration;
+
+use portico::{config, Gateway, GatewayHandle, Options};
+
+pub use backend::Backend;
+pub use client::{Client, Reply};
+
+/// Starts a gateway from YAML text. The text is written to a temporary file, so reloads
+/// from the file work; the access log is off unless the YAML turns it on.
+pub async fn gateway(yaml: &str) -> (GatewayHandle, tempfile_path::TempPath) {
+    let file = tempfile_path::TempPath::new("portico", "yaml");
+    std::fs::write(file.path(), yaml).expect("write config");
+    let config = config::load_file(file.path()).unwrap_or_else(|e| panic!("config:\n{e}"));
+    let handle = Gateway::start(Options {
+        config,
+        config_path: Some(file.path().to_path_buf()),
+        watch_interval: Some(Duration::from_millis(200)),
+    })
+    .await
+    .expect("gateway starts");
+    (handle, file)
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    /// A file path in the temp dir, removed on drop.
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn new(prefix: &str, ext: &str) -> TempPath {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{prefix}-{}-{n}.{ext}", std::process::id());
+            TempPath(std::env::temp_dir().join(name))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
