@@ -291,8 +291,8 @@ impl Fleet {
 
 /// Starts every service with the base URLs wired to each other.
 ///
-/// `base` supplies latency, fail rate, decline limit and the like; its address,
-/// URLs and issuer are replaced. With `data_dir` each service keeps its own
+/// `base` supplies latency, fail rate, decline limit and the like; its address
+/// and URLs are replaced, and the issuer too unless `base.issuer` is set. With `data_dir` each service keeps its own
 /// SQLite file there (`users.db`, ...); without it every database is in memory.
 pub async fn spawn_all(
     base: Options,
@@ -323,7 +323,10 @@ pub async fn spawn_all(
     opts.products_url = url_of(Service::Products)?;
     opts.payments_url = url_of(Service::Payments)?;
     opts.notifications_url = Some(url_of(Service::Notifications)?);
-    opts.issuer = Some(url_of(Service::Auth)?);
+    opts.issuer = Some(match opts.issuer.take() {
+        Some(issuer) => issuer,
+        None => url_of(Service::Auth)?,
+    });
     let mut services = Vec::new();
     for (service, listener) in listeners {
         let mut o = opts.clone();

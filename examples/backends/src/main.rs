@@ -49,13 +49,10 @@ struct Args {
         default_value = "http://127.0.0.1:3004"
     )]
     payments_url: String,
-    /// Where events are delivered; "none" keeps them in the outbox.
-    #[arg(
-        long,
-        env = "SHOP_NOTIFICATIONS_URL",
-        default_value = "http://127.0.0.1:3006"
-    )]
-    notifications_url: String,
+    /// Where events are delivered; "none" keeps them in the outbox
+    /// (default: http://127.0.0.1:3006, and none for the monolith).
+    #[arg(long, env = "SHOP_NOTIFICATIONS_URL")]
+    notifications_url: Option<String>,
     /// JWT issuer (default: the auth service's own URL, http://127.0.0.1:3005).
     #[arg(long, env = "SHOP_ISSUER")]
     issuer: Option<String>,
@@ -101,8 +98,12 @@ async fn main() -> anyhow::Result<()> {
         users_url: trim(&args.users_url),
         products_url: trim(&args.products_url),
         payments_url: trim(&args.payments_url),
-        notifications_url: (args.notifications_url != "none")
-            .then(|| trim(&args.notifications_url)),
+        notifications_url: match args.notifications_url.as_deref() {
+            Some("none") => None,
+            Some(url) => Some(trim(url)),
+            None if args.service == "monolith" => None,
+            None => Options::default().notifications_url,
+        },
         issuer: args.issuer.clone(),
         token_ttl: args.token_ttl,
         ..Options::default()
