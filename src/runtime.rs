@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
-use crate::router::{RouteMatch, RouteTable, Rewrite};
+use crate::router::{Rewrite, RouteMatch, RouteTable};
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.

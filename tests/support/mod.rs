@@ -1,6 +1,6 @@
 //! Test support: real HTTP backends and a real gateway on ephemeral loopback ports, and
 //! small clients (HTTP/1.1, h2c, TLS, raw TCP) to drive them.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod backend;
 pub mod client;
