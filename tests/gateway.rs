@@ -302,10 +302,9 @@ async fn body_and_header_limits() {
     assert_eq!(r.json()["status"], 413);
 
     // A chunked body has no length up front: it is cut off once it grows past the limit.
-    let mut chunked = format!(
-        "POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-    )
-    .into_bytes();
+    let mut chunked =
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            .to_vec();
     for _ in 0..4 {
         chunked.extend_from_slice(b"200\r\n");
         chunked.extend_from_slice(&[b'b'; 0x200]);

@@ -94,12 +94,14 @@ impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
             Event::Scalar(ref value, ..) => {
-                if !self.node(mark, Some(value)) {
+                let is_key = self.node(mark, Some(value));
+                if !is_key {
                     self.value_done();
                 }
             }
             Event::Alias(_) => {
-                if !self.node(mark, None) {
+                let is_key = self.node(mark, None);
+                if !is_key {
                     self.value_done();
                 }
             }
