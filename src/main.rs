@@ -41,6 +41,9 @@ enum Command {
         /// How often to look for changes to the config file (0 turns watching off).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         watch_interval: Duration,
+        /// Worker threads (default: one per CPU core).
+        #[arg(long, env = "PORTICO_WORKER_THREADS")]
+        threads: Option<usize>,
     },
     /// Validate a config file: exit 0 when valid, 1 with every problem listed otherwise.
     Check {
@@ -67,7 +70,8 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             watch_interval,
-        } => match run(config, watch_interval) {
+            threads,
+        } => match run(config, watch_interval, threads) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portico: {e:#}");
@@ -112,10 +116,15 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, watch_interval: Duration) -> anyhow::Result<()> {
+fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyhow::Result<()> {
     let config =
         config::load_file(&path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?;

@@ -304,3 +304,97 @@ async fn connections_over_the_limit_are_refused_not_queued() {
     assert_eq!(r.status, 200);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
+    use std::io::BufRead;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let yaml = |be: &Backend| {
+        format!(
+            "server:\n  listen: 127.0.0.1:{port}\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
+            be.address()
+        )
+    };
+    let file = support::tempfile_path::TempPath::new("portico-log", "yaml");
+    std::fs::write(file.path(), yaml(&a)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["run", "--watch-interval", "0", "-c"])
+        .arg(file.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portico");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    let client = Client::new();
+    let reply = client
+        .send(
+            Request::get(format!("http://{addr}/logged/path?secret=1"))
+                .header("x-request-id", "log-me-1")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = rx.recv().await.expect("stdout open");
+            if line.contains("log-me-1") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("an access log line");
+    let record: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(record["request_id"], "log-me-1");
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["path"], "/logged/path");
+    assert_eq!(record["route"], "all");
+    assert_eq!(record["upstream"], "be");
+    assert_eq!(record["endpoint"], a.address());
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["client_ip"], "127.0.0.1");
+    assert!(record["duration_ms"].as_f64().is_some());
+    assert!(record["bytes_out"].as_u64().is_some_and(|n| n > 0));
+    assert!(record["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(!line.contains("secret=1"), "query strings stay out of the log");
+
+    // SIGHUP reloads the file.
+    std::fs::write(file.path(), yaml(&b)).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let switched = eventually(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { client.get(addr, "/x").await.json()["backend"] == "b" }
+    })
+    .await;
+    assert!(switched, "SIGHUP did not reload");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+}

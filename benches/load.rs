@@ -1,0 +1,110 @@
+//! The load harness: Portico against a direct connection and nginx, in one run.
+//!
+//!   cargo bench --bench load                      # full run (about 2 minutes on 2 cores)
+//!   cargo bench --bench load -- --smoke           # 2-second run, as CI does
+//!   cargo bench --bench load -- --check 1.2       # exit 1 if Portico's plain-proxy req/s < 1.2 x nginx's
+//!   cargo bench --bench load -- --help
+//!
+//! Lifecycle: the harness re-executes itself as the backend process (`backend` mode), starts
+//! the release `portico` binary and, when `nginx` is on PATH, nginx, each as its own process
+//! so their CPU time and peak RSS can be read from /proc. Proxies and backend are pinned to
+//! one set of cores and the load generator to another when the machine has two or more.
+//! Targets are measured in alternating rounds so machine noise spreads over all of them.
+//! Every child process is killed when the harness ends.
+
+mod load_support;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use load_support::{backend, drive, procs, report};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "load", about = "Portico load harness")]
+pub struct Args {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Measured time per scenario, split over the rounds.
+    #[arg(long, default_value = "6s", value_parser = portico::config::units::parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measured segment.
+    #[arg(long, default_value = "500ms", value_parser = portico::config::units::parse_duration)]
+    warmup: Duration,
+    /// Alternating rounds over all scenarios.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Worker threads of the proxies (Portico threads, nginx worker processes).
+    #[arg(long, default_value_t = 1)]
+    proxy_threads: usize,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// A 2-second run of the plain 100 B GET only, without nginx (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+    /// Exit 1 when Portico's plain-proxy req/s is below RATIO x nginx's (100 B GET).
+    #[arg(long, value_name = "RATIO")]
+    check: Option<f64>,
+    /// Where the markdown table and the SVG plot go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Skip nginx even when it is installed.
+    #[arg(long)]
+    no_nginx: bool,
+    /// Internal: run as the backend process on this port.
+    #[arg(long, hide = true)]
+    backend_port: Option<u16>,
+    /// cargo bench passes --bench; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if let Some(port) = args.backend_port {
+        backend::run(port);
+        return ExitCode::SUCCESS;
+    }
+    if args.smoke {
+        args.connections = args.connections.min(4);
+        args.duration = Duration::from_secs(2);
+        args.warmup = Duration::from_millis(200);
+        args.rounds = 1;
+        args.no_nginx = true;
+    }
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode, String> {
+    let cores = procs::cores();
+    let pinning = procs::Pinning::plan(cores);
+    pinning.pin_self();
+    let mut fleet = procs::Fleet::start(args, &pinning)?;
+    let scenarios = drive::scenarios(&fleet, args.smoke);
+    let results = drive::measure(args, &mut fleet, &scenarios)?;
+    let table = report::markdown(args, &pinning, &fleet, &results);
+    println!("{table}");
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let stamp = procs::timestamp();
+    let md = args.out.join(format!("load-{stamp}.md"));
+    let svg = args.out.join(format!("load-{stamp}.svg"));
+    std::fs::write(&md, &table).map_err(|e| e.to_string())?;
+    std::fs::write(&svg, report::svg(&results)).map_err(|e| e.to_string())?;
+    println!("written: {} and {}", md.display(), svg.display());
+    if results.iter().all(|r| r.requests == 0) {
+        return Err("no request completed: the harness is broken".into());
+    }
+    if let Some(ratio) = args.check {
+        return Ok(report::check(ratio, &results));
+    }
+    Ok(ExitCode::SUCCESS)
+}

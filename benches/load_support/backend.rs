@@ -1,0 +1,85 @@
+//! The backend the harness measures against: a minimal hyper server with fixed bodies,
+//! run in its own process (the harness re-executes itself with --backend-port).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+pub const SMALL: usize = 100;
+pub const JSON: usize = 2048;
+pub const POST: usize = 1024;
+
+fn json_body() -> Bytes {
+    let mut s = String::from("{\"items\":[");
+    let mut i = 0;
+    while s.len() < JSON - 40 {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{{\"id\":{i},\"name\":\"item-{i}\"}}"));
+        i += 1;
+    }
+    s.push_str("],\"pad\":\"");
+    while s.len() < JSON - 2 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    Bytes::from(s)
+}
+
+pub fn run(port: u16) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("backend runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("backend bind");
+        let small = Bytes::from(vec![b'a'; SMALL]);
+        let json = json_body();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (small, json) = (small.clone(), json.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (small, json) = (small.clone(), json.clone());
+                    async move {
+                        let is_json = req.uri().path().ends_with("/2k");
+                        if req.method() == http::Method::POST {
+                            let _ = req.into_body().collect().await;
+                        }
+                        let mut r = Response::new(Full::new(if is_json { json } else { small }));
+                        let h = r.headers_mut();
+                        h.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(if is_json {
+                                "application/json"
+                            } else {
+                                "text/plain"
+                            }),
+                        );
+                        h.insert(
+                            header::CACHE_CONTROL,
+                            HeaderValue::from_static("public, max-age=3600"),
+                        );
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

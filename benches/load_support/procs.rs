@@ -1,0 +1,321 @@
+//! Child processes (backend, Portico, nginx), core pinning and /proc readings.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::super::Args;
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Which cores the load generator and the servers run on.
+pub struct Pinning {
+    pub client: Vec<usize>,
+    pub servers: Vec<usize>,
+}
+
+impl Pinning {
+    /// Load generator on core 0, everything else on the remaining cores. On one core
+    /// nothing is pinned.
+    pub fn plan(cores: usize) -> Pinning {
+        if cores < 2 {
+            return Pinning {
+                client: Vec::new(),
+                servers: Vec::new(),
+            };
+        }
+        Pinning {
+            client: vec![0],
+            servers: (1..cores).collect(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        if self.client.is_empty() {
+            "not pinned (one core)".into()
+        } else {
+            format!(
+                "load generator on core {:?}; backend and proxy on cores {:?} (sched_setaffinity)",
+                self.client, self.servers
+            )
+        }
+    }
+
+    pub fn pin_self(&self) {
+        pin(&self.client);
+    }
+
+    fn pin_child(&self, cmd: &mut Command) {
+        let cores = self.servers.clone();
+        // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                pin(&cores);
+                Ok(())
+            });
+        }
+    }
+}
+
+fn pin(cores: &[usize]) {
+    if cores.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cores {
+            libc::CPU_SET(*c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+pub struct Proc {
+    pub port: u16,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) of the process and its children processes (nginx workers).
+    pub fn cpu_seconds(&self) -> f64 {
+        let pids = family(self.pid());
+        pids.iter().map(|p| cpu_of(*p)).sum()
+    }
+
+    /// Peak resident set of the process (the largest member for nginx), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        family(self.pid())
+            .iter()
+            .map(|p| status_kib(*p, "VmHWM:"))
+            .fold(0.0, f64::max)
+            / 1024.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn family(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if stat_field(p, 3) == Some(pid as u64) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Field `n` (0-based, after the command name) of /proc/PID/stat.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(n - 2).and_then(|v| v.parse().ok())
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let utime = stat_field(pid, 13).unwrap_or(0);
+    let stime = stat_field(pid, 14).unwrap_or(0);
+    (utime + stime) as f64 / ticks
+}
+
+fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn wait_listening(port: u16, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what} did not start listening on {port}"))
+}
+
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{secs}")
+}
+
+pub struct Fleet {
+    pub backend: Proc,
+    pub portico: Proc,
+    pub nginx: Option<Proc>,
+    pub portico_routes: usize,
+    pub nginx_version: Option<String>,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Filler routes so the route table has the size of a real deployment (100 routes).
+pub const ROUTES: usize = 100;
+
+impl Fleet {
+    pub fn start(args: &Args, pinning: &Pinning) -> Result<Fleet, String> {
+        let dir = std::env::temp_dir().join(format!("portico-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = TempDir(dir);
+
+        let backend_port = free_port()?;
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.arg("--backend-port").arg(backend_port.to_string());
+        pinning.pin_child(&mut cmd);
+        let backend = spawn("backend", backend_port, cmd)?;
+        wait_listening(backend_port, "backend")?;
+
+        let portico_port = free_port()?;
+        let config = dir.0.join("portico.yaml");
+        let mut f = std::fs::File::create(&config).map_err(|e| e.to_string())?;
+        f.write_all(portico_config(portico_port, backend_port).as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+        cmd.args(["run", "--watch-interval", "0", "--threads"])
+            .arg(args.proxy_threads.to_string())
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        pinning.pin_child(&mut cmd);
+        let portico = spawn("portico", portico_port, cmd)?;
+        wait_listening(portico_port, "portico")?;
+
+        let mut nginx = None;
+        let mut nginx_version = None;
+        if !args.no_nginx {
+            if let Some(bin) = which("nginx") {
+                let port = free_port()?;
+                let conf = dir.0.join("nginx.conf");
+                std::fs::write(&conf, nginx_config(&dir.0, port, backend_port, args.proxy_threads))
+                    .map_err(|e| e.to_string())?;
+                nginx_version = Command::new(&bin)
+                    .arg("-v")
+                    .output()
+                    .ok()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string());
+                let mut cmd = Command::new(bin);
+                cmd.arg("-p").arg(&dir.0).arg("-c").arg(&conf);
+                pinning.pin_child(&mut cmd);
+                let p = spawn("nginx", port, cmd)?;
+                wait_listening(port, "nginx")?;
+                nginx = Some(p);
+            }
+        }
+        Ok(Fleet {
+            backend,
+            portico,
+            nginx,
+            portico_routes: ROUTES,
+            nginx_version,
+            _dir: dir,
+        })
+    }
+}
+
+fn spawn(name: &'static str, port: u16, mut cmd: Command) -> Result<Proc, String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    let child = cmd.spawn().map_err(|e| format!("starting {name}: {e}"))?;
+    Ok(Proc { port, child })
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// The plain route first, then filler routes up to `ROUTES`.
+fn portico_config(port: u16, backend: u16) -> String {
+    let mut y = format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  access_log: false\n  limits: {{ max_connections: 100000 }}\nupstreams:\n  backend:\n    targets: [\"127.0.0.1:{backend}\"]\nroutes:\n  - name: plain\n    match: {{ path_prefix: /plain }}\n    rewrite: {{ strip_prefix: /plain }}\n    upstream: backend\n"
+    );
+    for i in 1..ROUTES {
+        y.push_str(&format!(
+            "  - name: svc-{i}\n    match: {{ path_prefix: /svc-{i}, methods: [GET] }}\n    rewrite: {{ strip_prefix: /svc-{i} }}\n    upstream: backend\n"
+        ));
+    }
+    y
+}
+
+/// nginx as a keep-alive reverse proxy equivalent to Portico's plain route.
+fn nginx_config(dir: &std::path::Path, port: u16, backend: u16, workers: usize) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+user root;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server 127.0.0.1:{backend};
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location /plain/ {{
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering on;
+        }}
+    }}
+}}
+"#
+    )
+}

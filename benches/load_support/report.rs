@@ -1,0 +1,191 @@
+//! The harness's output: a markdown table with ratios, an SVG latency-percentile plot,
+//! and the optional release gate.
+
+use std::fmt::Write;
+use std::process::ExitCode;
+
+use super::drive::{Load, Outcome, Target};
+use super::procs::{Fleet, Pinning};
+use crate::Args;
+
+fn rps(o: &Outcome) -> f64 {
+    if o.seconds > 0.0 {
+        o.requests as f64 / o.seconds
+    } else {
+        0.0
+    }
+}
+
+fn ms(o: &Outcome, q: f64) -> f64 {
+    o.histogram.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn find(results: &[Outcome], target: Target, load: Load) -> Option<&Outcome> {
+    results
+        .iter()
+        .find(|o| o.scenario.target == target && o.scenario.load == load)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### Portico load run\n");
+    let _ = writeln!(
+        out,
+        "- machine: {} cores, {}\n- pinning: {}\n- load: {} keep-alive connections, closed loop, {:?} measured per scenario in {} alternating rounds, {:?} warm-up per segment\n- threads: proxy {}, load generator {}\n- Portico: {} routes, access log off; nginx: {}\n",
+        super::procs::cores(),
+        cpu_model(),
+        pinning.describe(),
+        args.connections,
+        args.duration,
+        args.rounds,
+        args.warmup,
+        args.proxy_threads,
+        args.client_threads,
+        fleet.portico_routes,
+        fleet.nginx_version.as_deref().unwrap_or("not run"),
+    );
+    let _ = writeln!(
+        out,
+        "| load | target | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | proxy peak RSS MiB | req/s vs direct | req/s vs nginx | errors |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for o in results {
+        let direct = find(results, Target::Direct, o.scenario.load).map(rps);
+        let nginx = find(results, Target::Nginx, o.scenario.load).map(rps);
+        let ratio = |base: Option<f64>| match base {
+            Some(b) if b > 0.0 => format!("{:.2}", rps(o) / b),
+            _ => "–".into(),
+        };
+        let cpu = match o.proxy_cpu {
+            Some(c) if o.requests > 0 => format!("{:.3}", c / o.requests as f64 * 10_000.0),
+            _ => "–".into(),
+        };
+        let rss = o
+            .proxy_rss_mib
+            .map_or("–".into(), |r| format!("{r:.1}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+            o.scenario.load.label(),
+            o.scenario.target.label(),
+            rps(o),
+            ms(o, 0.5),
+            ms(o, 0.99),
+            ms(o, 0.999),
+            cpu,
+            rss,
+            ratio(direct),
+            ratio(nginx),
+            o.errors
+        );
+    }
+    out
+}
+
+const QUANTILES: [(f64, &str); 6] = [
+    (0.5, "p50"),
+    (0.75, "p75"),
+    (0.9, "p90"),
+    (0.99, "p99"),
+    (0.999, "p99.9"),
+    (0.9999, "p99.99"),
+];
+
+/// Latency by percentile for the GET 100 B load, one line per target.
+pub fn svg(results: &[Outcome]) -> String {
+    let (w, h, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 40.0, 180.0);
+    let plot_w = w - left - right;
+    let plot_h = h - top - bottom;
+    let lines: Vec<&Outcome> = results
+        .iter()
+        .filter(|o| o.scenario.load == Load::Get100 && o.requests > 0)
+        .collect();
+    let max = lines
+        .iter()
+        .map(|o| ms(o, 0.9999))
+        .fold(0.001, f64::max)
+        * 1.1;
+    let x = |i: usize| left + plot_w * i as f64 / (QUANTILES.len() - 1) as f64;
+    let y = |v: f64| top + plot_h * (1.0 - v / max);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="22" font-size="15">Latency by percentile, GET 100 B (ms)</text>
+"#
+    );
+    for k in 0..=5 {
+        let v = max * k as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
+            left + plot_w,
+            left - 6.0,
+            y(v) + 4.0,
+            y = y(v),
+        );
+    }
+    for (i, (_, label)) in QUANTILES.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#,
+            x(i),
+            h - bottom + 20.0
+        );
+    }
+    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    for (n, o) in lines.iter().enumerate() {
+        let colour = colours[n % colours.len()];
+        let points: Vec<String> = QUANTILES
+            .iter()
+            .enumerate()
+            .map(|(i, (q, _))| format!("{:.1},{:.1}", x(i), y(ms(o, *q))))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="14" height="3" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
+            w - right + 15.0,
+            top + 20.0 * n as f64 + 6.0,
+            w - right + 35.0,
+            top + 20.0 * n as f64 + 10.0,
+            o.scenario.target.label()
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The release gate: Portico's plain-proxy req/s against nginx's, GET 100 B.
+pub fn check(ratio: f64, results: &[Outcome]) -> ExitCode {
+    let (Some(p), Some(n)) = (
+        find(results, Target::Portico, Load::Get100),
+        find(results, Target::Nginx, Load::Get100),
+    ) else {
+        eprintln!("check: needs both Portico and nginx results (is nginx installed?)");
+        return ExitCode::FAILURE;
+    };
+    let got = rps(p) / rps(n).max(1.0);
+    if got >= ratio {
+        println!("check: ok, Portico/nginx = {got:.2} >= {ratio}");
+        ExitCode::SUCCESS
+    } else {
+        println!("check: FAILED, Portico/nginx = {got:.2} < {ratio}");
+        ExitCode::FAILURE
+    }
+}
