@@ -281,7 +281,7 @@ impl Split {
                 tally.errors,
                 tally.total,
                 window.span.as_secs_f64(),
-                rule.max_error_rate * 100.0,
+                (rule.max_error_rate * 100_000.0).round() / 1000.0,
             ));
         }
     }
