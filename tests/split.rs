@@ -608,6 +608,11 @@ routes:
       force_canary: { header: { "bad header": "1" } }
       ramp: { steps: [50, 25], every: 10m }
       rollback: { max_error_rate: 0%, window: 60s, min_requests: 0 }
+  - name: users
+    split:
+      stable: { upstream: monolith }
+      canary: { upstream: monolith }
+      sticky: claim:sub
 "#;
     let problems: Vec<String> = match portico::config::parse(yaml) {
         Ok(_) => panic!("config accepted"),
@@ -622,6 +627,7 @@ routes:
         "routes[0].split.rollback.max_error_rate",
         "routes[0].split.rollback.min_requests",
         "routes[0].rewrite",
+        "routes[1].split.sticky: a claim: key needs a jwt verifier",
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }

@@ -167,7 +167,7 @@ fn route_entry(
                     }
                 }
             }
-            for (field, problem) in crate::split::validate(split) {
+            for (field, problem) in crate::split::validate(split, route.jwt.is_some()) {
                 issues.push(format!("{path}.split.{field}"), problem);
             }
             if route.rewrite.is_some() {

@@ -87,13 +87,17 @@ pub fn basis_points(percent: f64) -> u32 {
     (percent * 100.0).round().clamp(0.0, f64::from(BUCKETS)) as u32
 }
 
-/// Checks a split's config; each problem names its field below `split.`.
-pub fn validate(config: &SplitConfig) -> Vec<(String, String)> {
+/// Checks a split's config; each problem names its field below `split.`. `has_jwt`: the
+/// route verifies a JWT, without which a `claim:` key would never be found.
+pub fn validate(config: &SplitConfig, has_jwt: bool) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if let Some(sticky) = &config.sticky {
-        if let Err(e) = StickyKey::parse(sticky) {
-            problems.push(("sticky".into(), e));
-        }
+    match config.sticky.as_deref().map(StickyKey::parse) {
+        Some(Err(e)) => problems.push(("sticky".into(), e)),
+        Some(Ok(StickyKey::Claim(_))) if !has_jwt => problems.push((
+            "sticky".into(),
+            "a claim: key needs a jwt verifier on the route (jwt: NAME)".into(),
+        )),
+        _ => {}
     }
     for (name, force) in [
         ("force_canary", &config.force_canary),
@@ -135,7 +139,8 @@ impl Split {
         metrics: &Metrics,
         previous: Option<&Arc<SplitState>>,
     ) -> Result<Split, (String, String)> {
-        if let Some(problem) = validate(config).into_iter().next() {
+        // The jwt check belongs to whole-config validation, which has the route.
+        if let Some(problem) = validate(config, true).into_iter().next() {
             return Err(problem);
         }
         let side = |name: &str, cfg: &crate::config::SplitSideConfig| {

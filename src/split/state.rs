@@ -325,3 +325,55 @@ impl SplitState {
 
 /// The ramp task's view of a state it does not own.
 pub(super) type StateRef = Weak<SplitState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(every_ms: u64) -> RampPlan {
+        RampPlan {
+            steps: vec![1000, 5000, 10_000],
+            every: Duration::from_millis(every_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ramp_task_ends_with_its_state() {
+        let metrics = Metrics::new();
+        let state = SplitState::new("r", 1000, Duration::from_secs(10), &metrics);
+        state.configure(1000, Duration::from_secs(10), Some(plan(60_000)));
+        assert!(state.ramp_running());
+        let wake = state.wake.clone();
+        assert_eq!(Arc::strong_count(&wake), 3); // state, task, this test
+        drop(state);
+        for _ in 0..200 {
+            if Arc::strong_count(&wake) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the ramp task outlived its split state");
+    }
+
+    #[tokio::test]
+    async fn rollback_sets_zero_and_only_an_operator_lifts_it() {
+        let metrics = Metrics::new();
+        let state = SplitState::new("r", 2500, Duration::from_secs(10), &metrics);
+        state.configure(2500, Duration::from_secs(10), Some(plan(20)));
+        state.roll_back("test".into());
+        state.roll_back("again".into());
+        assert!(state.rolled_back());
+        assert_eq!(state.percent(), 0);
+        assert_eq!(state.rollback_info().map(|r| r.reason), Some("test".into()));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(state.percent(), 0, "the ramp moved a rolled-back split");
+        // A reload reconfigures but keeps the rollback.
+        state.configure(5000, Duration::from_secs(10), Some(plan(20)));
+        assert_eq!(state.percent(), 0);
+        state.set_percent(1000);
+        assert!(!state.rolled_back());
+        assert_eq!(state.rollback_info().map(|r| r.reason), None);
+        let rendered = metrics.render();
+        assert!(rendered.contains("portico_split_rollbacks_total{route=\"r\"} 1"), "{rendered}");
+    }
+}
