@@ -374,6 +374,9 @@ mod tests {
         assert!(!state.rolled_back());
         assert_eq!(state.rollback_info().map(|r| r.reason), None);
         let rendered = metrics.render();
-        assert!(rendered.contains("portico_split_rollbacks_total{route=\"r\"} 1"), "{rendered}");
+        assert!(
+            rendered.contains("portico_split_rollbacks_total{route=\"r\"} 1"),
+            "{rendered}"
+        );
     }
 }
