@@ -430,6 +430,7 @@ async fn failing_canary_is_rolled_back_gets_no_more_traffic_and_reloads_keep_it_
     let view = splits(&client, admin).await;
     assert_eq!(view["state"], "rolled_back", "{view}");
     assert_eq!(view["percent"], 0.0);
+    assert_eq!(view["ramp"]["next_step"], Value::Null);
     let reason = view["rolled_back"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("30.0%") && reason.contains("6 of 20"),

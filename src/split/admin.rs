@@ -87,7 +87,11 @@ pub fn view(split: &Split) -> Value {
     let percent = state.percent();
     let rollback = state.rollback_info();
     let plan = state.ramp_plan();
-    let next_step = plan.as_ref().and_then(|p| p.next_after(percent));
+    // A rolled-back split does not ramp until an operator acts.
+    let next_step = plan
+        .as_ref()
+        .filter(|_| rollback.is_none())
+        .and_then(|p| p.next_after(percent));
     let phase = if rollback.is_some() {
         "rolled_back"
     } else if state.paused() {
