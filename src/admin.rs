@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::body::Body;
 use crate::config;
 use crate::control::Control;
+use crate::split;
 
 pub async fn serve(
     listener: TcpListener,
@@ -81,6 +82,13 @@ async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
             )
         }
         (Method::GET, "/routes") => routes(control),
+        (Method::GET, "/splits") => json(
+            StatusCode::OK,
+            split::admin::list(&control.runtime.load().splits),
+        ),
+        (Method::PUT, p) if p.starts_with("/splits/") => {
+            put_split(control, &p["/splits/".len()..], req).await
+        }
         (Method::GET, "/upstreams") => upstreams(control),
         (Method::POST, "/reload") => match control.reload() {
             Ok(()) => json(StatusCode::OK, json!({"status": "reloaded"})),
@@ -98,6 +106,21 @@ async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
             json!({"error": "no such admin endpoint", "status": 404}),
         ),
     }
+}
+
+/// `PUT /splits/{route}`: the route name is percent-decoded; the body is bounded.
+async fn put_split(control: &Control, route: &str, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let route = percent_encoding::percent_decode_str(route).decode_utf8_lossy();
+    let limited = http_body_util::Limited::new(req.into_body(), split::admin::MAX_BODY);
+    let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body unreadable or above 4 KiB", "status": 400}),
+        );
+    };
+    let (status, value) = split::admin::put(&control.runtime.load().splits, &route, &body);
+    json(status, value)
 }
 
 fn authorized(control: &Control, req: &Request<Incoming>) -> bool {

@@ -37,4 +37,8 @@ pub struct Context {
     pub endpoint: Option<Arc<Endpoint>>,
     /// The authenticated user (a JWT `sub`), for the access log.
     pub user: Option<String>,
+    /// Verified JWT claims (set by the jwt stage), for claim-keyed features.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The side a migration split chose for this request.
+    pub split_side: Option<crate::split::Side>,
 }

@@ -19,6 +19,7 @@ use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::path;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
+use crate::split;
 use crate::upstream::proxy;
 
 pub async fn handle(
@@ -37,6 +38,8 @@ pub async fn handle(
         route: None,
         endpoint: None,
         user: None,
+        claims: None,
+        split_side: None,
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
     let method = parts.method.clone();
@@ -49,6 +52,13 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), ctx.request_id.clone());
+    if let (Some(route), Some(side)) = (&ctx.route, ctx.split_side) {
+        if route.split.as_ref().is_some_and(|s| s.side_header) {
+            response
+                .headers_mut()
+                .insert(split::SIDE_HEADER.clone(), side.header_value());
+        }
+    }
 
     record(&rt, &ctx, method.as_str(), &raw_path, bytes_in, &response);
     response
@@ -80,7 +90,18 @@ async fn forward_request(
         return Err(GatewayError::BodyTooLarge);
     }
 
-    let upstream_path = match &route.rewrite {
+    // Migration split: the side decides the upstream and the rewrite.
+    let chosen = route.split.as_ref().map(|split| {
+        let side = split.choose(&parts.headers, ctx.client_ip, ctx.claims.as_deref());
+        (split, side)
+    });
+    ctx.split_side = chosen.map(|(_, side)| side);
+    let (upstream, rewrite) = match chosen {
+        Some((split, side)) => (&split.side(side).upstream, &split.side(side).rewrite),
+        None => (&route.upstream, &route.rewrite),
+    };
+
+    let upstream_path = match rewrite {
         Some(rewrite) => rewrite.apply(&normalised),
         None => Cow::Borrowed(normalised.as_ref()),
     };
@@ -105,10 +126,13 @@ async fn forward_request(
     }
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 
-    let upstream = &route.upstream;
-    let endpoint = upstream
-        .pick()
-        .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
+    let Some(endpoint) = upstream.pick() else {
+        let error = GatewayError::NoEndpoint(upstream.name.clone());
+        if let Some((split, side)) = chosen {
+            split.record(side, Err(&error));
+        }
+        return Err(error);
+    };
     ctx.endpoint = Some(endpoint.clone());
     let _in_flight = endpoint.start();
 
@@ -121,7 +145,7 @@ async fn forward_request(
         *h = headers;
     }
 
-    let response = if let Some(protocol) = upgrade {
+    let sent = if let Some(protocol) = upgrade {
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
@@ -135,13 +159,17 @@ async fn forward_request(
         let request = builder
             .body(Body::empty())
             .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::upgrade(upstream, &endpoint, on_upgrade, request).await?
+        proxy::upgrade(upstream, &endpoint, on_upgrade, request).await
     } else {
         let request = builder
             .body(Body::limited(body, rt.max_request_body))
             .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::send(upstream, &endpoint, request, upstream.request_timeout).await?
+        proxy::send(upstream, &endpoint, request, upstream.request_timeout).await
     };
+    if let Some((split, side)) = chosen {
+        split.record(side, sent.as_ref().map(|r| r.status()));
+    }
+    let response = sent?;
 
     let (mut head, incoming) = response.into_parts();
     if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -234,7 +262,7 @@ fn record(
         method,
         path: raw_path,
         route: route.map_or("", |r| r.name.as_str()),
-        upstream: route.map_or("", |r| r.upstream.name.as_str()),
+        upstream: route.map_or("", |r| r.upstream_for(ctx.split_side).name.as_str()),
         endpoint: ctx.endpoint.as_deref().map_or("", |e| e.address.as_str()),
         status,
         duration_ms: elapsed.as_secs_f64() * 1000.0,

@@ -14,6 +14,7 @@ pub mod path;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod split;
 pub mod upstream;
 
 use std::net::SocketAddr;

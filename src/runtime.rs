@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::router::{Rewrite, RouteMatch, RouteTable};
+use crate::split::{Side, Split};
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.
@@ -23,9 +24,21 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    /// For a split route: the stable side's rewrite and upstream; `split` picks per request.
     pub rewrite: Option<Rewrite>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    pub split: Option<Arc<Split>>,
+}
+
+impl Route {
+    /// The upstream a request went to, given the split side it was sent to.
+    pub fn upstream_for(&self, side: Option<Side>) -> &Arc<Upstream> {
+        match (&self.split, side) {
+            (Some(split), Some(side)) => &split.side(side).upstream,
+            _ => &self.upstream,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -33,6 +46,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: RouteTable<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Migration splits by route name (their state carries over reloads).
+    pub splits: BTreeMap<String, Arc<Split>>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
     /// Metrics of requests that matched no route.
@@ -63,8 +78,23 @@ impl Runtime {
             upstreams.insert(name.clone(), upstream);
         }
         let mut entries = Vec::with_capacity(config.routes.len());
+        let mut splits = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
-            let route = build_route(i, rc, &upstreams, metrics)?;
+            let split = match &rc.split {
+                Some(sc) => {
+                    let carried = previous
+                        .and_then(|p| p.splits.get(&rc.name))
+                        .map(|s| &s.state);
+                    let split = Split::build(&rc.name, sc, &upstreams, metrics, carried).map_err(
+                        |(f, e)| ConfigError::single(format!("routes[{i}].split.{f}"), e),
+                    )?;
+                    let split = Arc::new(split);
+                    splits.insert(rc.name.clone(), split.clone());
+                    Some(split)
+                }
+                None => None,
+            };
+            let route = build_route(i, rc, &upstreams, metrics, split)?;
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -80,6 +110,7 @@ impl Runtime {
             config: Arc::new(config),
             routes: RouteTable::new(entries),
             upstreams,
+            splits,
             trusted_proxies,
             no_route: metrics.route("none"),
             shared: shared.clone(),
@@ -92,8 +123,18 @@ fn build_route(
     rc: &RouteConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     metrics: &Metrics,
+    split: Option<Arc<Split>>,
 ) -> Result<Route, ConfigError> {
     let err = |field: &str, e: String| ConfigError::single(format!("routes[{i}].{field}"), e);
+    if let Some(split) = split {
+        return Ok(Route {
+            name: rc.name.clone(),
+            rewrite: split.stable.rewrite.clone(),
+            upstream: split.stable.upstream.clone(),
+            metrics: metrics.route(&rc.name),
+            split: Some(split),
+        });
+    }
     let upstream_name = rc
         .upstream
         .as_deref()
@@ -113,5 +154,6 @@ fn build_route(
         rewrite,
         upstream,
         metrics: metrics.route(&rc.name),
+        split: None,
     })
 }

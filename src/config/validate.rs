@@ -173,6 +173,15 @@ fn route_entry(
                     }
                 }
             }
+            for (field, problem) in crate::split::validate(split, route.jwt.is_some()) {
+                issues.push(format!("{path}.split.{field}"), problem);
+            }
+            if route.rewrite.is_some() {
+                issues.push(
+                    format!("{path}.rewrite"),
+                    "a split route takes its rewrites per side (split.stable.rewrite, split.canary.rewrite)",
+                );
+            }
         }
         (Some(_), Some(_)) => issues.push(
             format!("{path}.split"),
@@ -281,9 +290,6 @@ fn not_supported_yet(config: &Config, issues: &mut Issues) {
         }
         if route.transform.is_some() {
             refuse(format!("{p}.transform"), "transform");
-        }
-        if route.split.is_some() {
-            refuse(format!("{p}.split"), "split");
         }
     }
 }

@@ -3,8 +3,8 @@
 //! Runtime is built, so the request path only touches atomics.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -16,6 +16,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections_refused: IntCounter,
+    /// Migration splits (handles resolved per split in `split::SplitState`).
+    pub split_requests: IntCounterVec,
+    pub split_percent: GaugeVec,
+    pub split_rollbacks: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,6 +106,33 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         );
+        let split_requests = register(
+            &registry,
+            counter(
+                "portico_split_requests_total",
+                "Requests of split routes, by side (stable or canary)",
+                &["route", "side"],
+            ),
+        );
+        let split_percent = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "portico_split_percent",
+                    "Share of a split route's traffic sent to the canary side",
+                ),
+                &["route"],
+            )
+            .expect("valid metric definition"),
+        );
+        let split_rollbacks = register(
+            &registry,
+            counter(
+                "portico_split_rollbacks_total",
+                "Automatic rollbacks of a split's canary side",
+                &["route"],
+            ),
+        );
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -114,6 +145,9 @@ impl Metrics {
             config_reloads,
             access_log_dropped,
             connections_refused,
+            split_requests,
+            split_percent,
+            split_rollbacks,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod flaky;
 
 use std::time::Duration;
 

@@ -1,0 +1,307 @@
+//! Migration routing (strangler fig): a route's traffic is split between a `stable` side
+//! (the monolith) and a `canary` side (the new service), each with its own upstream and
+//! rewrite.
+//!
+//! Lifecycle: `Split` is the compiled config of one route, rebuilt with every Runtime;
+//! it points at a `SplitState` that is carried across reloads by route name and owns the
+//! ramp task. On the request path `choose` picks a side (force rules, rollback, then the
+//! sticky bucket or a random draw against the percentage) and `record` feeds the canary's
+//! outcome into the sliding window that trips the automatic rollback.
+
+pub mod admin;
+mod key;
+mod ramp;
+mod state;
+mod window;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+pub use key::{bucket_of, Force, StickyKey, BUCKETS};
+pub use ramp::RampPlan;
+pub use state::{RollbackInfo, SplitState};
+pub use window::{Tally, Window};
+
+use crate::config::SplitConfig;
+use crate::error::GatewayError;
+use crate::observe::Metrics;
+use crate::router::Rewrite;
+use crate::upstream::Upstream;
+
+/// The optional response header naming the side (`side_header: true`).
+pub static SIDE_HEADER: HeaderName = HeaderName::from_static("x-portico-split");
+
+/// The window used for `GET /splits` error rates when no rollback rule is set.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Stable = 0,
+    Canary = 1,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Stable => "stable",
+            Side::Canary => "canary",
+        }
+    }
+
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.label())
+    }
+}
+
+#[derive(Debug)]
+pub struct SplitSide {
+    pub upstream: Arc<Upstream>,
+    pub rewrite: Option<Rewrite>,
+}
+
+/// When the canary is taken out of traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct RollbackRule {
+    /// A fraction in 0..=1.
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+}
+
+#[derive(Debug)]
+pub struct Split {
+    pub stable: SplitSide,
+    pub canary: SplitSide,
+    pub sticky: Option<StickyKey>,
+    force_canary: Option<Force>,
+    force_stable: Option<Force>,
+    pub side_header: bool,
+    pub rule: Option<RollbackRule>,
+    pub state: Arc<SplitState>,
+}
+
+pub fn basis_points(percent: f64) -> u32 {
+    (percent * 100.0).round().clamp(0.0, f64::from(BUCKETS)) as u32
+}
+
+/// Checks a split's config; each problem names its field below `split.`. `has_jwt`: the
+/// route verifies a JWT, without which a `claim:` key would never be found.
+pub fn validate(config: &SplitConfig, has_jwt: bool) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    match config.sticky.as_deref().map(StickyKey::parse) {
+        Some(Err(e)) => problems.push(("sticky".into(), e)),
+        Some(Ok(StickyKey::Claim(_))) if !has_jwt => problems.push((
+            "sticky".into(),
+            "a claim: key needs a jwt verifier on the route (jwt: NAME)".into(),
+        )),
+        _ => {}
+    }
+    for (name, force) in [
+        ("force_canary", &config.force_canary),
+        ("force_stable", &config.force_stable),
+    ] {
+        if let Some(Err((field, e))) = force.as_ref().map(Force::build) {
+            let path = if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}.{field}")
+            };
+            problems.push((path, e));
+        }
+    }
+    if let Some(Err((field, e))) = config.ramp.as_ref().map(RampPlan::build) {
+        problems.push((format!("ramp.{field}"), e));
+    }
+    if let Some(rb) = &config.rollback {
+        if rb.max_error_rate.0 <= 0.0 {
+            problems.push(("rollback.max_error_rate".into(), "must be above 0%".into()));
+        }
+        if rb.window.0 < Duration::from_secs(1) {
+            problems.push(("rollback.window".into(), "must be at least 1s".into()));
+        }
+        if rb.min_requests == 0 {
+            problems.push(("rollback.min_requests".into(), "must be at least 1".into()));
+        }
+    }
+    problems
+}
+
+impl Split {
+    /// Compiles a route's split. The state comes from the previous Runtime's split of the
+    /// same route when there is one (so reloads keep percent, pause and rollback).
+    pub fn build(
+        route: &str,
+        config: &SplitConfig,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        metrics: &Metrics,
+        previous: Option<&Arc<SplitState>>,
+    ) -> Result<Split, (String, String)> {
+        // The jwt check belongs to whole-config validation, which has the route.
+        if let Some(problem) = validate(config, true).into_iter().next() {
+            return Err(problem);
+        }
+        let side = |name: &str, cfg: &crate::config::SplitSideConfig| {
+            let upstream = upstreams.get(&cfg.upstream).cloned().ok_or_else(|| {
+                (
+                    format!("{name}.upstream"),
+                    format!("unknown upstream {:?}", cfg.upstream),
+                )
+            })?;
+            let rewrite = cfg
+                .rewrite
+                .as_ref()
+                .map(Rewrite::build)
+                .transpose()
+                .map_err(|e| (format!("{name}.rewrite"), e))?;
+            Ok::<_, (String, String)>(SplitSide { upstream, rewrite })
+        };
+        let stable = side("stable", &config.stable)?;
+        let canary = side("canary", &config.canary)?;
+        let plan = config.ramp.as_ref().map(RampPlan::build).transpose()?;
+        let start = match (&config.percent, &plan) {
+            (Some(p), _) => basis_points(p.0),
+            (None, Some(plan)) => plan.steps.first().copied().unwrap_or(0),
+            (None, None) => 0,
+        };
+        let window = config
+            .rollback
+            .as_ref()
+            .map_or(DEFAULT_WINDOW, |r| r.window.0);
+        let state = match previous {
+            Some(state) => state.clone(),
+            None => SplitState::new(route, start, window, metrics),
+        };
+        state.configure(start, window, plan);
+        Ok(Split {
+            stable,
+            canary,
+            sticky: config
+                .sticky
+                .as_deref()
+                .map(StickyKey::parse)
+                .transpose()
+                .map_err(|e| ("sticky".into(), e))?,
+            force_canary: config.force_canary.as_ref().map(Force::build).transpose()?,
+            force_stable: config.force_stable.as_ref().map(Force::build).transpose()?,
+            side_header: config.side_header,
+            rule: config.rollback.as_ref().map(|r| RollbackRule {
+                max_error_rate: r.max_error_rate.0 / 100.0,
+                min_requests: u64::from(r.min_requests),
+            }),
+            state,
+        })
+    }
+
+    pub fn side(&self, side: Side) -> &SplitSide {
+        match side {
+            Side::Stable => &self.stable,
+            Side::Canary => &self.canary,
+        }
+    }
+
+    /// Picks the side of one request and counts it. Order: `force_stable`, rollback
+    /// (a rolled-back canary gets nothing, forced testers included), `force_canary`, then
+    /// the sticky key's bucket (or a random draw without a key) against the percentage.
+    pub fn choose(
+        &self,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Side {
+        let side = self.decide(headers, client_ip, claims);
+        self.state.count(side);
+        side
+    }
+
+    fn decide(
+        &self,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Side {
+        if self
+            .force_stable
+            .as_ref()
+            .is_some_and(|f| f.matches(headers))
+        {
+            return Side::Stable;
+        }
+        if self.state.rolled_back() {
+            return Side::Stable;
+        }
+        if self
+            .force_canary
+            .as_ref()
+            .is_some_and(|f| f.matches(headers))
+        {
+            return Side::Canary;
+        }
+        let bp = self.state.percent();
+        if bp == 0 {
+            return Side::Stable;
+        }
+        if bp >= BUCKETS {
+            return Side::Canary;
+        }
+        let bucket = self
+            .sticky
+            .as_ref()
+            .and_then(|k| k.bucket(headers, client_ip, claims))
+            .unwrap_or_else(|| rand::random_range(0..BUCKETS));
+        if bucket < bp {
+            Side::Canary
+        } else {
+            Side::Stable
+        }
+    }
+
+    /// Feeds the outcome of a canary request into the window and rolls back when the
+    /// rule is met. A failure is a 5xx answer or a gateway 5xx (connection failure,
+    /// timeout, invalid response, no endpoint); client-side refusals (400, 413) are not
+    /// the canary's fault and are not counted.
+    pub fn record(&self, side: Side, outcome: Result<StatusCode, &GatewayError>) {
+        if side != Side::Canary {
+            return;
+        }
+        let error = match outcome {
+            Ok(status) => status.is_server_error(),
+            Err(e) if e.status().is_server_error() => true,
+            Err(_) => return,
+        };
+        let window = self.state.record_canary(error);
+        let Some(rule) = self.rule else {
+            return;
+        };
+        if self.state.rolled_back() {
+            return;
+        }
+        let tally = window.tally();
+        if tally.total >= rule.min_requests && tally.error_rate() >= rule.max_error_rate {
+            self.state.roll_back(format!(
+                "canary error rate {:.1}% ({} of {} requests in the last {}s) reached max_error_rate {}%",
+                tally.error_rate() * 100.0,
+                tally.errors,
+                tally.total,
+                window.span.as_secs_f64(),
+                (rule.max_error_rate * 100_000.0).round() / 1000.0,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basis_points_round_and_clamp() {
+        assert_eq!(basis_points(10.0), 1000);
+        assert_eq!(basis_points(2.5), 250);
+        assert_eq!(basis_points(0.004), 0);
+        assert_eq!(basis_points(100.0), 10_000);
+        assert_eq!(basis_points(250.0), 10_000);
+    }
+}
