@@ -9,8 +9,15 @@ use std::time::{Duration, Instant};
 
 use super::super::Args;
 
+/// Online cores of the machine (not of this process's affinity mask, which pinning narrows).
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        1
+    }
 }
 
 /// Which cores the load generator and the servers run on.
