@@ -19,9 +19,13 @@ use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::path;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
-use crate::upstream::proxy;
+use crate::upstream::{proxy, retry};
 
-pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: ConnInfo,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &rt.trusted_proxies);
     let mut ctx = Context {
@@ -102,26 +106,26 @@ async fn forward_request(
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 
     let upstream = &route.upstream;
-    let endpoint = upstream
-        .pick()
-        .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
-    ctx.endpoint = Some(endpoint.clone());
-    let _in_flight = endpoint.start();
-
-    let uri = upstream_uri(&endpoint.authority, path_and_query)?;
-    let mut builder = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .version(Version::HTTP_11);
-    if let Some(h) = builder.headers_mut() {
-        *h = headers;
-    }
-
     let response = if let Some(protocol) = upgrade {
+        let endpoint = upstream
+            .pick()
+            .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
+        ctx.endpoint = Some(endpoint.clone());
+        let _in_flight = endpoint.start();
+        let uri = upstream_uri(&endpoint.authority, path_and_query)?;
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(Version::HTTP_11);
+        if let Some(h) = builder.headers_mut() {
+            *h = headers;
+        }
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(GatewayError::BadRequest("upgrade not possible on this connection"))?;
+            .ok_or(GatewayError::BadRequest(
+                "upgrade not possible on this connection",
+            ))?;
         if let Some(h) = builder.headers_mut() {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, protocol);
@@ -129,19 +133,24 @@ async fn forward_request(
         let request = builder
             .body(Body::empty())
             .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::upgrade(upstream, &endpoint, on_upgrade, request).await?
+        proxy::upgrade(upstream, &endpoint, on_upgrade, request)
+            .await?
+            .map(Body::streaming)
     } else {
-        let request = builder
-            .body(Body::limited(body, rt.max_request_body))
-            .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::send(upstream, &endpoint, request, upstream.request_timeout).await?
+        // Retries, breaker, connection limits: upstream/retry.rs.
+        let out = retry::Outgoing {
+            method: parts.method.clone(),
+            path_and_query,
+            headers,
+        };
+        retry::send(upstream, ctx, out, body, rt.max_request_body).await?
     };
 
-    let (mut head, incoming) = response.into_parts();
+    let (mut head, body) = response.into_parts();
     if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
         forward::strip_hop_by_hop(&mut head.headers);
     }
-    Ok(Response::from_parts(head, Body::streaming(incoming)))
+    Ok(Response::from_parts(head, body))
 }
 
 /// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -161,7 +170,10 @@ fn host_without_port(host: Option<&HeaderValue>) -> &str {
     };
     if text.starts_with('[') {
         // IPv6 literal: keep the brackets, drop the port.
-        return text.split(']').next().map_or(text, |h| &text[..h.len() + 1]);
+        return text
+            .split(']')
+            .next()
+            .map_or(text, |h| &text[..h.len() + 1]);
     }
     text.split(':').next().unwrap_or(text)
 }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
-use crate::router::{RouteMatch, RouteTable, Rewrite};
+use crate::router::{Rewrite, RouteMatch, RouteTable};
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.
@@ -51,14 +51,12 @@ impl Runtime {
         for (name, cfg) in &config.upstreams {
             let reused = previous
                 .and_then(|p| p.upstreams.get(name))
-                .filter(|u| &u.config == cfg)
+                .filter(|u| u.same_definition(cfg, config.consul.as_ref()))
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
-                None => Arc::new(
-                    Upstream::build(name, cfg, metrics)
-                        .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
-                ),
+                None => Upstream::start(name, cfg, config.consul.as_ref(), metrics)
+                    .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
             };
             upstreams.insert(name.clone(), upstream);
         }

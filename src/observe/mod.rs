@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use access_log::{AccessLog, AccessRecord};
-pub use metrics::{EndpointMetrics, Metrics, Outcome, RouteMetrics};
+pub use metrics::{EndpointMetrics, Metrics, Outcome, ResilienceMetrics, RouteMetrics};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

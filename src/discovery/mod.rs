@@ -1,0 +1,142 @@
+//! Service discovery. Consul is the one source (`consul.rs`: the client and the blocking
+//! query loop); this module holds what an upstream knows about its discovery (synced yet?
+//! failing?) and turns a list of instances into the upstream's members, swapping them
+//! only when the set really changed.
+
+pub mod consul;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{Gauge, IntCounter};
+use serde_json::{json, Value};
+
+use crate::config::ConsulServiceConfig;
+use crate::observe::ResilienceMetrics;
+use crate::upstream::{Endpoint, Source, Upstream};
+
+/// One discovered instance: `host:port` and its weight.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instance {
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct DiscoveryStatus {
+    pub service: String,
+    pub tag: Option<String>,
+    synced: AtomicBool,
+    failing: AtomicBool,
+    errors: IntCounter,
+    last_sync: Gauge,
+}
+
+impl DiscoveryStatus {
+    pub fn new(
+        upstream: &str,
+        c: &ConsulServiceConfig,
+        metrics: &ResilienceMetrics,
+    ) -> DiscoveryStatus {
+        DiscoveryStatus {
+            service: c.service.clone(),
+            tag: c.tag.clone(),
+            synced: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            errors: metrics.discovery_errors.with_label_values(&[upstream]),
+            last_sync: metrics.discovery_last_sync.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Consul has answered at least once.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Counts an error; returns true when this is a change of state (worth a log line).
+    pub fn error(&self) -> bool {
+        self.errors.inc();
+        !self.failing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Records an answer; returns true when Consul was failing before.
+    fn answered(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_sync.set(now);
+        self.synced.store(true, Ordering::Release);
+        self.failing.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn describe(&self) -> Value {
+        json!({
+            "service": self.service,
+            "tag": self.tag,
+            "synced": self.synced(),
+            "failing": self.failing(),
+            "errors": self.errors.get(),
+        })
+    }
+}
+
+/// Applies one discovery answer: a response is not a change, so the members are
+/// replaced only when the set of (address, weight) differs. Endpoints that stay keep
+/// their state (health, ejection, connection permits, counters).
+pub fn apply(up: &Upstream, mut instances: Vec<Instance>) {
+    let Some(status) = &up.discovery else { return };
+    if status.answered() {
+        tracing::info!(upstream = %up.name, service = %status.service, "consul answers again");
+    }
+    instances.sort();
+    instances.dedup_by(|a, b| a.address == b.address);
+    let members = up.members();
+    let mut current: Vec<Instance> = members
+        .iter()
+        .map(|e| Instance {
+            address: e.address.clone(),
+            weight: e.weight,
+        })
+        .collect();
+    current.sort();
+    if current == instances {
+        if !status.synced() {
+            up.refresh();
+        }
+        return;
+    }
+    let mut by_address: BTreeMap<&str, &Arc<Endpoint>> =
+        members.iter().map(|e| (e.address.as_str(), e)).collect();
+    let mut next = Vec::with_capacity(instances.len());
+    for instance in &instances {
+        match by_address.remove(instance.address.as_str()) {
+            Some(e) if e.weight == instance.weight => next.push(e.clone()),
+            _ => match Endpoint::build(
+                &up.name,
+                &instance.address,
+                instance.weight,
+                Source::Consul,
+                up.config.max_connections,
+                &up.metrics,
+            ) {
+                Ok(e) => {
+                    tracing::info!(upstream = %up.name, endpoint = %instance.address, weight = instance.weight, "endpoint discovered");
+                    next.push(Arc::new(e));
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %up.name, "ignoring discovered instance: {e}");
+                }
+            },
+        }
+    }
+    for gone in by_address.keys() {
+        tracing::info!(upstream = %up.name, endpoint = %gone, "endpoint no longer listed");
+    }
+    up.set_endpoints(next);
+}
