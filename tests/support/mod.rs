@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod client;
+pub mod consul;
+pub mod flaky;
 
 use std::time::Duration;
 
