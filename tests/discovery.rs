@@ -67,7 +67,10 @@ async fn registered_instance_gets_traffic_within_a_second_and_a_critical_one_sto
     let client = Client::new();
     let admin = gw.admin_addr.unwrap();
     assert!(ready(&client, admin).await);
-    assert_eq!(spread(&client, gw.http_addr, 4).await, BTreeMap::from([("a".into(), 4)]));
+    assert_eq!(
+        spread(&client, gw.http_addr, 4).await,
+        BTreeMap::from([("a".into(), 4)])
+    );
 
     consul.register(Registration::new("b-1", "orders", b.addr));
     let registered = Instant::now();
@@ -75,10 +78,17 @@ async fn registered_instance_gets_traffic_within_a_second_and_a_critical_one_sto
         client.get(gw.http_addr, "/x").await.json()["backend"] == "b"
     })
     .await;
-    assert!(reached, "b got no traffic within a second ({:?})", registered.elapsed());
+    assert!(
+        reached,
+        "b got no traffic within a second ({:?})",
+        registered.elapsed()
+    );
 
     let ups = client.get(admin, "/upstreams").await.json();
-    let endpoints = ups["upstreams"]["orders"]["endpoints"].as_array().unwrap().clone();
+    let endpoints = ups["upstreams"]["orders"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(endpoints.len(), 2);
     assert!(endpoints.iter().all(|e| e["source"] == "consul"));
     assert_eq!(ups["upstreams"]["orders"]["discovery"]["synced"], true);
@@ -94,7 +104,10 @@ async fn registered_instance_gets_traffic_within_a_second_and_a_critical_one_sto
     // A change elsewhere wakes the watch but is not a change of this set.
     let hits = b.hits();
     consul.touch();
-    assert_eq!(spread(&client, gw.http_addr, 6).await, BTreeMap::from([("a".into(), 6)]));
+    assert_eq!(
+        spread(&client, gw.http_addr, 6).await,
+        BTreeMap::from([("a".into(), 6)])
+    );
     assert_eq!(b.hits(), hits);
     assert!(consul.tokens_seen().iter().all(|t| t == "secret-token"));
     assert!(!consul.tokens_seen().is_empty());
@@ -116,7 +129,10 @@ async fn consul_down_keeps_the_last_known_set_and_changes_are_followed_when_it_r
     consul.stop();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            metric(&gw.metrics(), "portico_discovery_errors_total{upstream=\"orders\"}") >= 1.0
+            metric(
+                &gw.metrics(),
+                "portico_discovery_errors_total{upstream=\"orders\"}",
+            ) >= 1.0
         })
         .await,
         "errors are counted while consul is down"
@@ -124,7 +140,11 @@ async fn consul_down_keeps_the_last_known_set_and_changes_are_followed_when_it_r
     let seen = spread(&client, gw.http_addr, 10).await;
     assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
     assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
-    assert_eq!(client.get(admin, "/readyz").await.status, 200, "stays ready on the last known set");
+    assert_eq!(
+        client.get(admin, "/readyz").await.status,
+        200,
+        "stays ready on the last known set"
+    );
     assert_eq!(
         client.get(admin, "/upstreams").await.json()["upstreams"]["orders"]["discovery"]["failing"],
         true
@@ -204,7 +224,12 @@ async fn errors_429_500_and_a_stalled_consul_keep_the_endpoints_and_are_counted(
     let (gw, _file) = gateway(&yaml(&consul, "1s", "{ service: orders }")).await;
     let client = Client::new();
     assert!(ready(&client, gw.admin_addr.unwrap()).await);
-    let errors = || metric(&gw.metrics(), "portico_discovery_errors_total{upstream=\"orders\"}");
+    let errors = || {
+        metric(
+            &gw.metrics(),
+            "portico_discovery_errors_total{upstream=\"orders\"}",
+        )
+    };
 
     for status in [500, 429] {
         let before = errors();
@@ -214,7 +239,10 @@ async fn errors_429_500_and_a_stalled_consul_keep_the_endpoints_and_are_counted(
             eventually(Duration::from_secs(10), || async { errors() > before }).await,
             "{status} counted as an error"
         );
-        assert_eq!(spread(&client, gw.http_addr, 3).await, BTreeMap::from([("a".into(), 3)]));
+        assert_eq!(
+            spread(&client, gw.http_addr, 3).await,
+            BTreeMap::from([("a".into(), 3)])
+        );
         consul.fail_with(None);
     }
 
@@ -226,7 +254,10 @@ async fn errors_429_500_and_a_stalled_consul_keep_the_endpoints_and_are_counted(
         eventually(Duration::from_secs(15), || async { errors() > before }).await,
         "a stalled query times out and counts as an error"
     );
-    assert_eq!(spread(&client, gw.http_addr, 3).await, BTreeMap::from([("a".into(), 3)]));
+    assert_eq!(
+        spread(&client, gw.http_addr, 3).await,
+        BTreeMap::from([("a".into(), 3)])
+    );
     consul.stall(false);
     consul.register(Registration::new("b-1", "orders", b.addr));
     assert!(
@@ -269,7 +300,10 @@ routes:
     assert_eq!(not_ready.status, 503);
     assert_eq!(not_ready.json()["upstreams_without_endpoints"][0], "orders");
     // Routes whose upstreams are ready serve at once.
-    assert_eq!(client.get(gw.http_addr, "/fixed").await.json()["backend"], "static");
+    assert_eq!(
+        client.get(gw.http_addr, "/fixed").await.json()["backend"],
+        "static"
+    );
     let empty = client.get(gw.http_addr, "/orders").await;
     assert_eq!(empty.status, 503);
     let body = empty.json();
@@ -277,7 +311,10 @@ routes:
     assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
 
     consul.fail_with(None);
-    assert!(ready(&client, admin).await, "ready after the first answer, even an empty one");
+    assert!(
+        ready(&client, admin).await,
+        "ready after the first answer, even an empty one"
+    );
     assert_eq!(client.get(gw.http_addr, "/orders").await.status, 503);
     consul.register(Registration::new("a-1", "orders", a.addr));
     assert!(
@@ -302,13 +339,18 @@ async fn tag_filter_datacenter_node_address_and_weights() {
     let mut weighted = Registration::new("heavy", "orders", heavy.addr).tags(&["v2"]);
     weighted.weight = Some(3);
     consul.register(weighted);
-    let config = yaml(&consul, "5s", "{ service: orders, tag: v2 }")
-        .replace("token: secret-token", "token: secret-token, datacenter: dc1");
+    let config = yaml(&consul, "5s", "{ service: orders, tag: v2 }").replace(
+        "token: secret-token",
+        "token: secret-token, datacenter: dc1",
+    );
     let (gw, _file) = gateway(&config).await;
     let client = Client::new();
     assert!(ready(&client, gw.admin_addr.unwrap()).await);
     let seen = spread(&client, gw.http_addr, 8).await;
-    assert_eq!(seen, BTreeMap::from([("heavy".into(), 6), ("v2".into(), 2)]));
+    assert_eq!(
+        seen,
+        BTreeMap::from([("heavy".into(), 6), ("v2".into(), 2)])
+    );
     gw.shutdown().await;
 
     // An unknown datacenter is an error: never ready, nothing served.
@@ -317,11 +359,17 @@ async fn tag_filter_datacenter_node_address_and_weights() {
     let (gw, _file) = gateway(&config).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
-            metric(&gw.metrics(), "portico_discovery_errors_total{upstream=\"orders\"}") >= 1.0
+            metric(
+                &gw.metrics(),
+                "portico_discovery_errors_total{upstream=\"orders\"}",
+            ) >= 1.0
         })
         .await
     );
-    assert_eq!(client.get(gw.admin_addr.unwrap(), "/readyz").await.status, 503);
+    assert_eq!(
+        client.get(gw.admin_addr.unwrap(), "/readyz").await.status,
+        503
+    );
     gw.shutdown().await;
 }
 
@@ -336,9 +384,15 @@ async fn a_reload_keeps_an_unchanged_discovered_upstream_and_drops_a_changed_one
     assert!(ready(&client, gw.admin_addr.unwrap()).await);
     let before = gw.runtime().upstreams["orders"].clone();
 
-    let more_routes = format!("{text}  - name: extra\n    match: {{ path_prefix: /extra }}\n    upstream: orders\n");
-    gw.apply(portico::config::parse(&more_routes).unwrap()).unwrap();
-    assert!(Arc::ptr_eq(&before, &gw.runtime().upstreams["orders"]), "unchanged upstream kept");
+    let more_routes = format!(
+        "{text}  - name: extra\n    match: {{ path_prefix: /extra }}\n    upstream: orders\n"
+    );
+    gw.apply(portico::config::parse(&more_routes).unwrap())
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&before, &gw.runtime().upstreams["orders"]),
+        "unchanged upstream kept"
+    );
     assert!(before.ready(), "and its discovery state");
 
     let weak = Arc::downgrade(&before);
@@ -346,7 +400,10 @@ async fn a_reload_keeps_an_unchanged_discovered_upstream_and_drops_a_changed_one
     let changed = text.replace("wait: 5s", "wait: 4s");
     gw.apply(portico::config::parse(&changed).unwrap()).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async { weak.upgrade().is_none() }).await,
+        eventually(Duration::from_secs(5), || async {
+            weak.upgrade().is_none()
+        })
+        .await,
         "the replaced upstream is dropped: its background tasks do not keep it alive"
     );
     assert!(ready(&client, gw.admin_addr.unwrap()).await);

@@ -87,7 +87,9 @@ pub struct TestConsul {
 
 impl TestConsul {
     pub async fn start() -> TestConsul {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test consul");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test consul");
         let addr = listener.local_addr().expect("local addr");
         let consul = TestConsul {
             addr,
@@ -213,10 +215,16 @@ fn reply(status: StatusCode, index: Option<u64>, body: String) -> Response<Full<
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert("content-type", http::HeaderValue::from_static("application/json"));
+    h.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     if let Some(i) = index {
         h.insert("x-consul-index", http::HeaderValue::from(i));
-        h.insert("x-consul-knownleader", http::HeaderValue::from_static("true"));
+        h.insert(
+            "x-consul-knownleader",
+            http::HeaderValue::from_static("true"),
+        );
         h.insert("x-consul-lastcontact", http::HeaderValue::from_static("0"));
     }
     r
@@ -224,7 +232,9 @@ fn reply(status: StatusCode, index: Option<u64>, body: String) -> Response<Full<
 
 /// Consul's duration syntax as used for `wait`: `10s`, `500ms`, `5m`, or bare seconds.
 fn parse_wait(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let n: u64 = text[..split].parse().ok()?;
     match &text[split..] {
         "ms" => Some(Duration::from_millis(n)),
@@ -254,9 +264,17 @@ fn parse_filter(expr: &str) -> Result<String, String> {
 
 fn query_params(req: &Request<Incoming>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
+        let v = percent_encoding::percent_decode_str(v)
+            .decode_utf8_lossy()
+            .into_owned();
         out.insert(k.to_string(), v);
     }
     out
@@ -264,7 +282,11 @@ fn query_params(req: &Request<Incoming>) -> BTreeMap<String, String> {
 
 async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     state.queries.fetch_add(1, Ordering::SeqCst);
-    if let Some(token) = req.headers().get("x-consul-token").and_then(|v| v.to_str().ok()) {
+    if let Some(token) = req
+        .headers()
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+    {
         state.tokens.lock().unwrap().push(token.to_string());
     }
     let Some(service) = req.uri().path().strip_prefix("/v1/health/service/") else {
@@ -286,7 +308,11 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         return reply(status, None, "rpc error: injected failure".into());
     }
     if params.get("dc").is_some_and(|dc| dc != DATACENTER) {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, None, "No path to datacenter".into());
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            "No path to datacenter".into(),
+        );
     }
     let tag = match params.get("filter").map(|f| parse_filter(f)) {
         None => None,
@@ -300,7 +326,10 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         }
     };
     let passing = params.contains_key("passing");
-    let wanted: u64 = params.get("index").and_then(|i| i.parse().ok()).unwrap_or(0);
+    let wanted: u64 = params
+        .get("index")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
     let wait = params
         .get("wait")
         .and_then(|w| parse_wait(w))
@@ -320,7 +349,11 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         })
         .await;
     }
-    let index = if index_zero { 0 } else { *state.index.lock().unwrap() };
+    let index = if index_zero {
+        0
+    } else {
+        *state.index.lock().unwrap()
+    };
     let entries: Vec<serde_json::Value> = state
         .instances
         .lock()

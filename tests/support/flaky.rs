@@ -68,7 +68,9 @@ pub struct Flaky {
 
 impl Flaky {
     pub async fn start(name: &str) -> Flaky {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind flaky backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind flaky backend");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             name: name.to_string(),
@@ -116,7 +118,9 @@ impl Flaky {
     }
 
     pub fn set_delay(&self, delay: Duration) {
-        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Closes the listener and every connection.
@@ -164,7 +168,11 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let echo = serde_json::json!({
         "backend": state.name,
         "status": status,
@@ -174,7 +182,9 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     });
     let mut r = Response::new(Full::new(Bytes::from(echo.to_string())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
