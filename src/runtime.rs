@@ -55,8 +55,16 @@ impl Runtime {
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
-                None => Upstream::start(name, cfg, config.consul.as_ref(), metrics)
-                    .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
+                None => Upstream::start(
+                    name,
+                    cfg,
+                    config.consul.as_ref(),
+                    metrics,
+                    previous
+                        .and_then(|p| p.upstreams.get(name))
+                        .map(|u| u.as_ref()),
+                )
+                .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
             };
             upstreams.insert(name.clone(), upstream);
         }

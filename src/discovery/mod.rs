@@ -66,6 +66,10 @@ impl DiscoveryStatus {
     }
 
     /// Records an answer; returns true when Consul was failing before.
+    fn carried_over(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
     fn answered(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -86,14 +90,41 @@ impl DiscoveryStatus {
     }
 }
 
+/// A rebuilt upstream (its definition changed in a reload) starts from the endpoints the
+/// previous one had discovered, so it serves (and stays ready) while its own watch makes
+/// its first query, and while Consul is down.
+pub fn carry_over(up: &Upstream, previous: &Upstream) {
+    let (Some(status), Some(prev)) = (&up.discovery, &previous.discovery) else {
+        return;
+    };
+    // Only the same service (and tag) may lend its endpoints.
+    if !prev.synced() || previous.config.discovery != up.config.discovery {
+        return;
+    }
+    let instances = previous
+        .members()
+        .iter()
+        .map(|e| Instance {
+            address: e.address.clone(),
+            weight: e.weight,
+        })
+        .collect();
+    status.carried_over();
+    replace(up, instances);
+}
+
 /// Applies one discovery answer: a response is not a change, so the members are
 /// replaced only when the set of (address, weight) differs. Endpoints that stay keep
 /// their state (health, ejection, connection permits, counters).
-pub fn apply(up: &Upstream, mut instances: Vec<Instance>) {
+pub fn apply(up: &Upstream, instances: Vec<Instance>) {
     let Some(status) = &up.discovery else { return };
     if status.answered() {
         tracing::info!(upstream = %up.name, service = %status.service, "consul answers again");
     }
+    replace(up, instances);
+}
+
+fn replace(up: &Upstream, mut instances: Vec<Instance>) {
     instances.sort();
     instances.dedup_by(|a, b| a.address == b.address);
     let members = up.members();
@@ -106,9 +137,6 @@ pub fn apply(up: &Upstream, mut instances: Vec<Instance>) {
         .collect();
     current.sort();
     if current == instances {
-        if !status.synced() {
-            up.refresh();
-        }
         return;
     }
     let mut by_address: BTreeMap<&str, &Arc<Endpoint>> =

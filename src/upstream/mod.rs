@@ -191,11 +191,14 @@ impl Upstream {
 
     /// Builds an upstream and starts its background tasks (Consul watch, health checks).
     /// The tasks stop when the returned `Arc` (and every clone) is dropped.
+    /// `previous` is the upstream of the same name in the Runtime being replaced: when both
+    /// use discovery, its last known endpoints serve until Consul answers the new watch.
     pub fn start(
         name: &str,
         config: &UpstreamConfig,
         consul: Option<&ConsulConfig>,
         metrics: &Metrics,
+        previous: Option<&Upstream>,
     ) -> Result<Arc<Upstream>, String> {
         let consul = match (&config.discovery, consul) {
             (None, _) => None,
@@ -204,6 +207,9 @@ impl Upstream {
         };
         let make = Upstream::assemble(name, config, consul, &metrics.resilience)?;
         let upstream = Arc::new_cyclic(|me| make(me.clone()));
+        if let Some(prev) = previous.filter(|p| p.discovery.is_some()) {
+            crate::discovery::carry_over(&upstream, prev);
+        }
         upstream.spawn_tasks()?;
         Ok(upstream)
     }

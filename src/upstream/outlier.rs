@@ -16,12 +16,15 @@ use crate::config::OutlierConfig;
 /// Longest ejection (Envoy's default `max_ejection_time`).
 pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct OutlierPolicy {
     pub consecutive_errors: u32,
     pub interval: Duration,
     pub base_ejection: Duration,
     pub max_ejection_percent: f64,
+    /// Makes "count the ejected, then eject one more" one step, so two endpoints failing
+    /// at the same moment cannot both pass the `max_ejection_percent` check.
+    gate: Mutex<()>,
 }
 
 impl From<&OutlierConfig> for OutlierPolicy {
@@ -31,6 +34,7 @@ impl From<&OutlierConfig> for OutlierPolicy {
             interval: c.interval.0,
             base_ejection: c.base_ejection.0,
             max_ejection_percent: c.max_ejection_percent.0,
+            gate: Mutex::new(()),
         }
     }
 }
@@ -100,6 +104,7 @@ impl EndpointOutlier {
 
 /// Ejects `endpoint` unless that would put more than `max_ejection_percent` out at once.
 pub fn eject(up: &Upstream, endpoint: &Arc<Endpoint>, policy: &OutlierPolicy) {
+    let _one = policy.gate.lock().unwrap_or_else(|p| p.into_inner());
     let members = up.members();
     let ejected = members.iter().filter(|e| e.outlier.is_ejected()).count();
     if endpoint.outlier.is_ejected() {
@@ -163,6 +168,7 @@ mod tests {
             interval: Duration::from_secs(10),
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: percent,
+            gate: Mutex::new(()),
         }
     }
 
