@@ -441,3 +441,57 @@ routes:
     assert!(err.contains("consul.address"), "{err}");
     assert!(err.contains("consul.wait"), "{err}");
 }
+
+#[tokio::test]
+async fn the_retry_budget_stops_retries_from_multiplying_an_outage() {
+    let a = Flaky::start("a").await;
+    a.set_status(503);
+    let (gw, _file) = gateway(&retries_config(&[&a], ", budget: 0%")).await;
+    let client = Client::new();
+    for _ in 0..12 {
+        assert_eq!(client.get(gw.http_addr, "/x").await.status, 503);
+    }
+    // The reserve of 10 retries pays for 5 requests tried 3 times; with a 0% budget
+    // nothing refills it, so the other 7 are tried once.
+    assert_eq!(a.hits(), 5 * 3 + 7);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "portico_upstream_retries_total{result=\"retried\",upstream=\"svc\"}"
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portico_upstream_retries_total{result=\"budget_exhausted\",upstream=\"svc\"}"
+        ),
+        7.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_try_is_cut_by_per_try_timeout_and_retried_elsewhere() {
+    let slow = Flaky::start("slow").await;
+    let fast = Flaky::start("fast").await;
+    slow.set_delay(Duration::from_secs(3));
+    let config = yaml(&format!(
+        "{}    timeouts: {{ connect: 1s, request: 10s }}\n    retries: {{ attempts: 2, per_try_timeout: 300ms, on: [timeout] }}\n",
+        targets(&[&slow, &fast])
+    ));
+    let (gw, _file) = gateway(&config).await;
+    let client = Client::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let r = client.get(gw.http_addr, "/x").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["backend"], "fast");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the slow try was cut short"
+        );
+    }
+    gw.shutdown().await;
+}

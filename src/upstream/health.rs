@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
 
 use super::{Endpoint, Upstream};
 use crate::body::Body;
@@ -144,10 +145,19 @@ async fn check(up: &Upstream, endpoint: &Arc<Endpoint>, policy: &CheckPolicy) ->
         header::USER_AGENT,
         HeaderValue::from_static("portico-health-check"),
     );
-    match tokio::time::timeout(policy.timeout, up.client.request(request)).await {
-        Ok(Ok(response)) => response.status().is_success(),
-        _ => false,
-    }
+    let exchange = async {
+        let response = up.client.request(request).await.ok()?;
+        let passed = response.status().is_success();
+        // Read the (small) body so the connection goes back to the pool.
+        let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        Some(passed)
+    };
+    matches!(
+        tokio::time::timeout(policy.timeout, exchange).await,
+        Ok(Some(true))
+    )
 }
 
 #[cfg(test)]
