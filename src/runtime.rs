@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
-use crate::router::{Rewrite, RouteMatch, RouteTable};
+use crate::router::{RouteMatch, RouteTable, Rewrite};
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.
@@ -53,6 +53,10 @@ impl Runtime {
                 .and_then(|p| p.upstreams.get(name))
                 .filter(|u| u.same_definition(cfg, config.consul.as_ref()))
                 .cloned();
+            // A rebuilt upstream starts its own background tasks (discovery, health checks).
+            let previous_upstream = previous
+                .and_then(|p| p.upstreams.get(name))
+                .map(|u| u.as_ref());
             let upstream = match reused {
                 Some(u) => u,
                 None => Upstream::start(
@@ -60,9 +64,7 @@ impl Runtime {
                     cfg,
                     config.consul.as_ref(),
                     metrics,
-                    previous
-                        .and_then(|p| p.upstreams.get(name))
-                        .map(|u| u.as_ref()),
+                    previous_upstream,
                 )
                 .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
             };

@@ -3,8 +3,8 @@
 //! Runtime is built, so the request path only touches atomics.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -16,106 +16,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections_refused: IntCounter,
-    /// Upstream resilience and discovery (see `upstream::UpstreamMetrics`).
-    pub resilience: ResilienceMetrics,
-}
-
-/// Metric families of discovery, health checks, outlier ejection, the breaker, retries
-/// and connection limits. Label handles are resolved per upstream when it is built.
-#[derive(Clone)]
-pub struct ResilienceMetrics {
-    upstream_requests: IntCounterVec,
-    pub upstream_endpoints: IntGaugeVec,
-    pub discovery_errors: IntCounterVec,
-    pub discovery_last_sync: GaugeVec,
-    pub breaker_state: IntGaugeVec,
-    pub breaker_rejected: IntCounterVec,
-    pub retries: IntCounterVec,
-    pub ejections: IntCounterVec,
-    pub overflow: IntCounterVec,
-}
-
-impl std::fmt::Debug for ResilienceMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResilienceMetrics")
-    }
-}
-
-impl ResilienceMetrics {
-    /// Handles for one endpoint (same family as `Metrics::endpoint`), for endpoints that
-    /// discovery adds after the Runtime was built.
-    pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
-        EndpointMetrics {
-            outcomes: Outcome::ALL.map(|o| {
-                self.upstream_requests
-                    .with_label_values(&[upstream, endpoint, o.label()])
-            }),
-        }
-    }
-
-    fn new(
-        registry: &Registry,
-        upstream_requests: IntCounterVec,
-        upstream_endpoints: IntGaugeVec,
-    ) -> ResilienceMetrics {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
-            )
-        };
-        ResilienceMetrics {
-            upstream_requests,
-            upstream_endpoints,
-            discovery_errors: counter(
-                "portico_discovery_errors_total",
-                "Failed Consul queries (errors, 429, 5xx, timeouts), by upstream",
-                &["upstream"],
-            ),
-            discovery_last_sync: register(
-                registry,
-                GaugeVec::new(
-                    Opts::new(
-                        "portico_discovery_last_sync_timestamp_seconds",
-                        "Unix time of the last successful Consul answer, by upstream",
-                    ),
-                    &["upstream"],
-                )
-                .expect("valid metric definition"),
-            ),
-            breaker_state: register(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "portico_circuit_breaker_state",
-                        "1 for the circuit breaker's current state (closed, open, half_open), by upstream",
-                    ),
-                    &["upstream", "state"],
-                )
-                .expect("valid metric definition"),
-            ),
-            breaker_rejected: counter(
-                "portico_circuit_breaker_rejected_total",
-                "Requests answered by an open circuit breaker without reaching the upstream",
-                &["upstream"],
-            ),
-            retries: counter(
-                "portico_upstream_retries_total",
-                "Retries sent, or refused by the retry budget, by upstream",
-                &["upstream", "result"],
-            ),
-            ejections: counter(
-                "portico_upstream_ejections_total",
-                "Endpoints ejected by outlier detection, by upstream",
-                &["upstream"],
-            ),
-            overflow: counter(
-                "portico_upstream_overflow_total",
-                "Requests refused with 503 because max_connections and max_pending were full",
-                &["upstream"],
-            ),
-        }
-    }
+    /// Discovery, breaker, retries, ejections, overflow (observe/resilience.rs).
+    pub resilience: super::ResilienceMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,8 +54,8 @@ impl Metrics {
                     "Time from request head to response head, by route",
                 )
                 .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0,
                 ]),
                 &["route"],
             )
@@ -202,7 +104,7 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         );
-        let resilience = ResilienceMetrics::new(
+        let resilience = super::ResilienceMetrics::new(
             &registry,
             upstream_requests.clone(),
             upstream_endpoints.clone(),
@@ -360,5 +262,19 @@ impl std::fmt::Debug for EndpointMetrics {
 impl EndpointMetrics {
     pub fn record(&self, outcome: Outcome) {
         self.outcomes[outcome as usize].inc();
+    }
+}
+
+impl EndpointMetrics {
+    /// Handles for one endpoint from the `portico_upstream_requests_total` family.
+    pub(crate) fn resolve(
+        family: &IntCounterVec,
+        upstream: &str,
+        endpoint: &str,
+    ) -> EndpointMetrics {
+        EndpointMetrics {
+            outcomes: Outcome::ALL
+                .map(|o| family.with_label_values(&[upstream, endpoint, o.label()])),
+        }
     }
 }
