@@ -168,3 +168,109 @@ fn replace(up: &Upstream, mut instances: Vec<Instance>) {
     }
     up.set_endpoints(next);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConsulConfig, DiscoveryConfig, UpstreamConfig};
+    use crate::observe::Metrics;
+    use crate::upstream::health::CheckPolicy;
+
+    fn upstream(metrics: &Metrics) -> Arc<Upstream> {
+        let config = UpstreamConfig {
+            discovery: Some(DiscoveryConfig {
+                consul: ConsulServiceConfig {
+                    service: "orders".into(),
+                    tag: None,
+                },
+            }),
+            ..UpstreamConfig::default()
+        };
+        let consul = ConsulConfig {
+            address: "http://127.0.0.1:8500".into(),
+            datacenter: None,
+            token: None,
+            wait: crate::config::Duration::from_secs(60),
+        };
+        // No tokio runtime here, so no watch task is started.
+        Upstream::start("orders", &config, Some(&consul), metrics, None).unwrap()
+    }
+
+    fn instance(address: &str, weight: u32) -> Instance {
+        Instance {
+            address: address.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_not_a_change_and_endpoints_keep_their_state() {
+        let metrics = Metrics::new();
+        let up = upstream(&metrics);
+        assert!(!up.ready());
+        apply(
+            &up,
+            vec![instance("10.0.0.1:80", 1), instance("10.0.0.2:80", 1)],
+        );
+        assert!(up.ready());
+        let first = up.members();
+        assert_eq!(up.endpoints().endpoints.len(), 2);
+
+        // Same set, other order: nothing is swapped.
+        apply(
+            &up,
+            vec![instance("10.0.0.2:80", 1), instance("10.0.0.1:80", 1)],
+        );
+        assert!(Arc::ptr_eq(&first, &up.members()));
+
+        // One more instance: the two that stay are the same endpoints.
+        apply(
+            &up,
+            vec![
+                instance("10.0.0.1:80", 1),
+                instance("10.0.0.2:80", 1),
+                instance("10.0.0.3:80", 2),
+            ],
+        );
+        let next = up.members();
+        assert_eq!(next.len(), 3);
+        assert!(Arc::ptr_eq(&first[0], &next[0]) && Arc::ptr_eq(&first[1], &next[1]));
+        assert_eq!(next[2].source, Source::Consul);
+    }
+
+    #[test]
+    fn an_endpoint_serves_only_when_listed_healthy_and_not_ejected() {
+        let metrics = Metrics::new();
+        let up = upstream(&metrics);
+        apply(
+            &up,
+            vec![instance("10.0.0.1:80", 1), instance("10.0.0.2:80", 1)],
+        );
+        let members = up.members();
+        let policy = CheckPolicy {
+            path: "/health".into(),
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        };
+        assert_eq!(members[1].health.record(false, &policy), Some(false));
+        up.refresh();
+        let serving = up.endpoints();
+        assert_eq!(serving.endpoints.len(), 1);
+        assert_eq!(serving.endpoints[0].address, "10.0.0.1:80");
+        let gauges = metrics.render();
+        assert!(
+            gauges.contains(r#"portico_upstream_endpoints{state="unhealthy",upstream="orders"} 1"#)
+        );
+
+        // Delisted, then listed again: a new endpoint, healthy.
+        apply(&up, vec![instance("10.0.0.1:80", 1)]);
+        apply(
+            &up,
+            vec![instance("10.0.0.1:80", 1), instance("10.0.0.2:80", 1)],
+        );
+        assert_eq!(up.endpoints().endpoints.len(), 2);
+        assert!(up.pick().is_some());
+    }
+}
