@@ -277,8 +277,11 @@ pub async fn send(
         if let Some(outcome) = outcome_of(&result) {
             upstream.observe(&endpoint, outcome);
         }
-        tried.push(endpoint);
         let again = !last_try && policy.is_some_and(|p| p.on.matches(&result));
+        if again {
+            // Only a request that will be retried pays for this list.
+            tried.push(endpoint);
+        }
         match result {
             Ok(response) if !again => return Ok(finish(response, permit)),
             Ok(response) => {
