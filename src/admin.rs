@@ -161,7 +161,7 @@ fn readyz(control: &Control) -> Response<Body> {
     let empty: Vec<&str> = rt
         .upstreams
         .values()
-        .filter(|u| u.endpoints().endpoints.is_empty())
+        .filter(|u| !u.ready())
         .map(|u| u.name.as_str())
         .collect();
     if control.ready() && empty.is_empty() {
@@ -201,24 +201,7 @@ fn upstreams(control: &Control) -> Response<Body> {
     let rt = control.runtime.load();
     let mut out = serde_json::Map::new();
     for (name, upstream) in &rt.upstreams {
-        let endpoints: Vec<Value> = upstream
-            .endpoints()
-            .endpoints
-            .iter()
-            .map(|e| {
-                json!({
-                    "address": e.address,
-                    "weight": e.weight,
-                    "source": "static",
-                    "state": "healthy",
-                    "in_flight": e.in_flight(),
-                })
-            })
-            .collect();
-        out.insert(
-            name.clone(),
-            json!({ "balance": upstream.config.balance, "endpoints": endpoints }),
-        );
+        out.insert(name.clone(), upstream.describe());
     }
     json(StatusCode::OK, json!({ "upstreams": out }))
 }

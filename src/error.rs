@@ -23,6 +23,10 @@ pub enum GatewayError {
     BadGateway,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("upstream {0} is failing; its circuit breaker is open")]
+    CircuitOpen(String),
+    #[error("upstream {0} is at its connection limit")]
+    Overloaded(String),
 }
 
 impl GatewayError {
@@ -37,6 +41,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadGateway => StatusCode::BAD_GATEWAY,
             GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::CircuitOpen(_) | GatewayError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use crate::path;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::split;
-use crate::upstream::proxy;
+use crate::upstream::{proxy, retry, Upstream};
 
 pub async fn handle(
     rt: Arc<Runtime>,
@@ -126,16 +126,44 @@ async fn forward_request(
     }
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 
-    let Some(endpoint) = upstream.pick() else {
-        let error = GatewayError::NoEndpoint(upstream.name.clone());
-        if let Some((split, side)) = chosen {
-            split.record(side, Err(&error));
+    let sent = match upgrade {
+        Some(protocol) => upgrade_request(ctx, parts, upstream, path_and_query, headers, protocol).await,
+        None => {
+            // Tries (retries, breaker, connection limits) live in upstream/retry.rs.
+            let out = retry::Outgoing {
+                method: parts.method.clone(),
+                path_and_query,
+                headers,
+            };
+            retry::send(upstream, ctx, out, body, rt.max_request_body).await
         }
-        return Err(error);
     };
+    if let Some((split, side)) = chosen {
+        split.record(side, sent.as_ref().map(|r| r.status()));
+    }
+    let response = sent?;
+
+    let (mut head, body) = response.into_parts();
+    if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        forward::strip_hop_by_hop(&mut head.headers);
+    }
+    Ok(Response::from_parts(head, body))
+}
+
+/// An HTTP/1.1 upgrade (WebSocket): one endpoint, a dedicated connection, no retries.
+async fn upgrade_request(
+    ctx: &mut Context,
+    parts: &mut Parts,
+    upstream: &Upstream,
+    path_and_query: PathAndQuery,
+    headers: http::HeaderMap,
+    protocol: HeaderValue,
+) -> Result<Response<Body>, GatewayError> {
+    let endpoint = upstream
+        .pick()
+        .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
     ctx.endpoint = Some(endpoint.clone());
     let _in_flight = endpoint.start();
-
     let uri = upstream_uri(&endpoint.authority, path_and_query)?;
     let mut builder = Request::builder()
         .method(parts.method.clone())
@@ -143,39 +171,21 @@ async fn forward_request(
         .version(Version::HTTP_11);
     if let Some(h) = builder.headers_mut() {
         *h = headers;
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, protocol);
     }
-
-    let sent = if let Some(protocol) = upgrade {
-        let on_upgrade = parts
-            .extensions
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(GatewayError::BadRequest(
-                "upgrade not possible on this connection",
-            ))?;
-        if let Some(h) = builder.headers_mut() {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, protocol);
-        }
-        let request = builder
-            .body(Body::empty())
-            .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::upgrade(upstream, &endpoint, on_upgrade, request).await
-    } else {
-        let request = builder
-            .body(Body::limited(body, rt.max_request_body))
-            .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::send(upstream, &endpoint, request, upstream.request_timeout).await
-    };
-    if let Some((split, side)) = chosen {
-        split.record(side, sent.as_ref().map(|r| r.status()));
-    }
-    let response = sent?;
-
-    let (mut head, incoming) = response.into_parts();
-    if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        forward::strip_hop_by_hop(&mut head.headers);
-    }
-    Ok(Response::from_parts(head, Body::streaming(incoming)))
+    let on_upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or(GatewayError::BadRequest(
+            "upgrade not possible on this connection",
+        ))?;
+    let request = builder
+        .body(Body::empty())
+        .map_err(|_| GatewayError::BadRequest("invalid request"))?;
+    Ok(proxy::upgrade(upstream, &endpoint, on_upgrade, request)
+        .await?
+        .map(Body::streaming))
 }
 
 /// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).

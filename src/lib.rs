@@ -6,6 +6,7 @@ pub mod body;
 pub mod config;
 pub mod context;
 pub mod control;
+pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod gateway;

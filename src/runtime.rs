@@ -66,14 +66,22 @@ impl Runtime {
         for (name, cfg) in &config.upstreams {
             let reused = previous
                 .and_then(|p| p.upstreams.get(name))
-                .filter(|u| &u.config == cfg)
+                .filter(|u| u.same_definition(cfg, config.consul.as_ref()))
                 .cloned();
+            // A rebuilt upstream starts its own background tasks (discovery, health checks).
+            let previous_upstream = previous
+                .and_then(|p| p.upstreams.get(name))
+                .map(|u| u.as_ref());
             let upstream = match reused {
                 Some(u) => u,
-                None => Arc::new(
-                    Upstream::build(name, cfg, metrics)
-                        .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
-                ),
+                None => Upstream::start(
+                    name,
+                    cfg,
+                    config.consul.as_ref(),
+                    metrics,
+                    previous_upstream,
+                )
+                .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?,
             };
             upstreams.insert(name.clone(), upstream);
         }

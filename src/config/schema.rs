@@ -234,6 +234,15 @@ pub struct RetriesConfig {
     pub per_try_timeout: Option<Duration>,
     #[serde(default)]
     pub on: Vec<String>,
+    /// Methods retried besides the idempotent ones (GET HEAD OPTIONS PUT DELETE TRACE).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Largest request body kept for replay (default 64KiB); larger bodies are not retried.
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    /// Retries allowed as a share of requests (default 20%).
+    #[serde(default)]
+    pub budget: Option<Percent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

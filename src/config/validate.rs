@@ -24,6 +24,9 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
     let mut issues = Issues(Vec::new());
     server_section(config, &mut issues);
     upstreams_section(config, &mut issues);
+    for (path, message) in upstream::validate::problems(config) {
+        issues.push(path, message);
+    }
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(config, broken, i, route, &mut issues);
     }
@@ -241,33 +244,6 @@ fn not_supported_yet(config: &Config, issues: &mut Issues) {
     let mut refuse = |path: String, section: &str| {
         issues.push(path, format!("not supported yet: {section}"));
     };
-    if config.consul.is_some() {
-        refuse("consul".into(), "consul");
-    }
-    for (name, up) in &config.upstreams {
-        let p = format!("upstreams.{name}");
-        if up.discovery.is_some() {
-            refuse(format!("{p}.discovery"), "discovery");
-        }
-        if up.retries.is_some() {
-            refuse(format!("{p}.retries"), "retries");
-        }
-        if up.outlier_detection.is_some() {
-            refuse(format!("{p}.outlier_detection"), "outlier_detection");
-        }
-        if up.health_check.is_some() {
-            refuse(format!("{p}.health_check"), "health_check");
-        }
-        if up.circuit_breaker.is_some() {
-            refuse(format!("{p}.circuit_breaker"), "circuit_breaker");
-        }
-        if up.max_connections.is_some() {
-            refuse(format!("{p}.max_connections"), "max_connections");
-        }
-        if up.max_pending.is_some() {
-            refuse(format!("{p}.max_pending"), "max_pending");
-        }
-    }
     if !config.jwt.is_empty() {
         refuse("jwt".into(), "jwt");
     }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub split_requests: IntCounterVec,
     pub split_percent: GaugeVec,
     pub split_rollbacks: IntCounterVec,
+    /// Discovery, breaker, retries, ejections, overflow (observe/resilience.rs).
+    pub resilience: super::ResilienceMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +135,11 @@ impl Metrics {
                 &["route"],
             ),
         );
+        let resilience = super::ResilienceMetrics::new(
+            &registry,
+            upstream_requests.clone(),
+            upstream_endpoints.clone(),
+        );
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -148,6 +155,7 @@ impl Metrics {
             split_requests,
             split_percent,
             split_rollbacks,
+            resilience,
         }
     }
 
@@ -288,5 +296,19 @@ impl std::fmt::Debug for EndpointMetrics {
 impl EndpointMetrics {
     pub fn record(&self, outcome: Outcome) {
         self.outcomes[outcome as usize].inc();
+    }
+}
+
+impl EndpointMetrics {
+    /// Handles for one endpoint from the `portico_upstream_requests_total` family.
+    pub(crate) fn resolve(
+        family: &IntCounterVec,
+        upstream: &str,
+        endpoint: &str,
+    ) -> EndpointMetrics {
+        EndpointMetrics {
+            outcomes: Outcome::ALL
+                .map(|o| family.with_label_values(&[upstream, endpoint, o.label()])),
+        }
     }
 }

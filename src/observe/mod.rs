@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod metrics;
+mod resilience;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -10,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use access_log::{AccessLog, AccessRecord};
 pub use metrics::{EndpointMetrics, Metrics, Outcome, RouteMetrics};
+pub use resilience::ResilienceMetrics;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -1,25 +1,41 @@
 //! Upstreams: a named set of endpoints, a balancer over them and a pooled client.
-//! The endpoint set lives behind `ArcSwap` so discovery can replace it whole while
-//! requests keep picking from the previous one.
+//!
+//! Lifecycle. An upstream has *members* (its static targets, or what discovery lists) and a
+//! *serving set*: the members whose health checks pass and that are not ejected. Both live
+//! behind `ArcSwap`; requests pick from the serving set without locks, while discovery,
+//! health checks and outlier detection replace it whole through `refresh`, the one place
+//! where "who serves" is decided. Background tasks (the Consul watch, the health checker,
+//! ejection timers) hold only a `Weak` reference and are aborted when the upstream drops,
+//! so a reload that rebuilds an upstream stops its old tasks, and a reload that keeps it
+//! (same definition) keeps its tasks and state.
 
 mod balancer;
+pub mod breaker;
+pub mod health;
+pub mod limit;
+pub mod outlier;
 pub mod proxy;
+pub mod retry;
+pub mod validate;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 pub use balancer::Balancer;
 
 use crate::body::Body;
-use crate::config::UpstreamConfig;
-use crate::observe::{EndpointMetrics, Metrics};
+use crate::config::{ConsulConfig, UpstreamConfig};
+use crate::discovery::DiscoveryStatus;
+use crate::observe::{EndpointMetrics, Metrics, Outcome, ResilienceMetrics};
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -33,13 +49,34 @@ pub fn parse_target(address: &str) -> Result<Authority, String> {
     address.parse::<Authority>().map_err(|_| bad())
 }
 
+/// Where an endpoint came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Static,
+    Consul,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Consul => "consul",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: String,
     pub authority: Authority,
     pub weight: u32,
+    pub source: Source,
     in_flight: AtomicUsize,
     pub metrics: EndpointMetrics,
+    pub health: health::HealthState,
+    pub outlier: outlier::EndpointOutlier,
+    /// `max_connections`: one permit per request in flight to this endpoint.
+    pub permits: Option<Arc<Semaphore>>,
 }
 
 impl Endpoint {
@@ -49,12 +86,34 @@ impl Endpoint {
         weight: u32,
         metrics: &Metrics,
     ) -> Result<Endpoint, String> {
+        Endpoint::build(
+            upstream,
+            address,
+            weight,
+            Source::Static,
+            None,
+            &metrics.resilience,
+        )
+    }
+
+    pub fn build(
+        upstream: &str,
+        address: &str,
+        weight: u32,
+        source: Source,
+        max_connections: Option<usize>,
+        metrics: &ResilienceMetrics,
+    ) -> Result<Endpoint, String> {
         Ok(Endpoint {
             address: address.to_string(),
             authority: parse_target(address)?,
             weight,
+            source,
             in_flight: AtomicUsize::new(0),
             metrics: metrics.endpoint(upstream, address),
+            health: health::HealthState::default(),
+            outlier: outlier::EndpointOutlier::default(),
+            permits: max_connections.map(|n| Arc::new(Semaphore::new(n))),
         })
     }
 
@@ -66,6 +125,21 @@ impl Endpoint {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Listed, passing its checks and not ejected: the one rule for "serves traffic".
+    fn serves(&self) -> bool {
+        self.health.is_healthy() && !self.outlier.is_ejected()
+    }
+
+    fn state(&self) -> &'static str {
+        if !self.health.is_healthy() {
+            "unhealthy"
+        } else if self.outlier.is_ejected() {
+            "ejected"
+        } else {
+            "healthy"
+        }
     }
 }
 
@@ -87,43 +161,158 @@ pub struct EndpointSet {
 pub struct Upstream {
     pub name: String,
     pub config: UpstreamConfig,
+    /// The `consul:` section this upstream was built with (only when it uses discovery).
+    pub consul: Option<ConsulConfig>,
+    members: ArcSwap<Vec<Arc<Endpoint>>>,
     endpoints: ArcSwap<EndpointSet>,
+    refreshing: Mutex<()>,
     pub client: HttpClient,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    pub outlier: Option<outlier::OutlierPolicy>,
+    pub breaker: Option<breaker::Breaker>,
+    pub retry: Option<retry::RetryPolicy>,
+    pub limits: limit::Limits,
+    pub discovery: Option<DiscoveryStatus>,
+    pub metrics: ResilienceMetrics,
+    me: Weak<Upstream>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Upstream {
+    /// Builds an upstream without background tasks (static targets only).
     pub fn build(
         name: &str,
         config: &UpstreamConfig,
         metrics: &Metrics,
     ) -> Result<Upstream, String> {
-        let mut endpoints = Vec::with_capacity(config.targets.len());
+        Ok(Upstream::assemble(name, config, None, &metrics.resilience)?(Weak::new()))
+    }
+
+    /// Builds an upstream and starts its background tasks (Consul watch, health checks).
+    /// The tasks stop when the returned `Arc` (and every clone) is dropped.
+    /// `previous` is the upstream of the same name in the Runtime being replaced: when both
+    /// use discovery, its last known endpoints serve until Consul answers the new watch.
+    pub fn start(
+        name: &str,
+        config: &UpstreamConfig,
+        consul: Option<&ConsulConfig>,
+        metrics: &Metrics,
+        previous: Option<&Upstream>,
+    ) -> Result<Arc<Upstream>, String> {
+        let consul = match (&config.discovery, consul) {
+            (None, _) => None,
+            (Some(_), Some(c)) => Some(c.clone()),
+            (Some(_), None) => return Err("discovery needs the consul: section".into()),
+        };
+        let make = Upstream::assemble(name, config, consul, &metrics.resilience)?;
+        let upstream = Arc::new_cyclic(|me| make(me.clone()));
+        if let Some(prev) = previous.filter(|p| p.discovery.is_some()) {
+            crate::discovery::carry_over(&upstream, prev);
+        }
+        upstream.spawn_tasks()?;
+        Ok(upstream)
+    }
+
+    /// Does everything that can fail, then returns the infallible last step, which needs
+    /// the upstream's own weak reference (for the tasks it spawns later).
+    fn assemble(
+        name: &str,
+        config: &UpstreamConfig,
+        consul: Option<ConsulConfig>,
+        metrics: &ResilienceMetrics,
+    ) -> Result<impl FnOnce(Weak<Upstream>) -> Upstream, String> {
+        let mut members = Vec::with_capacity(config.targets.len());
         for target in &config.targets {
-            endpoints.push(Arc::new(Endpoint::new(
+            members.push(Arc::new(Endpoint::build(
                 name,
                 target.address(),
                 target.weight(),
+                Source::Static,
+                config.max_connections,
                 metrics,
             )?));
         }
-        let set = EndpointSet {
-            balancer: Balancer::new(config.balance, &endpoints),
-            endpoints,
-        };
-        metrics
-            .upstream_endpoints
-            .with_label_values(&[name, "healthy"])
-            .set(set.endpoints.len() as i64);
-        Ok(Upstream {
-            name: name.to_string(),
-            config: config.clone(),
-            endpoints: ArcSwap::from_pointee(set),
-            client: build_client(config.timeouts.connect.0),
-            request_timeout: config.timeouts.request.0,
-            connect_timeout: config.timeouts.connect.0,
+        let breaker = config
+            .circuit_breaker
+            .as_ref()
+            .map(|c| breaker::Breaker::new(name, c, metrics))
+            .transpose()?;
+        let retry = config
+            .retries
+            .as_ref()
+            .map(|r| retry::RetryPolicy::build(r, name, metrics))
+            .transpose()?;
+        let (name, config, metrics) = (name.to_string(), config.clone(), metrics.clone());
+        Ok(move |me: Weak<Upstream>| {
+            let upstream = Upstream {
+                endpoints: ArcSwap::from_pointee(EndpointSet {
+                    balancer: Balancer::new(config.balance, &members),
+                    endpoints: members.clone(),
+                }),
+                members: ArcSwap::from_pointee(members),
+                refreshing: Mutex::new(()),
+                client: build_client(config.timeouts.connect.0),
+                request_timeout: config.timeouts.request.0,
+                connect_timeout: config.timeouts.connect.0,
+                outlier: config
+                    .outlier_detection
+                    .as_ref()
+                    .map(outlier::OutlierPolicy::from),
+                breaker,
+                retry,
+                limits: limit::Limits::new(&name, config.max_pending, &metrics),
+                discovery: config
+                    .discovery
+                    .as_ref()
+                    .map(|d| DiscoveryStatus::new(&name, &d.consul, &metrics)),
+                consul,
+                metrics,
+                me,
+                tasks: Mutex::new(Vec::new()),
+                name,
+                config,
+            };
+            upstream.update_gauges(&upstream.members.load());
+            upstream
         })
+    }
+
+    fn spawn_tasks(&self) -> Result<(), String> {
+        // `portico check` builds no Runtime; without a tokio runtime there is nothing to run.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(discovery), Some(consul)) = (&self.config.discovery, &self.consul) {
+            let client = crate::discovery::consul::ConsulClient::new(consul)?;
+            let watch = crate::discovery::consul::watch(
+                self.me.clone(),
+                client,
+                discovery.consul.service.clone(),
+                discovery.consul.tag.clone(),
+            );
+            tasks.push(handle.spawn(watch).abort_handle());
+        }
+        if let Some(check) = &self.config.health_check {
+            let checker = health::run(self.me.clone(), health::CheckPolicy::from(check));
+            tasks.push(handle.spawn(checker).abort_handle());
+        }
+        Ok(())
+    }
+
+    /// Whether the definition (and, for discovery, the consul section) is unchanged, so
+    /// a reload can keep this upstream with its tasks, pools and state.
+    pub fn same_definition(&self, config: &UpstreamConfig, consul: Option<&ConsulConfig>) -> bool {
+        &self.config == config && (config.discovery.is_none() || self.consul.as_ref() == consul)
+    }
+
+    /// Ready to serve: discovery has answered once, or the static targets are listed.
+    pub fn ready(&self) -> bool {
+        match &self.discovery {
+            Some(d) => d.synced(),
+            None => !self.members.load().is_empty(),
+        }
     }
 
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
@@ -133,18 +322,147 @@ impl Upstream {
             .and_then(|i| set.endpoints.get(i).cloned())
     }
 
+    /// Picks a serving endpoint, preferring one not in `tried` (retries go elsewhere when
+    /// another endpoint exists).
+    pub fn pick_excluding(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        let first = set
+            .balancer
+            .pick(&set.endpoints)
+            .and_then(|i| set.endpoints.get(i).cloned())?;
+        let was_tried = |e: &Arc<Endpoint>| tried.iter().any(|t| t.address == e.address);
+        if !was_tried(&first) {
+            return Some(first);
+        }
+        let other = set.endpoints.iter().find(|e| !was_tried(e)).cloned();
+        Some(other.unwrap_or(first))
+    }
+
+    /// The serving set (what the balancer picks from).
     pub fn endpoints(&self) -> Arc<EndpointSet> {
         self.endpoints.load_full()
     }
 
-    /// Replaces the endpoint set (discovery); requests in flight keep their endpoint.
-    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
-        let set = EndpointSet {
-            balancer: Balancer::new(self.config.balance, &endpoints),
-            endpoints,
-        };
-        self.endpoints.store(Arc::new(set));
+    /// Every listed endpoint, serving or not.
+    pub fn members(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.members.load_full()
     }
+
+    /// Replaces the listed endpoints (discovery); endpoints that stay keep their health,
+    /// ejection state and counters; requests in flight keep their endpoint.
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.members.store(Arc::new(endpoints));
+        self.refresh();
+    }
+
+    /// Recomputes the serving set from the members; swaps it only when it changed.
+    pub fn refresh(&self) {
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let members = self.members.load();
+        let serving: Vec<Arc<Endpoint>> = members.iter().filter(|e| e.serves()).cloned().collect();
+        let current = self.endpoints.load();
+        let same = serving.len() == current.endpoints.len()
+            && serving
+                .iter()
+                .zip(&current.endpoints)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            tracing::info!(
+                upstream = %self.name,
+                serving = serving.len(),
+                listed = members.len(),
+                "serving endpoints changed"
+            );
+            self.endpoints.store(Arc::new(EndpointSet {
+                balancer: Balancer::new(self.config.balance, &serving),
+                endpoints: serving,
+            }));
+        }
+        self.update_gauges(&members);
+    }
+
+    fn update_gauges(&self, members: &[Arc<Endpoint>]) {
+        for state in ["healthy", "unhealthy", "ejected"] {
+            let n = members.iter().filter(|e| e.state() == state).count();
+            self.metrics
+                .upstream_endpoints
+                .with_label_values(&[self.name.as_str(), state])
+                .set(n as i64);
+        }
+    }
+
+    /// Feeds one attempt's outcome to outlier detection and the circuit breaker.
+    pub fn observe(&self, endpoint: &Arc<Endpoint>, outcome: Outcome) {
+        let failed = is_failure(outcome);
+        if let Some(policy) = &self.outlier {
+            if endpoint.outlier.record(failed) >= policy.consecutive_errors {
+                outlier::eject(self, endpoint, policy);
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker.record(failed);
+        }
+    }
+
+    /// Spawns a task holding only a weak reference to this upstream.
+    pub(crate) fn spawn_weak<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Weak<Upstream>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(f(self.me.clone()));
+        }
+    }
+
+    /// JSON for `GET /upstreams`.
+    pub fn describe(&self) -> Value {
+        let now = Instant::now();
+        let endpoints: Vec<Value> = self
+            .members
+            .load()
+            .iter()
+            .map(|e| {
+                json!({
+                    "address": e.address,
+                    "weight": e.weight,
+                    "source": e.source.label(),
+                    "state": e.state(),
+                    "health": e.health.label(self.config.health_check.is_some()),
+                    "ejected": e.outlier.is_ejected(),
+                    "ejected_for_ms": e.outlier.remaining(now).map(|d| d.as_millis() as u64),
+                    "ejections": e.outlier.ejections(),
+                    "in_flight": e.in_flight(),
+                })
+            })
+            .collect();
+        json!({
+            "balance": self.config.balance,
+            "source": if self.discovery.is_some() { "consul" } else { "static" },
+            "discovery": self.discovery.as_ref().map(|d| d.describe()),
+            "breaker": self.breaker.as_ref().map_or("none", |b| b.state().label()),
+            "serving": self.endpoints.load().endpoints.len(),
+            "endpoints": endpoints,
+        })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// An attempt that counts against an endpoint: 5xx, connect failure, timeout, garbage.
+pub fn is_failure(outcome: Outcome) -> bool {
+    !matches!(outcome, Outcome::Success | Outcome::ClientError)
 }
 
 /// A pooled HTTP/1.1 client tuned for proxying: Nagle off, idle connections kept for

@@ -4,7 +4,9 @@
 
 pub mod backend;
 pub mod client;
+pub mod consul;
 pub mod flaky;
+pub mod scripted;
 
 use std::time::Duration;
 

@@ -1,0 +1,412 @@
+//! Retries and the attempt loop the gateway calls instead of a single `proxy::send`.
+//!
+//! A request is tried again only when the upstream has `retries`, its method is idempotent
+//! (GET HEAD OPTIONS PUT DELETE TRACE) or listed in `retries.methods`, the failure is one
+//! of `retries.on`, the body could be kept for replay (at most `max_body`, default 64KiB,
+//! with a known length), the retry budget allows it, and time is left. Each try is bounded
+//! by `per_try_timeout`, all of them by `timeouts.request`. A retry prefers an endpoint
+//! not tried yet. Every try passes the circuit breaker and the connection limits, and its
+//! outcome feeds outlier detection and the breaker.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prometheus::IntCounter;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::breaker::Admit;
+use super::limit::PermitBody;
+use super::{proxy, Endpoint, Upstream};
+use crate::body::{is_body_too_large, Body};
+use crate::config::RetriesConfig;
+use crate::context::Context;
+use crate::error::GatewayError;
+use crate::observe::{Outcome, ResilienceMetrics};
+
+pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
+pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
+/// Retries the budget holds when full (and starts with), in whole retries.
+pub const BUDGET_RESERVE: i64 = 10;
+const MILLI: i64 = 1000;
+
+/// Which failures are worth another try.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conditions {
+    pub connect_failure: bool,
+    pub timeout: bool,
+    pub reset: bool,
+    pub any_5xx: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Conditions {
+    pub fn parse(on: &[String]) -> Result<Conditions, String> {
+        let mut c = Conditions::default();
+        let defaults = ["connect_failure", "502", "503", "504"].map(String::from);
+        let on = if on.is_empty() { &defaults[..] } else { on };
+        for item in on {
+            match item.as_str() {
+                "connect_failure" => c.connect_failure = true,
+                "timeout" => c.timeout = true,
+                "reset" => c.reset = true,
+                "5xx" => c.any_5xx = true,
+                "gateway_error" => c.statuses.extend([502, 503, 504]),
+                code => match code.parse::<u16>() {
+                    Ok(n) if (400..=599).contains(&n) => c.statuses.push(n),
+                    _ => {
+                        return Err(format!(
+                            "unknown retry condition {code:?} (expected connect_failure, timeout, reset, 5xx, gateway_error or a status code 400-599)"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(c)
+    }
+
+    fn matches(&self, result: &Result<Response<Incoming>, GatewayError>) -> bool {
+        match result {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                (self.any_5xx && s >= 500) || self.statuses.contains(&s)
+            }
+            Err(GatewayError::ConnectFailed) => self.connect_failure,
+            Err(GatewayError::UpstreamTimeout) => self.timeout,
+            Err(GatewayError::BadGateway) => self.reset,
+            Err(_) => false,
+        }
+    }
+}
+
+/// A retry budget: each request deposits `percent`/100 of a retry, each retry withdraws
+/// one; the balance starts at and is capped to `BUDGET_RESERVE` retries. Over time,
+/// retries stay within `percent` extra load, so they cannot multiply an outage.
+#[derive(Debug)]
+pub struct Budget {
+    balance: AtomicI64,
+    deposit: i64,
+}
+
+impl Budget {
+    pub fn new(percent: f64) -> Budget {
+        Budget {
+            balance: AtomicI64::new(BUDGET_RESERVE * MILLI),
+            deposit: (percent * MILLI as f64 / 100.0).round() as i64,
+        }
+    }
+
+    pub fn deposit(&self) {
+        let cap = BUDGET_RESERVE * MILLI;
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < cap).then(|| (b + self.deposit).min(cap))
+            });
+    }
+
+    pub fn withdraw(&self) -> bool {
+        self.balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b >= MILLI).then_some(b - MILLI)
+            })
+            .is_ok()
+    }
+}
+
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: Conditions,
+    pub methods: Vec<Method>,
+    pub max_body: u64,
+    pub budget: Budget,
+    retried: IntCounter,
+    refused: IntCounter,
+}
+
+impl RetryPolicy {
+    pub fn build(
+        c: &RetriesConfig,
+        upstream: &str,
+        metrics: &ResilienceMetrics,
+    ) -> Result<RetryPolicy, String> {
+        let methods = c
+            .methods
+            .iter()
+            .map(|m| {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| format!("invalid method {m:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RetryPolicy {
+            attempts: c.attempts.max(1),
+            per_try_timeout: c.per_try_timeout.map(|d| d.0),
+            on: Conditions::parse(&c.on)?,
+            methods,
+            max_body: c.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0),
+            budget: Budget::new(c.budget.map_or(DEFAULT_BUDGET_PERCENT, |p| p.0)),
+            retried: metrics.retries.with_label_values(&[upstream, "retried"]),
+            refused: metrics
+                .retries
+                .with_label_values(&[upstream, "budget_exhausted"]),
+        })
+    }
+
+    pub fn allows(&self, method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        ) || self.methods.contains(method)
+    }
+}
+
+/// What goes upstream, minus the endpoint.
+pub struct Outgoing {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+}
+
+enum Payload {
+    Replayable(Bytes),
+    Stream(Option<Incoming>),
+}
+
+/// Sends the request, retrying by the upstream's policy. Sets `ctx.endpoint` to the
+/// endpoint of the last try.
+pub async fn send(
+    upstream: &Upstream,
+    ctx: &mut Context,
+    mut out: Outgoing,
+    body: Incoming,
+    max_request_body: u64,
+) -> Result<Response<Body>, GatewayError> {
+    let deadline = Instant::now() + upstream.request_timeout;
+    let policy = upstream
+        .retry
+        .as_ref()
+        .filter(|p| p.attempts > 1 && p.allows(&out.method));
+    let mut payload = match policy {
+        Some(p) => keep_for_replay(body, &out.headers, p.max_body).await?,
+        None => Payload::Stream(Some(body)),
+    };
+    let attempts = match (&payload, policy) {
+        (Payload::Replayable(_), Some(p)) => {
+            p.budget.deposit();
+            p.attempts
+        }
+        _ => 1,
+    };
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut last: Option<(Response<Incoming>, Option<OwnedSemaphorePermit>)> = None;
+    let mut last_error = None;
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            if let Some(p) = policy {
+                if !p.budget.withdraw() {
+                    p.refused.inc();
+                    break;
+                }
+                p.retried.inc();
+            }
+        }
+        match upstream.breaker.as_ref().map(|b| b.admit()) {
+            Some(Admit::Reject) if attempt == 0 => {
+                return match upstream
+                    .breaker
+                    .as_ref()
+                    .and_then(|b| b.fallback_response())
+                {
+                    Some(r) => Ok(r),
+                    None => Err(GatewayError::CircuitOpen(upstream.name.clone())),
+                }
+            }
+            Some(Admit::Reject) => break,
+            _ => {}
+        }
+        let Some(endpoint) = upstream.pick_excluding(&tried) else {
+            if attempt == 0 {
+                return Err(GatewayError::NoEndpoint(upstream.name.clone()));
+            }
+            break;
+        };
+        ctx.endpoint = Some(endpoint.clone());
+        let permit = match upstream.limits.acquire(&endpoint, deadline).await {
+            Ok(p) => p,
+            Err(e) if attempt == 0 => return Err(e),
+            Err(_) => break,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            last_error = Some(GatewayError::UpstreamTimeout);
+            break;
+        }
+        let remaining = deadline - now;
+        let timeout = policy
+            .and_then(|p| p.per_try_timeout)
+            .map_or(remaining, |t| t.min(remaining));
+        let last_try = attempt + 1 == attempts;
+        let body = match &mut payload {
+            Payload::Replayable(bytes) => Body::full(bytes.clone()),
+            Payload::Stream(incoming) => match incoming.take() {
+                Some(b) => Body::limited(b, max_request_body),
+                None => Body::empty(),
+            },
+        };
+        let headers = if last_try {
+            std::mem::take(&mut out.headers)
+        } else {
+            out.headers.clone()
+        };
+        let request = build(&out, &endpoint, headers, body)?;
+        let _in_flight = endpoint.start();
+        let result = proxy::send(upstream, &endpoint, request, timeout).await;
+        if let Some(outcome) = outcome_of(&result) {
+            upstream.observe(&endpoint, outcome);
+        }
+        let again = !last_try && policy.is_some_and(|p| p.on.matches(&result));
+        if again {
+            // Only a request that will be retried pays for this list.
+            tried.push(endpoint);
+        }
+        match result {
+            Ok(response) if !again => return Ok(finish(response, permit)),
+            Ok(response) => {
+                // Keep the answer in case no retry happens, but free the endpoint's slot:
+                // the retry may need it (one endpoint, max_connections 1).
+                drop(permit);
+                last = Some((response, None));
+                last_error = None;
+            }
+            Err(e) if !again => return Err(e),
+            Err(e) => {
+                last = None;
+                last_error = Some(e);
+            }
+        }
+    }
+    match (last, last_error) {
+        (Some((response, permit)), _) => Ok(finish(response, permit)),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(GatewayError::NoEndpoint(upstream.name.clone())),
+    }
+}
+
+fn finish(response: Response<Incoming>, permit: Option<OwnedSemaphorePermit>) -> Response<Body> {
+    response.map(|incoming| PermitBody::wrap(incoming, permit))
+}
+
+fn outcome_of(result: &Result<Response<Incoming>, GatewayError>) -> Option<Outcome> {
+    match result {
+        Ok(r) => Some(Outcome::from_status(r.status().as_u16())),
+        Err(GatewayError::ConnectFailed) => Some(Outcome::ConnectFailure),
+        Err(GatewayError::UpstreamTimeout) => Some(Outcome::Timeout),
+        Err(GatewayError::BadGateway) => Some(Outcome::InvalidResponse),
+        // The client's fault (body too large), not the endpoint's.
+        Err(_) => None,
+    }
+}
+
+fn build(
+    out: &Outgoing,
+    endpoint: &Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Request<Body>, GatewayError> {
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(out.path_and_query.clone())
+        .build()
+        .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+    let mut builder = Request::builder()
+        .method(out.method.clone())
+        .uri(uri)
+        .version(Version::HTTP_11);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    builder
+        .body(body)
+        .map_err(|_| GatewayError::BadRequest("invalid request"))
+}
+
+/// Reads a small body into memory so it can be sent again; a body without a known length
+/// or larger than `max` streams (and will not be retried).
+async fn keep_for_replay(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: u64,
+) -> Result<Payload, GatewayError> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Payload::Replayable(Bytes::new()));
+    }
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n <= max => {
+            let limited = http_body_util::Limited::new(body, max as usize);
+            match limited.collect().await {
+                Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
+                Err(e)
+                    if is_body_too_large(e.as_ref())
+                        || e.is::<http_body_util::LengthLimitError>() =>
+                {
+                    Err(GatewayError::BodyTooLarge)
+                }
+                Err(_) => Err(GatewayError::BadRequest("could not read the request body")),
+            }
+        }
+        _ => Ok(Payload::Stream(Some(body))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_parse() {
+        let c = Conditions::parse(&[]).unwrap();
+        assert!(c.connect_failure && !c.timeout && c.statuses == vec![502, 503, 504]);
+        let c = Conditions::parse(&["timeout".into(), "5xx".into(), "429".into()]).unwrap();
+        assert!(c.timeout && c.any_5xx && c.statuses == vec![429]);
+        assert!(Conditions::parse(&["sometimes".into()]).is_err());
+        assert!(Conditions::parse(&["200".into()]).is_err());
+    }
+
+    #[test]
+    fn budget_bounds_retries_to_a_share_of_requests() {
+        let b = Budget::new(20.0);
+        let mut retries = 0;
+        for _ in 0..1000 {
+            b.deposit();
+            if b.withdraw() {
+                retries += 1;
+            }
+        }
+        // 10 from the reserve, then one retry per five requests.
+        assert!((200..=215).contains(&retries), "{retries}");
+        let none = Budget::new(0.0);
+        for _ in 0..BUDGET_RESERVE {
+            assert!(none.withdraw());
+        }
+        none.deposit();
+        assert!(!none.withdraw());
+    }
+}
