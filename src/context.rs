@@ -37,4 +37,6 @@ pub struct Context {
     pub endpoint: Option<Arc<Endpoint>>,
     /// The authenticated user (a JWT `sub`), for the access log.
     pub user: Option<String>,
+    /// Verified JWT claims, when the route checks tokens (`${claim.NAME}` in transforms).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }

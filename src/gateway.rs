@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{header, HeaderValue, Request, Response, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::cache;
 use crate::context::{ConnInfo, Context};
 use crate::error::GatewayError;
 use crate::forward;
@@ -19,7 +20,8 @@ use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::path;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
-use crate::upstream::proxy;
+use crate::transform;
+use crate::upstream::{proxy, Endpoint, Upstream};
 
 pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
@@ -33,6 +35,7 @@ pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>
         route: None,
         endpoint: None,
         user: None,
+        claims: None,
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
     let method = parts.method.clone();
@@ -101,23 +104,35 @@ async fn forward_request(
     }
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 
-    let upstream = &route.upstream;
-    let endpoint = upstream
-        .pick()
-        .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
-    ctx.endpoint = Some(endpoint.clone());
-    let _in_flight = endpoint.start();
-
-    let uri = upstream_uri(&endpoint.authority, path_and_query)?;
-    let mut builder = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .version(Version::HTTP_11);
-    if let Some(h) = builder.headers_mut() {
-        *h = headers;
+    let mut path_and_query = path_and_query;
+    let mut body = Body::limited(body, rt.max_request_body);
+    if let Some(transform) = &route.transform {
+        let scope = transform_scope(ctx, &route);
+        path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
+        body = transform.request_body(&mut headers, body).await?;
     }
+    let call = UpstreamCall {
+        upstream: route.upstream.clone(),
+        method: parts.method.clone(),
+        path_and_query,
+        headers,
+    };
 
-    let response = if let Some(protocol) = upgrade {
+    let mut response = if let Some(protocol) = upgrade {
+        let upstream = &route.upstream;
+        let endpoint = upstream
+            .pick()
+            .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
+        ctx.endpoint = Some(endpoint.clone());
+        let _in_flight = endpoint.start();
+        let uri = upstream_uri(&endpoint.authority, call.path_and_query)?;
+        let mut builder = Request::builder()
+            .method(call.method)
+            .uri(uri)
+            .version(Version::HTTP_11);
+        if let Some(h) = builder.headers_mut() {
+            *h = call.headers;
+        }
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
@@ -129,19 +144,86 @@ async fn forward_request(
         let request = builder
             .body(Body::empty())
             .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::upgrade(upstream, &endpoint, on_upgrade, request).await?
+        upstream_response(proxy::upgrade(upstream, &endpoint, on_upgrade, request).await?)
+    } else if let Some(cache) = &route.cache {
+        cache::serve(cache::flow::Request {
+            route: &route,
+            cache,
+            call,
+            body,
+            endpoint: &mut ctx.endpoint,
+        })
+        .await?
     } else {
-        let request = builder
-            .body(Body::limited(body, rt.max_request_body))
-            .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-        proxy::send(upstream, &endpoint, request, upstream.request_timeout).await?
+        let mut call = call;
+        let headers = std::mem::take(&mut call.headers);
+        let (endpoint, response) = call.send(headers, body).await?;
+        ctx.endpoint = Some(endpoint);
+        let response = upstream_response(response);
+        match &route.transform {
+            Some(t) if t.edits_response_body() => t.response_body(response).await?,
+            _ => response,
+        }
     };
+    if let Some(transform) = &route.transform {
+        let scope = transform_scope(ctx, &route);
+        transform.response_head(response.headers_mut(), &scope);
+    }
+    Ok(response)
+}
 
+fn transform_scope<'a>(ctx: &'a Context, route: &'a Route) -> transform::Scope<'a> {
+    transform::Scope {
+        claims: ctx.claims.as_deref(),
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        route: &route.name,
+        upstream: &route.upstream.name,
+    }
+}
+
+/// One request to a route's upstream: everything but the body and the headers, which
+/// each attempt brings (the cache revalidates and refreshes with its own validators).
+#[derive(Clone, Debug)]
+pub struct UpstreamCall {
+    pub upstream: Arc<Upstream>,
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+}
+
+impl UpstreamCall {
+    /// Picks an endpoint and sends; returns the endpoint with the response head.
+    pub async fn send(
+        &self,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<(Arc<Endpoint>, Response<Incoming>), GatewayError> {
+        let upstream = &self.upstream;
+        let endpoint = upstream
+            .pick()
+            .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
+        let _in_flight = endpoint.start();
+        let uri = upstream_uri(&endpoint.authority, self.path_and_query.clone())?;
+        let mut request = Request::builder()
+            .method(self.method.clone())
+            .uri(uri)
+            .version(Version::HTTP_11)
+            .body(body)
+            .map_err(|_| GatewayError::BadRequest("invalid request"))?;
+        *request.headers_mut() = headers;
+        let response = proxy::send(upstream, &endpoint, request, upstream.request_timeout).await?;
+        Ok((endpoint, response))
+    }
+}
+
+/// An upstream response on its way to the client: hop-by-hop headers removed.
+pub fn upstream_response(response: Response<Incoming>) -> Response<Body> {
     let (mut head, incoming) = response.into_parts();
     if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
         forward::strip_hop_by_hop(&mut head.headers);
     }
-    Ok(Response::from_parts(head, Body::streaming(incoming)))
+    Response::from_parts(head, Body::streaming(incoming))
 }
 
 /// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod body;
+pub mod buffer;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod control;
@@ -14,6 +16,7 @@ pub mod path;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod transform;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::router::{RouteMatch, RouteTable, Rewrite};
+use crate::transform::Transform;
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.
@@ -26,6 +28,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    pub cache: Option<Arc<ResponseCache>>,
+    pub transform: Option<Transform>,
 }
 
 #[derive(Debug)]
@@ -33,6 +37,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: RouteTable<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Named caches; kept across reloads when their definition is unchanged.
+    pub caches: BTreeMap<String, Arc<ResponseCache>>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
     /// Metrics of requests that matched no route.
@@ -62,9 +68,10 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), upstream);
         }
+        let caches = build_caches(&config, previous, metrics);
         let mut entries = Vec::with_capacity(config.routes.len());
         for (i, rc) in config.routes.iter().enumerate() {
-            let route = build_route(i, rc, &upstreams, metrics)?;
+            let route = build_route(i, rc, &upstreams, &caches, metrics)?;
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -80,6 +87,7 @@ impl Runtime {
             config: Arc::new(config),
             routes: RouteTable::new(entries),
             upstreams,
+            caches,
             trusted_proxies,
             no_route: metrics.route("none"),
             shared: shared.clone(),
@@ -87,10 +95,31 @@ impl Runtime {
     }
 }
 
+fn build_caches(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> BTreeMap<String, Arc<ResponseCache>> {
+    config
+        .caches
+        .iter()
+        .map(|(name, cfg)| {
+            let reused = previous
+                .and_then(|p| p.caches.get(name))
+                .filter(|c| &c.config == cfg)
+                .cloned();
+            let cache = reused
+                .unwrap_or_else(|| Arc::new(ResponseCache::build(name, cfg, &metrics.cache)));
+            (name.clone(), cache)
+        })
+        .collect()
+}
+
 fn build_route(
     i: usize,
     rc: &RouteConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    caches: &BTreeMap<String, Arc<ResponseCache>>,
     metrics: &Metrics,
 ) -> Result<Route, ConfigError> {
     let err = |field: &str, e: String| ConfigError::single(format!("routes[{i}].{field}"), e);
@@ -108,10 +137,27 @@ fn build_route(
         .map(Rewrite::build)
         .transpose()
         .map_err(|e| err("rewrite", e))?;
+    let cache = match &rc.cache {
+        Some(name) => Some(
+            caches
+                .get(name)
+                .cloned()
+                .ok_or_else(|| err("cache", format!("unknown cache {name:?}")))?,
+        ),
+        None => None,
+    };
+    let transform = rc
+        .transform
+        .as_ref()
+        .map(|t| Transform::build(&rc.name, t, &metrics.transform))
+        .transpose()
+        .map_err(|e| err("transform", e))?;
     Ok(Route {
         name: rc.name.clone(),
         rewrite,
         upstream,
         metrics: metrics.route(&rc.name),
+        cache,
+        transform,
     })
 }

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections_refused: IntCounter,
+    pub cache: crate::cache::CacheMetrics,
+    pub transform: crate::transform::TransformMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,7 +107,11 @@ impl Metrics {
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
+        let cache = crate::cache::CacheMetrics::register(&registry);
+        let transform = crate::transform::TransformMetrics::register(&registry);
         Metrics {
+            cache,
+            transform,
             registry,
             requests,
             duration,
