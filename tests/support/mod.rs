@@ -1,8 +1,9 @@
 //! Test support: real HTTP backends and a real gateway on ephemeral loopback ports, and
 //! small clients (HTTP/1.1, h2c, TLS, raw TCP) to drive them.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod cache_backend;
 pub mod client;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use portico::{config, Gateway, GatewayHandle, Options};
 
 pub use backend::Backend;
+pub use cache_backend::{CacheBackend, Script};
 pub use client::{Client, Reply};
 
 /// Starts a gateway from YAML text. The text is written to a temporary file, so reloads
