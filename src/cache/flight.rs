@@ -56,7 +56,9 @@ impl Flights {
         if let Some((_, rx)) = map.get(key) {
             return Join::Waiter(rx.clone());
         }
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         map.insert(key.clone(), (id, rx));
         Join::Leader(Leader {

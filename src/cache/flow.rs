@@ -57,7 +57,9 @@ impl Conditional {
             };
             let Ok(list) = inm.to_str() else { return false };
             let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
-            return list.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag));
+            return list
+                .split(',')
+                .any(|t| t.trim() == "*" || weak(t) == weak(etag));
         }
         match (
             self.if_modified_since.as_ref().and_then(policy::http_date),
@@ -99,7 +101,11 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
         call.path_and_query.query(),
     );
     let method = call.method.clone();
-    if method == Method::POST || method == Method::PUT || method == Method::PATCH || method == Method::DELETE {
+    if method == Method::POST
+        || method == Method::PUT
+        || method == Method::PATCH
+        || method == Method::DELETE
+    {
         return unsafe_method(route, cache, call, body, endpoint, &primary).await;
     }
     let request_cc = policy::request_cache_control(&call.headers);
@@ -135,7 +141,9 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
         }
         match cache.flights.join(&primary) {
             Join::Waiter(slot) => match flight::wait(slot).await {
-                Some(Landing::Stored(entry)) if entry.key == variant_of(&primary, &entry, &call.headers) => {
+                Some(Landing::Stored(entry))
+                    if entry.key == variant_of(&primary, &entry, &call.headers) =>
+                {
                     cache.count(Outcome::Hit);
                     return Ok(respond(&entry, Outcome::Hit, &conditional, head));
                 }
@@ -230,7 +238,11 @@ async fn unsafe_method(
     if status.is_success() || status.is_redirection() {
         cache.invalidate(primary).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(target) = response.headers().get(&name).and_then(|v| same_origin(v, &primary.host)) {
+            if let Some(target) = response
+                .headers()
+                .get(&name)
+                .and_then(|v| same_origin(v, &primary.host))
+            {
                 let (path, query) = target;
                 let key = Key::primary(&primary.host, &primary.upstream, &path, query.as_deref());
                 cache.invalidate(&key).await;
@@ -326,7 +338,13 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
     if let Some(old) = &stale {
         if status == StatusCode::NOT_MODIFIED {
             let merged = merge_headers(&old.headers, response.headers());
-            let fresh = policy::storable(request_cc, has_authorization, old.status, &merged, cache.default_ttl);
+            let fresh = policy::storable(
+                request_cc,
+                has_authorization,
+                old.status,
+                &merged,
+                cache.default_ttl,
+            );
             let entry = Arc::new(Entry::new(
                 old.status,
                 merged,
@@ -364,7 +382,13 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
         outcome: Outcome::Miss,
         endpoint: endpoint.clone(),
     };
-    let freshness = match policy::storable(request_cc, has_authorization, status, response.headers(), cache.default_ttl) {
+    let freshness = match policy::storable(
+        request_cc,
+        has_authorization,
+        status,
+        response.headers(),
+        cache.default_ttl,
+    ) {
         Ok(f) => f,
         Err(reason) => {
             tracing::trace!(cache = %cache.name, ?reason, "response not stored");
@@ -394,14 +418,24 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
             };
             let initial_age = policy::age_header(&parts.headers);
             parts.headers.remove(header::AGE);
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             let vary = key::vary_names(&parts.headers);
             let variant = if vary.is_empty() {
                 primary.clone()
             } else {
                 primary.variant(&vary, &call.headers)
             };
-            let entry = Arc::new(Entry::new(status, parts.headers, bytes, initial_age, freshness, vary, variant));
+            let entry = Arc::new(Entry::new(
+                status,
+                parts.headers,
+                bytes,
+                initial_age,
+                freshness,
+                vary,
+                variant,
+            ));
             cache.insert(primary, entry.clone()).await;
             leader.land(Landing::Stored(entry.clone()));
             Ok(Fetched {
@@ -423,7 +457,8 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
 fn merge_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut headers = stored.clone();
     for name in not_modified.keys() {
-        if name == header::CONTENT_LENGTH || name == header::AGE || name == header::CONTENT_ENCODING {
+        if name == header::CONTENT_LENGTH || name == header::AGE || name == header::CONTENT_ENCODING
+        {
             continue;
         }
         headers.remove(name);
@@ -435,11 +470,26 @@ fn merge_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
 }
 
 /// One background revalidation per stale entry (`stale-while-revalidate`).
-fn refresh_in_background(route: &Arc<Route>, cache: &Arc<ResponseCache>, call: &Arc<UpstreamCall>, primary: &Key, entry: &Arc<Entry>) {
-    if entry.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+fn refresh_in_background(
+    route: &Arc<Route>,
+    cache: &Arc<ResponseCache>,
+    call: &Arc<UpstreamCall>,
+    primary: &Key,
+    entry: &Arc<Entry>,
+) {
+    if entry
+        .refreshing
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
         return;
     }
-    let (route, cache, call, primary, entry) = (route.clone(), cache.clone(), call.clone(), primary.clone(), entry.clone());
+    let (route, cache, call, primary, entry) = (
+        route.clone(),
+        cache.clone(),
+        call.clone(),
+        primary.clone(),
+        entry.clone(),
+    );
     tokio::spawn(async move {
         if let Join::Leader(leader) = cache.flights.join(&primary) {
             let result = fetch(Fetch {
@@ -457,11 +507,16 @@ fn refresh_in_background(route: &Arc<Route>, cache: &Arc<ResponseCache>, call: &
                 tracing::debug!(cache = %cache.name, error = %e, "background revalidation failed");
             }
         }
-        entry.refreshing.store(false, std::sync::atomic::Ordering::Release);
+        entry
+            .refreshing
+            .store(false, std::sync::atomic::Ordering::Release);
     });
 }
 
-async fn transform_body(route: &Route, response: Response<Body>) -> Result<Response<Body>, GatewayError> {
+async fn transform_body(
+    route: &Route,
+    response: Response<Body>,
+) -> Result<Response<Body>, GatewayError> {
     match &route.transform {
         Some(t) if t.edits_response_body() => t.response_body(response).await,
         _ => Ok(response),
@@ -469,13 +524,20 @@ async fn transform_body(route: &Route, response: Response<Body>) -> Result<Respo
 }
 
 fn tag(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
-    response.headers_mut().insert(X_CACHE.clone(), outcome.header());
+    response
+        .headers_mut()
+        .insert(X_CACHE.clone(), outcome.header());
     response
 }
 
 /// A response built from a stored entry, with `Age` and `X-Cache`; 304 when the
 /// client's own validators match; no body for HEAD.
-pub fn respond(entry: &Entry, outcome: Outcome, conditional: &Conditional, head: bool) -> Response<Body> {
+pub fn respond(
+    entry: &Entry,
+    outcome: Outcome,
+    conditional: &Conditional,
+    head: bool,
+) -> Response<Body> {
     let age = entry.age(Instant::now()).as_secs();
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(age));

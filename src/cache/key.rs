@@ -40,7 +40,11 @@ impl Key {
 
     /// Approximate bytes held by the key, for the size weigher.
     pub fn weight(&self) -> usize {
-        self.host.len() + self.upstream.len() + self.path.len() + self.query.len() + self.variant.len()
+        self.host.len()
+            + self.upstream.len()
+            + self.path.len()
+            + self.query.len()
+            + self.variant.len()
     }
 }
 
@@ -120,7 +124,10 @@ mod tests {
         let key = Key::primary("h", up, "/x", None);
         let names = vary_names(&{
             let mut h = HeaderMap::new();
-            h.insert("vary", HeaderValue::from_static("Accept-Language, accept-encoding"));
+            h.insert(
+                "vary",
+                HeaderValue::from_static("Accept-Language, accept-encoding"),
+            );
             h
         });
         assert_eq!(names.len(), 2);

@@ -75,7 +75,10 @@ impl std::fmt::Debug for CacheMetrics {
 impl CacheMetrics {
     pub fn register(registry: &Registry) -> CacheMetrics {
         let lookups = IntCounterVec::new(
-            Opts::new("portico_cache_lookups_total", "Cache lookups, by cache and result"),
+            Opts::new(
+                "portico_cache_lookups_total",
+                "Cache lookups, by cache and result",
+            ),
             &["cache", "result"],
         )
         .expect("valid metric definition");
@@ -85,15 +88,26 @@ impl CacheMetrics {
         )
         .expect("valid metric definition");
         let bytes = IntGaugeVec::new(
-            Opts::new("portico_cache_bytes", "Bytes held (bodies, headers and keys), by cache"),
+            Opts::new(
+                "portico_cache_bytes",
+                "Bytes held (bodies, headers and keys), by cache",
+            ),
             &["cache"],
         )
         .expect("valid metric definition");
-        for c in [Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>, Box::new(entries.clone()), Box::new(bytes.clone())] {
+        for c in [
+            Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(entries.clone()),
+            Box::new(bytes.clone()),
+        ] {
             // Fixed, unique names: registration cannot collide.
             let _ = registry.register(c);
         }
-        CacheMetrics { lookups, entries, bytes }
+        CacheMetrics {
+            lookups,
+            entries,
+            bytes,
+        }
     }
 }
 
@@ -132,7 +146,10 @@ impl ResponseCache {
             name: name.to_string(),
             config: config.clone(),
             max_entry,
-            default_ttl: config.default_ttl.map(|d| d.get()).unwrap_or(Duration::ZERO),
+            default_ttl: config
+                .default_ttl
+                .map(|d| d.get())
+                .unwrap_or(Duration::ZERO),
             store: Store::new(max_size),
             flights: flight::Flights::default(),
             lookups: Outcome::ALL.map(|o| metrics.lookups.with_label_values(&[name, o.label()])),

@@ -78,10 +78,10 @@ fn split_directives(text: &str) -> impl Iterator<Item = &str> {
 pub fn request_cache_control(headers: &HeaderMap) -> CacheControl {
     let mut cc = cache_control(headers);
     if !headers.contains_key(header::CACHE_CONTROL) {
-        cc.no_cache |= headers
-            .get_all(header::PRAGMA)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|t| t.to_ascii_lowercase().contains("no-cache")));
+        cc.no_cache |= headers.get_all(header::PRAGMA).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|t| t.to_ascii_lowercase().contains("no-cache"))
+        });
     }
     cc
 }
@@ -149,7 +149,10 @@ pub fn storable(
     if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Err(NotStorable::Authorization);
     }
-    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return Err(NotStorable::Status);
     }
     let explicit = cc
@@ -182,10 +185,10 @@ pub fn storable(
 }
 
 pub fn vary_star(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|v| v.to_str().map_or(true, |t| t.split(',').any(|n| n.trim() == "*")))
+    headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |t| t.split(',').any(|n| n.trim() == "*"))
+    })
 }
 
 pub fn has_validators(headers: &HeaderMap) -> bool {
@@ -207,7 +210,10 @@ fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
 }
 
 pub fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
-    value.to_str().ok().and_then(|t| httpdate::parse_http_date(t).ok())
+    value
+        .to_str()
+        .ok()
+        .and_then(|t| httpdate::parse_http_date(t).ok())
 }
 
 /// The `Age` an upstream reported (already spent elsewhere).
@@ -262,7 +268,13 @@ mod tests {
 
     #[test]
     fn freshness_order_is_s_maxage_max_age_expires_default() {
-        let f = store(&[], false, 200, &[("cache-control", "max-age=10, s-maxage=20")]).unwrap();
+        let f = store(
+            &[],
+            false,
+            200,
+            &[("cache-control", "max-age=10, s-maxage=20")],
+        )
+        .unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(20));
         let f = store(&[], false, 200, &[("cache-control", "max-age=10")]).unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(10));
@@ -286,23 +298,56 @@ mod tests {
 
     #[test]
     fn refuses_what_a_shared_cache_must_not_store() {
-        assert_eq!(store(&[("cache-control", "no-store")], false, 200, &[]), Err(NotStorable::RequestNoStore));
-        assert_eq!(store(&[], false, 200, &[("cache-control", "no-store")]), Err(NotStorable::NoStore));
-        assert_eq!(store(&[], false, 200, &[("cache-control", "private, max-age=9")]), Err(NotStorable::Private));
-        assert_eq!(store(&[], false, 200, &[("set-cookie", "a=b")]), Err(NotStorable::SetCookie));
-        assert_eq!(store(&[], false, 200, &[("vary", "accept, *")]), Err(NotStorable::VaryStar));
-        assert_eq!(store(&[], true, 200, &[("cache-control", "max-age=9")]), Err(NotStorable::Authorization));
+        assert_eq!(
+            store(&[("cache-control", "no-store")], false, 200, &[]),
+            Err(NotStorable::RequestNoStore)
+        );
+        assert_eq!(
+            store(&[], false, 200, &[("cache-control", "no-store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            store(&[], false, 200, &[("cache-control", "private, max-age=9")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            store(&[], false, 200, &[("set-cookie", "a=b")]),
+            Err(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            store(&[], false, 200, &[("vary", "accept, *")]),
+            Err(NotStorable::VaryStar)
+        );
+        assert_eq!(
+            store(&[], true, 200, &[("cache-control", "max-age=9")]),
+            Err(NotStorable::Authorization)
+        );
         assert!(store(&[], true, 200, &[("cache-control", "public, max-age=9")]).is_ok());
         assert!(store(&[], true, 200, &[("cache-control", "s-maxage=9")]).is_ok());
-        assert_eq!(store(&[], false, 206, &[("cache-control", "max-age=9")]), Err(NotStorable::Status));
+        assert_eq!(
+            store(&[], false, 206, &[("cache-control", "max-age=9")]),
+            Err(NotStorable::Status)
+        );
     }
 
     #[test]
     fn no_cache_is_stored_only_with_validators() {
-        let f = store(&[], false, 200, &[("cache-control", "no-cache"), ("etag", "\"1\"")]).unwrap();
+        let f = store(
+            &[],
+            false,
+            200,
+            &[("cache-control", "no-cache"), ("etag", "\"1\"")],
+        )
+        .unwrap();
         assert!(f.no_cache);
         assert_eq!(
-            storable(&CacheControl::default(), false, StatusCode::OK, &headers(&[("cache-control", "no-cache")]), Duration::ZERO),
+            storable(
+                &CacheControl::default(),
+                false,
+                StatusCode::OK,
+                &headers(&[("cache-control", "no-cache")]),
+                Duration::ZERO
+            ),
             Err(NotStorable::NoFreshness)
         );
     }

@@ -112,7 +112,11 @@ impl Entry {
             .freshness
             .stale_while_revalidate
             .max(self.freshness.stale_if_error)
-            .max(if validators { VALIDATOR_GRACE } else { Duration::ZERO });
+            .max(if validators {
+                VALIDATOR_GRACE
+            } else {
+                Duration::ZERO
+            });
         self.freshness
             .lifetime
             .saturating_sub(self.initial_age)
@@ -122,7 +126,12 @@ impl Entry {
 
     /// The entry after a 304: the stored body with the 304's updated headers
     /// (RFC 9111 §4.3.4), fresh again.
-    pub fn refreshed(&self, not_modified: &HeaderMap, freshness: Freshness, initial_age: Duration) -> Entry {
+    pub fn refreshed(
+        &self,
+        not_modified: &HeaderMap,
+        freshness: Freshness,
+        initial_age: Duration,
+    ) -> Entry {
         let mut headers = self.headers.clone();
         for name in not_modified.keys() {
             if name == header::CONTENT_LENGTH || name == header::AGE {
@@ -177,7 +186,13 @@ impl Expiry<Key, Node> for NodeExpiry {
         })
     }
 
-    fn expire_after_update(&self, key: &Key, value: &Node, at: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        key: &Key,
+        value: &Node,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         self.expire_after_create(key, value, at)
     }
 }
@@ -251,12 +266,14 @@ impl Store {
     }
 
     async fn put(&self, key: Key, node: Node) {
-        self.bytes.fetch_add(i64::from(node.weight(&key)), Ordering::Relaxed);
+        self.bytes
+            .fetch_add(i64::from(node.weight(&key)), Ordering::Relaxed);
         self.cache.insert(key, node).await;
     }
 
     async fn drop_variants(&self, index: &VaryIndex) {
-        let variants = std::mem::take(&mut *index.variants.lock().unwrap_or_else(|p| p.into_inner()));
+        let variants =
+            std::mem::take(&mut *index.variants.lock().unwrap_or_else(|p| p.into_inner()));
         for key in variants {
             self.cache.invalidate(&key).await;
         }

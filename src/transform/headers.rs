@@ -32,7 +32,12 @@ pub struct HeaderOps {
 /// A problem with one key of a transform: (field under the transform, message).
 pub type Problem = (String, String);
 
-fn name(field: &str, text: &str, explicit_set: bool, problems: &mut Vec<Problem>) -> Option<HeaderName> {
+fn name(
+    field: &str,
+    text: &str,
+    explicit_set: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<HeaderName> {
     let Ok(name) = HeaderName::from_bytes(text.as_bytes()) else {
         problems.push((field.to_string(), format!("invalid header name {text:?}")));
         return None;
@@ -100,19 +105,32 @@ impl HeaderOps {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty() && self.add.is_empty()
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
     }
 
     /// Applies the edits; `render` gets each template and the headers before any edit.
-    pub fn apply(&self, headers: &mut HeaderMap, render: impl Fn(&Template, &HeaderMap) -> Option<HeaderValue>) {
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        render: impl Fn(&Template, &HeaderMap) -> Option<HeaderValue>,
+    ) {
         if self.is_empty() {
             return;
         }
         // Render first, against the message as it arrived.
-        let set: Vec<(&HeaderName, Option<HeaderValue>)> =
-            self.set.iter().map(|(n, t)| (n, render(t, headers))).collect();
-        let add: Vec<(&HeaderName, Option<HeaderValue>)> =
-            self.add.iter().map(|(n, t)| (n, render(t, headers))).collect();
+        let set: Vec<(&HeaderName, Option<HeaderValue>)> = self
+            .set
+            .iter()
+            .map(|(n, t)| (n, render(t, headers)))
+            .collect();
+        let add: Vec<(&HeaderName, Option<HeaderValue>)> = self
+            .add
+            .iter()
+            .map(|(n, t)| (n, render(t, headers)))
+            .collect();
         for n in &self.remove {
             headers.remove(n);
         }

@@ -32,11 +32,17 @@ impl JsonEdit {
         for (path, value) in &config.set {
             let p = split(path)?;
             if p.iter().any(|s| s == "*") {
-                return Err(format!("set: {path:?}: `*` is only allowed in remove and rename"));
+                return Err(format!(
+                    "set: {path:?}: `*` is only allowed in remove and rename"
+                ));
             }
             set.push((p, value.clone()));
         }
-        let remove = config.remove.iter().map(|p| split(p)).collect::<Result<_, _>>()?;
+        let remove = config
+            .remove
+            .iter()
+            .map(|p| split(p))
+            .collect::<Result<_, _>>()?;
         let mut rename = Vec::new();
         for (from, to) in &config.rename {
             let (f, t) = (split(from)?, split(to)?);
@@ -45,7 +51,10 @@ impl JsonEdit {
             }
             rename.push((f, t));
         }
-        let max_size = config.max_size.map(|s| s.bytes()).unwrap_or(DEFAULT_MAX_SIZE);
+        let max_size = config
+            .max_size
+            .map(|s| s.bytes())
+            .unwrap_or(DEFAULT_MAX_SIZE);
         Ok(JsonEdit {
             remove,
             rename,
@@ -165,10 +174,15 @@ mod tests {
 
     #[test]
     fn wildcards_reach_into_lists() {
-        let e = edit(json!({"remove": ["products.*.priceCents"], "rename": {"products.*.createdAt": "created_at"}}));
+        let e = edit(
+            json!({"remove": ["products.*.priceCents"], "rename": {"products.*.createdAt": "created_at"}}),
+        );
         let mut v = json!({"products": [{"id": 1, "priceCents": 5, "createdAt": "t"}, {"id": 2, "priceCents": 6}]});
         e.apply(&mut v);
-        assert_eq!(v, json!({"products": [{"id": 1, "created_at": "t"}, {"id": 2}]}));
+        assert_eq!(
+            v,
+            json!({"products": [{"id": 1, "created_at": "t"}, {"id": 2}]})
+        );
     }
 
     #[test]
@@ -184,7 +198,11 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused() {
-        assert!(JsonEdit::build(&serde_json::from_value(json!({"remove": ["a..b"]})).unwrap()).is_err());
-        assert!(JsonEdit::build(&serde_json::from_value(json!({"set": {"a.*": 1}})).unwrap()).is_err());
+        assert!(
+            JsonEdit::build(&serde_json::from_value(json!({"remove": ["a..b"]})).unwrap()).is_err()
+        );
+        assert!(
+            JsonEdit::build(&serde_json::from_value(json!({"set": {"a.*": 1}})).unwrap()).is_err()
+        );
     }
 }

@@ -35,7 +35,11 @@ use json::JsonEdit;
 use template::{Template, Vars};
 
 /// Query values are encoded like form values, minus the characters safe in a query.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// What a template may refer to, apart from the message's own headers.
 pub struct Scope<'a> {
@@ -113,7 +117,7 @@ impl Message {
             problems.extend(p);
             HeaderOps::default()
         });
-        if !request && !(config.set_query.is_empty() && config.remove_query.is_empty()) {
+        if !request && (!config.set_query.is_empty() || !config.remove_query.is_empty()) {
             problems.push((
                 "set_query".into(),
                 "set_query and remove_query apply to requests only".into(),
@@ -175,10 +179,17 @@ struct Inner {
 /// Every problem in a transform config, as (field under `transform`, message).
 pub fn check(config: &TransformConfig) -> Vec<Problem> {
     let mut out = Vec::new();
-    for (side, cfg, request) in [("request", &config.request, true), ("response", &config.response, false)] {
+    for (side, cfg, request) in [
+        ("request", &config.request, true),
+        ("response", &config.response, false),
+    ] {
         if let Some(cfg) = cfg {
             if let Err(problems) = Message::build(cfg, request) {
-                out.extend(problems.into_iter().map(|(f, m)| (format!("{side}.{f}"), m)));
+                out.extend(
+                    problems
+                        .into_iter()
+                        .map(|(f, m)| (format!("{side}.{f}"), m)),
+                );
             }
         }
     }
@@ -186,12 +197,20 @@ pub fn check(config: &TransformConfig) -> Vec<Problem> {
 }
 
 impl Transform {
-    pub fn build(route: &str, config: &TransformConfig, metrics: &TransformMetrics) -> Result<Transform, String> {
-        let build = |cfg: &Option<MessageTransformConfig>, request: bool| -> Result<Option<Message>, String> {
+    pub fn build(
+        route: &str,
+        config: &TransformConfig,
+        metrics: &TransformMetrics,
+    ) -> Result<Transform, String> {
+        let build = |cfg: &Option<MessageTransformConfig>,
+                     request: bool|
+         -> Result<Option<Message>, String> {
             let Some(cfg) = cfg else { return Ok(None) };
             let mut m = Message::build(cfg, request).map_err(|p| {
                 p.iter()
-                    .map(|(f, m)| format!("{}.{f}: {m}", if request { "request" } else { "response" }))
+                    .map(|(f, m)| {
+                        format!("{}.{f}: {m}", if request { "request" } else { "response" })
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             })?;
@@ -243,8 +262,14 @@ impl Transform {
 
     /// The request body after a JSON edit (or unchanged). Invalid JSON is the client's
     /// mistake: 400.
-    pub async fn request_body(&self, headers: &mut HeaderMap, body: Body) -> Result<Body, GatewayError> {
-        let Some(m) = &self.0.request else { return Ok(body) };
+    pub async fn request_body(
+        &self,
+        headers: &mut HeaderMap,
+        body: Body,
+    ) -> Result<Body, GatewayError> {
+        let Some(m) = &self.0.request else {
+            return Ok(body);
+        };
         let Some(edit) = &m.json else { return Ok(body) };
         match edit_body(m, edit, headers, body).await {
             Edited::Done(body) => Ok(body),
@@ -268,9 +293,16 @@ impl Transform {
 
     /// The response body after a JSON edit. Invalid JSON from an upstream is passed on
     /// unchanged and logged.
-    pub async fn response_body(&self, response: Response<Body>) -> Result<Response<Body>, GatewayError> {
-        let Some(m) = &self.0.response else { return Ok(response) };
-        let Some(edit) = &m.json else { return Ok(response) };
+    pub async fn response_body(
+        &self,
+        response: Response<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Some(m) = &self.0.response else {
+            return Ok(response);
+        };
+        let Some(edit) = &m.json else {
+            return Ok(response);
+        };
         let (mut parts, body) = response.into_parts();
         match edit_body(m, edit, &mut parts.headers, body).await {
             Edited::Done(body) => Ok(Response::from_parts(parts, body)),
@@ -281,7 +313,9 @@ impl Transform {
 
     /// A response body already in memory (the cache's): edited, with `Content-Length`.
     pub fn response_bytes(&self, headers: &mut HeaderMap, bytes: Bytes) -> Bytes {
-        let Some(m) = &self.0.response else { return bytes };
+        let Some(m) = &self.0.response else {
+            return bytes;
+        };
         let Some(edit) = &m.json else { return bytes };
         if let Some(skip) = skip_reason(headers, edit, bytes.len() as u64) {
             m.count(skip);
@@ -317,7 +351,9 @@ fn edit_query(query: Option<&str>, m: &Message, vars: &Vars<'_>) -> String {
         out.push_str(param);
     }
     for (k, t) in &m.set_query {
-        let Some(value) = t.render_string(vars) else { continue };
+        let Some(value) = t.render_string(vars) else {
+            continue;
+        };
         if !out.is_empty() {
             out.push('&');
         }
@@ -336,10 +372,18 @@ enum Edited {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -395,5 +439,52 @@ async fn edit_body(m: &Message, edit: &JsonEdit, headers: &mut HeaderMap, body: 
             Edited::Done(body)
         }
         Buffered::Failed(e) => Edited::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> TransformConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn claim_templates_render_from_context_claims() {
+        let metrics = TransformMetrics::register(&Registry::new());
+        let t = Transform::build(
+            "r",
+            &config("request: { set_headers: { X-User: \"${claim.sub}\", X-Role: \"role-${claim.role}\" }, set_query: { uid: \"${claim.sub}\" } }"),
+            &metrics,
+        )
+        .unwrap();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::from("user 7"));
+        let id = HeaderValue::from_static("rid");
+        let scope = Scope {
+            claims: Some(&claims),
+            request_id: &id,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            route: "r",
+            upstream: "u",
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-role", HeaderValue::from_static("admin"));
+        let pq = t
+            .request_head(&mut headers, PathAndQuery::from_static("/x?a=1"), &scope)
+            .unwrap();
+        assert_eq!(headers["x-user"], "user 7");
+        // `role` is not a claim: the header is left out, the client's copy with it.
+        assert!(!headers.contains_key("x-role"));
+        assert_eq!(pq.as_str(), "/x?a=1&uid=user%207");
+        let no_claims = Scope {
+            claims: None,
+            ..scope
+        };
+        let mut headers = HeaderMap::new();
+        t.request_head(&mut headers, PathAndQuery::from_static("/x"), &no_claims)
+            .unwrap();
+        assert!(headers.is_empty());
     }
 }

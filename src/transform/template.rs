@@ -147,7 +147,11 @@ fn variable(name: &str) -> Result<Segment, String> {
 mod tests {
     use super::*;
 
-    fn vars<'a>(claims: Option<&'a Map<String, Value>>, headers: &'a HeaderMap, id: &'a HeaderValue) -> Vars<'a> {
+    fn vars<'a>(
+        claims: Option<&'a Map<String, Value>>,
+        headers: &'a HeaderMap,
+        id: &'a HeaderValue,
+    ) -> Vars<'a> {
         Vars {
             claims,
             headers,
@@ -197,6 +201,9 @@ mod tests {
         assert!(Template::compile("${nope}").is_err());
         assert!(Template::compile("${claim.sub").is_err());
         assert!(Template::compile("${header.bad name}").is_err());
-        assert_eq!(Template::compile("a$b").unwrap().constant, Some(HeaderValue::from_static("a$b")));
+        assert_eq!(
+            Template::compile("a$b").unwrap().constant,
+            Some(HeaderValue::from_static("a$b"))
+        );
     }
 }

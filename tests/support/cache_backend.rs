@@ -39,7 +39,10 @@ impl Script {
     pub fn ok(headers: &[(&str, &str)]) -> Script {
         Script {
             status: 200,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Script::default()
         }
     }
@@ -64,7 +67,9 @@ type Out = BoxBody<Bytes, Infallible>;
 
 impl CacheBackend {
     pub async fn start() -> CacheBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
         let task = {
@@ -96,11 +101,21 @@ impl CacheBackend {
     }
 
     pub fn script(&self, path: &str, script: Script) {
-        self.state.scripts.lock().unwrap().insert(path.to_string(), script);
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), script);
     }
 
     pub fn hits(&self, path: &str) -> usize {
-        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total(&self) -> usize {
@@ -154,11 +169,16 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ou
         tokio::time::sleep(delay).await;
     }
     if let (Some(tag), Some(inm)) = (&script.etag, req.headers().get("if-none-match")) {
-        if inm.to_str().map(|v| v.contains(tag.as_str())).unwrap_or(false) {
+        if inm
+            .to_str()
+            .map(|v| v.contains(tag.as_str()))
+            .unwrap_or(false)
+        {
             state.not_modified.fetch_add(1, Ordering::SeqCst);
             let mut r = Response::new(Full::new(Bytes::new()).boxed());
             *r.status_mut() = StatusCode::NOT_MODIFIED;
-            r.headers_mut().insert("etag", HeaderValue::from_str(tag).unwrap());
+            r.headers_mut()
+                .insert("etag", HeaderValue::from_str(tag).unwrap());
             for (k, v) in &script.headers {
                 r.headers_mut().append(
                     http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -169,11 +189,20 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ou
         }
     }
     let (parts, body) = req.into_parts();
-    let received = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let received = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Out = if let Some(size) = script.size {
         let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..size)
             .step_by(64 * 1024)
-            .map(|start| Ok(Frame::data(Bytes::from(vec![b'x'; (size - start).min(64 * 1024)]))))
+            .map(|start| {
+                Ok(Frame::data(Bytes::from(vec![
+                    b'x';
+                    (size - start).min(64 * 1024)
+                ])))
+            })
             .collect();
         if script.chunked {
             StreamBody::new(futures_util::stream::iter(chunks)).boxed()
@@ -185,7 +214,10 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Ou
     } else {
         let mut headers = serde_json::Map::new();
         for (k, v) in &parts.headers {
-            headers.insert(k.as_str().to_string(), v.to_str().unwrap_or("<binary>").into());
+            headers.insert(
+                k.as_str().to_string(),
+                v.to_str().unwrap_or("<binary>").into(),
+            );
         }
         let echo = serde_json::json!({
             "path": parts.uri.path(),
