@@ -101,6 +101,9 @@ async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
                 }),
             ),
         },
+        (Method::DELETE, p) if p.starts_with("/cache/") => {
+            purge_cache(control, &p["/cache/".len()..], req.uri().query()).await
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             json!({"error": "no such admin endpoint", "status": 404}),
@@ -121,6 +124,44 @@ async fn put_split(control: &Control, route: &str, req: Request<Incoming>) -> Re
     };
     let (status, value) = split::admin::put(&control.runtime.load().splits, &route, &body);
     json(status, value)
+}
+
+/// `DELETE /cache/{name}` (everything) or `DELETE /cache/{name}?path=/products/7`
+/// (every entry for that upstream path: any host, query or variant).
+async fn purge_cache(control: &Control, name: &str, query: Option<&str>) -> Response<Body> {
+    let rt = control.runtime.load_full();
+    let Some(cache) = rt.caches.get(name) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such cache", "status": 404}),
+        );
+    };
+    let path = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == "path")
+            .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    });
+    let path = match path.as_deref().map(crate::path::normalize) {
+        None => None,
+        Some(Ok(p)) => Some(p.into_owned()),
+        Some(Err(_)) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid path", "status": 400}),
+            )
+        }
+    };
+    match cache.purge(path.as_deref()).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            json!({"status": "purged", "cache": name, "path": path}),
+        ),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!("purge failed: {e}"), "status": 503}),
+        ),
+    }
 }
 
 fn authorized(control: &Control, req: &Request<Incoming>) -> bool {

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{header, HeaderValue, Request, Response, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::cache;
 use crate::context::{ConnInfo, Context};
 use crate::error::GatewayError;
 use crate::forward;
@@ -20,7 +21,8 @@ use crate::path;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::split;
-use crate::upstream::{proxy, retry, Upstream};
+use crate::transform;
+use crate::upstream::{proxy, retry, Endpoint, Upstream};
 
 pub async fn handle(
     rt: Arc<Runtime>,
@@ -126,51 +128,83 @@ async fn forward_request(
     }
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 
-    let sent = match upgrade {
-        Some(protocol) => upgrade_request(ctx, parts, upstream, path_and_query, headers, protocol).await,
-        None => {
-            // Tries (retries, breaker, connection limits) live in upstream/retry.rs.
-            let out = retry::Outgoing {
-                method: parts.method.clone(),
-                path_and_query,
-                headers,
-            };
-            retry::send(upstream, ctx, out, body, rt.max_request_body).await
-        }
+    let mut path_and_query = path_and_query;
+    let mut body = Body::limited(body, rt.max_request_body);
+    if let Some(transform) = &route.transform {
+        let scope = transform_scope(ctx, &route, upstream);
+        path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
+        body = transform.request_body(&mut headers, body).await?;
+    }
+    let call = UpstreamCall {
+        upstream: upstream.clone(),
+        method: parts.method.clone(),
+        path_and_query,
+        headers,
+    };
+
+    let sent = if let Some(protocol) = upgrade {
+        upgrade_request(ctx, parts, call, protocol).await
+    } else if let Some(cache) = &route.cache {
+        cache::serve(cache::flow::Request {
+            route: &route,
+            cache,
+            call,
+            body,
+            endpoint: &mut ctx.endpoint,
+        })
+        .await
+    } else {
+        uncached(ctx, &route, call, body).await
     };
     if let Some((split, side)) = chosen {
         split.record(side, sent.as_ref().map(|r| r.status()));
     }
-    let response = sent?;
-
-    let (mut head, body) = response.into_parts();
-    if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        forward::strip_hop_by_hop(&mut head.headers);
+    let mut response = sent?;
+    if let Some(transform) = &route.transform {
+        let scope = transform_scope(ctx, &route, upstream);
+        transform.response_head(response.headers_mut(), &scope);
     }
-    Ok(Response::from_parts(head, body))
+    Ok(response)
+}
+
+/// A request that no cache answers: sent (with the upstream's retries and breaker), then
+/// the response body transform when the route has one.
+async fn uncached(
+    ctx: &mut Context,
+    route: &Route,
+    mut call: UpstreamCall,
+    body: Body,
+) -> Result<Response<Body>, GatewayError> {
+    let headers = std::mem::take(&mut call.headers);
+    let (endpoint, response) = call.send(headers, body).await?;
+    ctx.endpoint = endpoint;
+    let response = upstream_response(response);
+    match &route.transform {
+        Some(t) if t.edits_response_body() => t.response_body(response).await,
+        _ => Ok(response),
+    }
 }
 
 /// An HTTP/1.1 upgrade (WebSocket): one endpoint, a dedicated connection, no retries.
 async fn upgrade_request(
     ctx: &mut Context,
     parts: &mut Parts,
-    upstream: &Upstream,
-    path_and_query: PathAndQuery,
-    headers: http::HeaderMap,
+    call: UpstreamCall,
     protocol: HeaderValue,
 ) -> Result<Response<Body>, GatewayError> {
+    let upstream = &call.upstream;
     let endpoint = upstream
         .pick()
         .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
     ctx.endpoint = Some(endpoint.clone());
     let _in_flight = endpoint.start();
-    let uri = upstream_uri(&endpoint.authority, path_and_query)?;
+    let uri = upstream_uri(&endpoint.authority, call.path_and_query)?;
     let mut builder = Request::builder()
-        .method(parts.method.clone())
+        .method(call.method)
         .uri(uri)
         .version(Version::HTTP_11);
     if let Some(h) = builder.headers_mut() {
-        *h = headers;
+        *h = call.headers;
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, protocol);
     }
@@ -183,9 +217,60 @@ async fn upgrade_request(
     let request = builder
         .body(Body::empty())
         .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-    Ok(proxy::upgrade(upstream, &endpoint, on_upgrade, request)
-        .await?
-        .map(Body::streaming))
+    let response = proxy::upgrade(upstream, &endpoint, on_upgrade, request).await?;
+    Ok(upstream_response(response.map(Body::streaming)))
+}
+
+fn transform_scope<'a>(
+    ctx: &'a Context,
+    route: &'a Route,
+    upstream: &'a Upstream,
+) -> transform::Scope<'a> {
+    transform::Scope {
+        claims: ctx.claims.as_deref(),
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        route: &route.name,
+        upstream: &upstream.name,
+    }
+}
+
+/// One request to an upstream: everything but the body and the headers, which each
+/// attempt brings (the cache revalidates and refreshes with its own validators).
+#[derive(Clone, Debug)]
+pub struct UpstreamCall {
+    pub upstream: Arc<Upstream>,
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+}
+
+impl UpstreamCall {
+    /// Sends with the upstream's retries, breaker and connection limits; returns the
+    /// endpoint that answered (none when the breaker's fallback did) with the response.
+    pub async fn send(
+        &self,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<(Option<Arc<Endpoint>>, Response<Body>), GatewayError> {
+        let mut endpoint = None;
+        let out = retry::Outgoing {
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            headers,
+        };
+        let response = retry::send(&self.upstream, &mut endpoint, out, body).await?;
+        Ok((endpoint, response))
+    }
+}
+
+/// An upstream response on its way to the client: hop-by-hop headers removed.
+pub fn upstream_response(response: Response<Body>) -> Response<Body> {
+    let (mut head, body) = response.into_parts();
+    if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        forward::strip_hop_by_hop(&mut head.headers);
+    }
+    Response::from_parts(head, body)
 }
 
 /// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod body;
+pub mod buffer;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod control;
@@ -16,6 +18,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod split;
+pub mod transform;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::router::{Rewrite, RouteMatch, RouteTable};
 use crate::split::{Side, Split};
+use crate::transform::Transform;
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.
@@ -28,6 +30,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    pub cache: Option<Arc<ResponseCache>>,
+    pub transform: Option<Transform>,
     pub split: Option<Arc<Split>>,
 }
 
@@ -48,6 +52,8 @@ pub struct Runtime {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Migration splits by route name (their state carries over reloads).
     pub splits: BTreeMap<String, Arc<Split>>,
+    /// Named caches; kept across reloads when their definition is unchanged.
+    pub caches: BTreeMap<String, Arc<ResponseCache>>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
     /// Metrics of requests that matched no route.
@@ -85,6 +91,7 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), upstream);
         }
+        let caches = build_caches(&config, previous, metrics);
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
@@ -102,7 +109,7 @@ impl Runtime {
                 }
                 None => None,
             };
-            let route = build_route(i, rc, &upstreams, metrics, split)?;
+            let route = build_route(i, rc, &upstreams, &caches, metrics, split)?;
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -119,6 +126,7 @@ impl Runtime {
             routes: RouteTable::new(entries),
             upstreams,
             splits,
+            caches,
             trusted_proxies,
             no_route: metrics.route("none"),
             shared: shared.clone(),
@@ -126,14 +134,50 @@ impl Runtime {
     }
 }
 
+fn build_caches(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> BTreeMap<String, Arc<ResponseCache>> {
+    config
+        .caches
+        .iter()
+        .map(|(name, cfg)| {
+            let reused = previous
+                .and_then(|p| p.caches.get(name))
+                .filter(|c| &c.config == cfg)
+                .cloned();
+            let cache = reused
+                .unwrap_or_else(|| Arc::new(ResponseCache::build(name, cfg, &metrics.cache)));
+            (name.clone(), cache)
+        })
+        .collect()
+}
+
 fn build_route(
     i: usize,
     rc: &RouteConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    caches: &BTreeMap<String, Arc<ResponseCache>>,
     metrics: &Metrics,
     split: Option<Arc<Split>>,
 ) -> Result<Route, ConfigError> {
     let err = |field: &str, e: String| ConfigError::single(format!("routes[{i}].{field}"), e);
+    let cache = match &rc.cache {
+        Some(name) => Some(
+            caches
+                .get(name)
+                .cloned()
+                .ok_or_else(|| err("cache", format!("unknown cache {name:?}")))?,
+        ),
+        None => None,
+    };
+    let transform = rc
+        .transform
+        .as_ref()
+        .map(|t| Transform::build(&rc.name, t, &metrics.transform))
+        .transpose()
+        .map_err(|e| err("transform", e))?;
     if let Some(split) = split {
         return Ok(Route {
             name: rc.name.clone(),
@@ -141,6 +185,8 @@ fn build_route(
             upstream: split.stable.upstream.clone(),
             metrics: metrics.route(&rc.name),
             split: Some(split),
+            cache,
+            transform,
         });
     }
     let upstream_name = rc
@@ -163,5 +209,7 @@ fn build_route(
         upstream,
         metrics: metrics.route(&rc.name),
         split: None,
+        cache,
+        transform,
     })
 }

@@ -86,6 +86,10 @@ async fn an_order_is_placed_through_the_gateway() {
 
     let products = client.get(addr, "/api/products?limit=5").await;
     assert_eq!(products.status, 200);
+    assert_eq!(products.header("x-cache"), Some("MISS"));
+    let again = client.get(addr, "/api/products?limit=5").await;
+    assert_eq!(again.header("x-cache"), Some("HIT"));
+    assert_eq!(again.body, products.body);
     let list = products.json();
     let items = list
         .as_array()
@@ -95,8 +99,11 @@ async fn an_order_is_placed_through_the_gateway() {
         .expect("a product list");
     let product = &items[0];
     let product_id = product["id"].clone();
+    // Stock is read from the products service itself: through the gateway it is cached
+    // for the max-age the service sends.
+    let products_addr = fleet.addr(Service::Products);
     let stock_before = client
-        .get(addr, &format!("/api/products/{product_id}/stock"))
+        .get(products_addr, &format!("/products/{product_id}/stock"))
         .await
         .json()["stock"]
         .as_i64()
@@ -125,7 +132,7 @@ async fn an_order_is_placed_through_the_gateway() {
     assert_eq!(read_back.status, 200);
     assert_eq!(read_back.json()["status"], "completed");
     let stock_after = client
-        .get(addr, &format!("/api/products/{product_id}/stock"))
+        .get(products_addr, &format!("/products/{product_id}/stock"))
         .await
         .json()["stock"]
         .as_i64()

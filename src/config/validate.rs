@@ -27,6 +27,7 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
     for (path, message) in upstream::validate::problems(config) {
         issues.push(path, message);
     }
+    caches_section(config, &mut issues);
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(config, broken, i, route, &mut issues);
     }
@@ -236,6 +237,29 @@ fn route_entry(
             issues.push(format!("{path}.rewrite"), e);
         }
     }
+    if let Some(t) = &route.transform {
+        for (field, message) in crate::transform::check(t) {
+            issues.push(format!("{path}.transform.{field}"), message);
+        }
+    }
+}
+
+fn caches_section(config: &Config, issues: &mut Issues) {
+    for (name, cache) in &config.caches {
+        let path = format!("caches.{name}");
+        if cache.max_size.0 == 0 {
+            issues.push(format!("{path}.max_size"), "must be above zero");
+        }
+        if let Some(max_entry) = cache.max_entry {
+            if max_entry.0 == 0 {
+                issues.push(format!("{path}.max_entry"), "must be above zero");
+            } else if max_entry.0 > cache.max_size.0 {
+                issues.push(format!("{path}.max_entry"), "must not be larger than max_size");
+            } else if max_entry.0 > 1024 * 1024 * 1024 {
+                issues.push(format!("{path}.max_entry"), "must be at most 1GiB");
+            }
+        }
+    }
 }
 
 /// Sections that parse but whose behaviour is built by an issue that has not landed yet.
@@ -250,9 +274,6 @@ fn not_supported_yet(config: &Config, issues: &mut Issues) {
     if !config.rate_limits.is_empty() {
         refuse("rate_limits".into(), "rate_limits");
     }
-    if !config.caches.is_empty() {
-        refuse("caches".into(), "caches");
-    }
     for (i, route) in config.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if route.jwt.is_some() {
@@ -260,12 +281,6 @@ fn not_supported_yet(config: &Config, issues: &mut Issues) {
         }
         if route.rate_limit.is_some() {
             refuse(format!("{p}.rate_limit"), "rate_limit");
-        }
-        if route.cache.is_some() {
-            refuse(format!("{p}.cache"), "cache");
-        }
-        if route.transform.is_some() {
-            refuse(format!("{p}.transform"), "transform");
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub split_rollbacks: IntCounterVec,
     /// Discovery, breaker, retries, ejections, overflow (observe/resilience.rs).
     pub resilience: super::ResilienceMetrics,
+    pub cache: crate::cache::CacheMetrics,
+    pub transform: crate::transform::TransformMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,7 +145,11 @@ impl Metrics {
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
+        let cache = crate::cache::CacheMetrics::register(&registry);
+        let transform = crate::transform::TransformMetrics::register(&registry);
         Metrics {
+            cache,
+            transform,
             registry,
             requests,
             duration,

@@ -26,7 +26,6 @@ use super::limit::PermitBody;
 use super::{proxy, Endpoint, Upstream};
 use crate::body::{is_body_too_large, Body};
 use crate::config::RetriesConfig;
-use crate::context::Context;
 use crate::error::GatewayError;
 use crate::observe::{Outcome, ResilienceMetrics};
 
@@ -182,17 +181,16 @@ pub struct Outgoing {
 
 enum Payload {
     Replayable(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<Body>),
 }
 
-/// Sends the request, retrying by the upstream's policy. Sets `ctx.endpoint` to the
+/// Sends the request, retrying by the upstream's policy. Sets `endpoint_used` to the
 /// endpoint of the last try.
 pub async fn send(
     upstream: &Upstream,
-    ctx: &mut Context,
+    endpoint_used: &mut Option<Arc<Endpoint>>,
     mut out: Outgoing,
-    body: Incoming,
-    max_request_body: u64,
+    body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let deadline = Instant::now() + upstream.request_timeout;
     let policy = upstream
@@ -243,7 +241,7 @@ pub async fn send(
             }
             break;
         };
-        ctx.endpoint = Some(endpoint.clone());
+        *endpoint_used = Some(endpoint.clone());
         let permit = match upstream.limits.acquire(&endpoint, deadline).await {
             Ok(p) => p,
             Err(e) if attempt == 0 => return Err(e),
@@ -261,10 +259,7 @@ pub async fn send(
         let last_try = attempt + 1 == attempts;
         let body = match &mut payload {
             Payload::Replayable(bytes) => Body::full(bytes.clone()),
-            Payload::Stream(incoming) => match incoming.take() {
-                Some(b) => Body::limited(b, max_request_body),
-                None => Body::empty(),
-            },
+            Payload::Stream(streamed) => streamed.take().unwrap_or_else(Body::empty),
         };
         let headers = if last_try {
             std::mem::take(&mut out.headers)
@@ -347,7 +342,7 @@ fn build(
 /// Reads a small body into memory so it can be sent again; a body without a known length
 /// or larger than `max` streams (and will not be retried).
 async fn keep_for_replay(
-    body: Incoming,
+    body: Body,
     headers: &HeaderMap,
     max: u64,
 ) -> Result<Payload, GatewayError> {

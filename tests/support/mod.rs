@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod cache_backend;
 pub mod client;
 pub mod consul;
 pub mod flaky;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use portico::{config, Gateway, GatewayHandle, Options};
 
 pub use backend::Backend;
+pub use cache_backend::{CacheBackend, Script};
 pub use client::{Client, Reply};
 
 /// Starts a gateway from YAML text. The text is written to a temporary file, so reloads

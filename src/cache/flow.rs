@@ -1,0 +1,564 @@
+//! The cache stage of the request path. `serve` answers from the cache when it can,
+//! otherwise sends the request upstream (once per key, however many clients ask at the
+//! same time) and stores what may be stored.
+//!
+//! GET/HEAD: fresh entry → HIT; stale within `stale-while-revalidate` → STALE plus one
+//! background refresh; otherwise the leader revalidates (`If-None-Match` /
+//! `If-Modified-Since` from the entry) or fetches, and waiters share its result. An
+//! upstream failure serves a stale entry within `stale-if-error`. Unsafe methods go
+//! straight through and invalidate the URL when they succeed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+
+use super::flight::{self, Join, Landing, Leader};
+use super::key::{self, Key};
+use super::policy::{self, CacheControl};
+use super::store::Entry;
+use super::{Outcome, ResponseCache};
+use crate::body::Body;
+use crate::buffer::{self, Buffered};
+use crate::error::GatewayError;
+use crate::gateway::{upstream_response, UpstreamCall};
+use crate::runtime::Route;
+use crate::upstream::Endpoint;
+
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// How many times a request re-checks the cache after waiting on another request.
+const ATTEMPTS: usize = 3;
+
+/// The client's conditional headers; taken off the upstream request because the cache
+/// sends its own validators, and answered from the cache.
+#[derive(Default)]
+pub struct Conditional {
+    if_none_match: Option<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+}
+
+impl Conditional {
+    fn take(headers: &mut HeaderMap) -> Conditional {
+        Conditional {
+            if_none_match: headers.remove(header::IF_NONE_MATCH),
+            if_modified_since: headers.remove(header::IF_MODIFIED_SINCE),
+        }
+    }
+
+    /// RFC 9110 §13.2.2: If-None-Match (weak comparison) wins over If-Modified-Since.
+    fn not_modified(&self, entry: &Entry) -> bool {
+        if entry.status != StatusCode::OK {
+            return false;
+        }
+        if let Some(inm) = &self.if_none_match {
+            let Some(etag) = entry.etag().and_then(|e| e.to_str().ok()) else {
+                return false;
+            };
+            let Ok(list) = inm.to_str() else { return false };
+            let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+            return list
+                .split(',')
+                .any(|t| t.trim() == "*" || weak(t) == weak(etag));
+        }
+        match (
+            self.if_modified_since.as_ref().and_then(policy::http_date),
+            entry.last_modified().and_then(policy::http_date),
+        ) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
+    }
+}
+
+/// What `serve` needs from the request beyond the upstream call.
+pub struct Request<'a> {
+    pub route: &'a Arc<Route>,
+    pub cache: &'a Arc<ResponseCache>,
+    pub call: UpstreamCall,
+    pub body: Body,
+    /// The endpoint that answered, for the access log (none for a HIT).
+    pub endpoint: &'a mut Option<Arc<Endpoint>>,
+}
+
+pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
+    let Request {
+        route,
+        cache,
+        mut call,
+        body,
+        endpoint,
+    } = req;
+    let host = call
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let primary = Key::primary(
+        host,
+        &call.upstream.name,
+        call.path_and_query.path(),
+        call.path_and_query.query(),
+    );
+    let method = call.method.clone();
+    if method == Method::POST
+        || method == Method::PUT
+        || method == Method::PATCH
+        || method == Method::DELETE
+    {
+        return unsafe_method(route, cache, call, body, endpoint, &primary).await;
+    }
+    let request_cc = policy::request_cache_control(&call.headers);
+    let cacheable_request = (method == Method::GET || method == Method::HEAD)
+        && !request_cc.no_store
+        && !call.headers.contains_key(header::RANGE);
+    if !cacheable_request {
+        return bypass(route, cache, call, body, endpoint).await;
+    }
+    let conditional = Conditional::take(&mut call.headers);
+    let head = method == Method::HEAD;
+    let call = Arc::new(call);
+    for _ in 0..ATTEMPTS {
+        let now = Instant::now();
+        let stored = cache.store.lookup(&primary, &call.headers).await;
+        if let Some(entry) = &stored {
+            if !request_cc.no_cache && entry.is_fresh(now) {
+                cache.count(Outcome::Hit);
+                return Ok(respond(entry, Outcome::Hit, &conditional, head));
+            }
+            if !request_cc.no_cache && entry.within_stale_while_revalidate(now) {
+                cache.count(Outcome::Stale);
+                refresh_in_background(route, cache, &call, &primary, entry);
+                return Ok(respond(entry, Outcome::Stale, &conditional, head));
+            }
+        }
+        if head {
+            // A HEAD is answered from a stored GET, never stored itself.
+            cache.count(Outcome::Miss);
+            let (ep, response) = call.send(call.headers.clone(), body).await?;
+            *endpoint = ep;
+            return Ok(tag(upstream_response(response), Outcome::Miss));
+        }
+        match cache.flights.join(&primary) {
+            Join::Waiter(slot) => match flight::wait(slot).await {
+                Some(Landing::Stored(entry))
+                    if entry.key == variant_of(&primary, &entry, &call.headers) =>
+                {
+                    cache.count(Outcome::Hit);
+                    return Ok(respond(&entry, Outcome::Hit, &conditional, head));
+                }
+                Some(Landing::NotStored) => {
+                    cache.count(Outcome::Miss);
+                    let (ep, response) = call.send(call.headers.clone(), body).await?;
+                    *endpoint = ep;
+                    let response = transform_body(route, upstream_response(response)).await?;
+                    return Ok(tag(response, Outcome::Miss));
+                }
+                // Another variant landed, or the leader went away: look again.
+                _ => continue,
+            },
+            Join::Leader(leader) => {
+                // Between our lookup and becoming leader, another leader may have landed.
+                if stored.is_none() {
+                    if let Some(entry) = cache.store.lookup(&primary, &call.headers).await {
+                        if entry.is_fresh(Instant::now()) && !request_cc.no_cache {
+                            cache.count(Outcome::Hit);
+                            return Ok(respond(&entry, Outcome::Hit, &conditional, head));
+                        }
+                    }
+                }
+                let fetched = fetch(Fetch {
+                    route,
+                    cache,
+                    call: &call,
+                    body,
+                    primary: &primary,
+                    stale: stored,
+                    leader,
+                    request_cc: &request_cc,
+                })
+                .await?;
+                cache.count(fetched.outcome);
+                if let Some(ep) = fetched.endpoint {
+                    *endpoint = Some(ep);
+                }
+                return Ok(match fetched.answer {
+                    Answer::Entry(entry) => respond(&entry, fetched.outcome, &conditional, head),
+                    Answer::Streamed(response) => tag(response, fetched.outcome),
+                });
+            }
+        }
+    }
+    cache.count(Outcome::Bypass);
+    let (ep, response) = call.send(call.headers.clone(), Body::empty()).await?;
+    *endpoint = ep;
+    let response = transform_body(route, upstream_response(response)).await?;
+    Ok(tag(response, Outcome::Bypass))
+}
+
+fn variant_of(primary: &Key, entry: &Entry, headers: &HeaderMap) -> Key {
+    if entry.vary.is_empty() {
+        primary.clone()
+    } else {
+        primary.variant(&entry.vary, headers)
+    }
+}
+
+async fn bypass(
+    route: &Arc<Route>,
+    cache: &ResponseCache,
+    call: UpstreamCall,
+    body: Body,
+    endpoint: &mut Option<Arc<Endpoint>>,
+) -> Result<Response<Body>, GatewayError> {
+    cache.count(Outcome::Bypass);
+    let headers = call.headers.clone();
+    let (ep, response) = call.send(headers, body).await?;
+    *endpoint = ep;
+    let response = transform_body(route, upstream_response(response)).await?;
+    Ok(tag(response, Outcome::Bypass))
+}
+
+/// RFC 9111 §4.4: a successful unsafe request invalidates the URL, and its `Location`
+/// and `Content-Location` when they are on the same host.
+async fn unsafe_method(
+    route: &Arc<Route>,
+    cache: &ResponseCache,
+    call: UpstreamCall,
+    body: Body,
+    endpoint: &mut Option<Arc<Endpoint>>,
+    primary: &Key,
+) -> Result<Response<Body>, GatewayError> {
+    cache.count(Outcome::Bypass);
+    let headers = call.headers.clone();
+    let (ep, response) = call.send(headers, body).await?;
+    *endpoint = ep;
+    let response = upstream_response(response);
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        cache.invalidate(primary).await;
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(target) = response
+                .headers()
+                .get(&name)
+                .and_then(|v| same_origin(v, &primary.host))
+            {
+                let (path, query) = target;
+                let key = Key::primary(&primary.host, &primary.upstream, &path, query.as_deref());
+                cache.invalidate(&key).await;
+            }
+        }
+    }
+    let response = transform_body(route, response).await?;
+    Ok(tag(response, Outcome::Bypass))
+}
+
+/// The path and query of a `Location` on the same host (relative, or absolute with the
+/// request's host).
+fn same_origin(value: &HeaderValue, host: &str) -> Option<(String, Option<String>)> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        if !authority.as_str().eq_ignore_ascii_case(host) {
+            return None;
+        }
+    } else if !uri.path().starts_with('/') {
+        return None;
+    }
+    let path = crate::path::normalize(uri.path()).ok()?.into_owned();
+    Some((path, uri.query().map(str::to_string)))
+}
+
+enum Answer {
+    Entry(Arc<Entry>),
+    Streamed(Response<Body>),
+}
+
+struct Fetched {
+    answer: Answer,
+    outcome: Outcome,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+struct Fetch<'a, 'b> {
+    route: &'a Arc<Route>,
+    cache: &'a ResponseCache,
+    call: &'a UpstreamCall,
+    body: Body,
+    primary: &'a Key,
+    stale: Option<Arc<Entry>>,
+    leader: Leader<'b>,
+    request_cc: &'a CacheControl,
+}
+
+/// The leader's work: one upstream request (conditional when a stale entry has
+/// validators), then store, refresh or serve stale, and tell the waiters.
+async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
+    let Fetch {
+        route,
+        cache,
+        call,
+        body,
+        primary,
+        stale,
+        leader,
+        request_cc,
+    } = f;
+    let mut headers = call.headers.clone();
+    if let Some(entry) = &stale {
+        if let Some(etag) = entry.etag() {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = entry.last_modified() {
+            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+    let has_authorization = call.headers.contains_key(header::AUTHORIZATION);
+    let serve_stale = |stale: &Option<Arc<Entry>>| {
+        stale
+            .as_ref()
+            .filter(|e| e.within_stale_if_error(Instant::now()))
+            .cloned()
+    };
+    let (ep, response) = match call.send(headers, body).await {
+        Ok(pair) => pair,
+        Err(error) => {
+            return match serve_stale(&stale) {
+                Some(entry) => Ok(Fetched {
+                    answer: Answer::Entry(entry),
+                    outcome: Outcome::Stale,
+                    endpoint: None,
+                }),
+                None => Err(error),
+            };
+        }
+    };
+    let response = upstream_response(response);
+    let status = response.status();
+    let endpoint = ep;
+    if let Some(old) = &stale {
+        if status == StatusCode::NOT_MODIFIED {
+            let merged = merge_headers(&old.headers, response.headers());
+            let fresh = policy::storable(
+                request_cc,
+                has_authorization,
+                old.status,
+                &merged,
+                cache.default_ttl,
+            );
+            let entry = Arc::new(Entry::new(
+                old.status,
+                merged,
+                old.body.clone(),
+                policy::age_header(response.headers()),
+                fresh.unwrap_or(old.freshness),
+                old.vary.clone(),
+                old.key.clone(),
+            ));
+            if fresh.is_ok() {
+                cache.insert(primary, entry.clone()).await;
+                leader.land(Landing::Stored(entry.clone()));
+            } else {
+                cache.invalidate(primary).await;
+                leader.land(Landing::NotStored);
+            }
+            return Ok(Fetched {
+                answer: Answer::Entry(entry),
+                outcome: Outcome::Hit,
+                endpoint,
+            });
+        }
+        if status.is_server_error() {
+            if let Some(entry) = serve_stale(&stale) {
+                return Ok(Fetched {
+                    answer: Answer::Entry(entry),
+                    outcome: Outcome::Stale,
+                    endpoint,
+                });
+            }
+        }
+    }
+    let streamed = |response: Response<Body>| Fetched {
+        answer: Answer::Streamed(response),
+        outcome: Outcome::Miss,
+        endpoint: endpoint.clone(),
+    };
+    let freshness = match policy::storable(
+        request_cc,
+        has_authorization,
+        status,
+        response.headers(),
+        cache.default_ttl,
+    ) {
+        Ok(f) => f,
+        Err(reason) => {
+            tracing::trace!(cache = %cache.name, ?reason, "response not stored");
+            if stale.is_some() {
+                cache.invalidate(primary).await;
+            }
+            leader.land(Landing::NotStored);
+            return Ok(streamed(transform_body(route, response).await?));
+        }
+    };
+    let too_large = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > cache.max_entry);
+    if too_large {
+        leader.land(Landing::NotStored);
+        return Ok(streamed(transform_body(route, response).await?));
+    }
+    let (mut parts, body) = response.into_parts();
+    match buffer::up_to(body, cache.max_entry).await {
+        Buffered::Complete(bytes) => {
+            let bytes = match &route.transform {
+                Some(t) => t.response_bytes(&mut parts.headers, bytes),
+                None => bytes,
+            };
+            let initial_age = policy::age_header(&parts.headers);
+            parts.headers.remove(header::AGE);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            let vary = key::vary_names(&parts.headers);
+            let variant = if vary.is_empty() {
+                primary.clone()
+            } else {
+                primary.variant(&vary, &call.headers)
+            };
+            let entry = Arc::new(Entry::new(
+                status,
+                parts.headers,
+                bytes,
+                initial_age,
+                freshness,
+                vary,
+                variant,
+            ));
+            cache.insert(primary, entry.clone()).await;
+            leader.land(Landing::Stored(entry.clone()));
+            Ok(Fetched {
+                answer: Answer::Entry(entry),
+                outcome: Outcome::Miss,
+                endpoint,
+            })
+        }
+        Buffered::Overflow(body) => {
+            leader.land(Landing::NotStored);
+            let response = Response::from_parts(parts, body);
+            Ok(streamed(transform_body(route, response).await?))
+        }
+        Buffered::Failed(_) => Err(GatewayError::BadGateway),
+    }
+}
+
+/// RFC 9111 §3.2: the stored headers updated with those of a 304.
+fn merge_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    for name in not_modified.keys() {
+        if name == header::CONTENT_LENGTH || name == header::AGE || name == header::CONTENT_ENCODING
+        {
+            continue;
+        }
+        headers.remove(name);
+        for v in not_modified.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    headers
+}
+
+/// One background revalidation per stale entry (`stale-while-revalidate`).
+fn refresh_in_background(
+    route: &Arc<Route>,
+    cache: &Arc<ResponseCache>,
+    call: &Arc<UpstreamCall>,
+    primary: &Key,
+    entry: &Arc<Entry>,
+) {
+    if entry
+        .refreshing
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return;
+    }
+    let (route, cache, call, primary, entry) = (
+        route.clone(),
+        cache.clone(),
+        call.clone(),
+        primary.clone(),
+        entry.clone(),
+    );
+    tokio::spawn(async move {
+        if let Join::Leader(leader) = cache.flights.join(&primary) {
+            let result = fetch(Fetch {
+                route: &route,
+                cache: &cache,
+                call: &call,
+                body: Body::empty(),
+                primary: &primary,
+                stale: Some(entry.clone()),
+                leader,
+                request_cc: &CacheControl::default(),
+            })
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(cache = %cache.name, error = %e, "background revalidation failed");
+            }
+        }
+        entry
+            .refreshing
+            .store(false, std::sync::atomic::Ordering::Release);
+    });
+}
+
+async fn transform_body(
+    route: &Route,
+    response: Response<Body>,
+) -> Result<Response<Body>, GatewayError> {
+    match &route.transform {
+        Some(t) if t.edits_response_body() => t.response_body(response).await,
+        _ => Ok(response),
+    }
+}
+
+fn tag(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(X_CACHE.clone(), outcome.header());
+    response
+}
+
+/// A response built from a stored entry, with `Age` and `X-Cache`; 304 when the
+/// client's own validators match; no body for HEAD.
+pub fn respond(
+    entry: &Entry,
+    outcome: Outcome,
+    conditional: &Conditional,
+    head: bool,
+) -> Response<Body> {
+    let age = entry.age(Instant::now()).as_secs();
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(X_CACHE.clone(), outcome.header());
+    let (status, body) = if conditional.not_modified(entry) {
+        headers.remove(header::CONTENT_LENGTH);
+        (StatusCode::NOT_MODIFIED, Body::empty())
+    } else if head {
+        (entry.status, Body::empty())
+    } else {
+        (entry.status, Body::full(entry.body.clone()))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+impl Conditional {
+    /// No conditional headers.
+    pub fn none() -> Conditional {
+        Conditional::default()
+    }
+}

@@ -1,0 +1,149 @@
+//! Cache keys. The primary key names a resource as the upstream sees it: host, upstream,
+//! path and normalised query (GET and HEAD share it: a HEAD is answered from a stored
+//! GET). A response with `Vary` is stored under a secondary key that adds the values of
+//! the request headers it names.
+
+use http::{HeaderMap, HeaderName};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// Host as the client sent it, lower-cased.
+    pub host: Box<str>,
+    /// The upstream's name: two routes sharing a cache never mix their upstreams.
+    pub upstream: Box<str>,
+    /// The path sent upstream (normalised, after rewrites).
+    pub path: Box<str>,
+    /// The query with its parameters sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry.
+    pub query: Box<str>,
+    /// Empty for the primary key; `name=value` lines of the Vary'd headers otherwise.
+    pub variant: Box<str>,
+}
+
+impl Key {
+    pub fn primary(host: &str, upstream: &str, path: &str, query: Option<&str>) -> Key {
+        Key {
+            host: host.to_ascii_lowercase().into_boxed_str(),
+            upstream: upstream.into(),
+            path: path.into(),
+            query: normalise_query(query.unwrap_or("")).into_boxed_str(),
+            variant: Box::from(""),
+        }
+    }
+
+    /// The secondary key for the request `headers` under the response's Vary `names`.
+    pub fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> Key {
+        Key {
+            variant: variant_text(names, headers).into_boxed_str(),
+            ..self.clone()
+        }
+    }
+
+    /// Approximate bytes held by the key, for the size weigher.
+    pub fn weight(&self) -> usize {
+        self.host.len()
+            + self.upstream.len()
+            + self.path.len()
+            + self.query.len()
+            + self.variant.len()
+    }
+}
+
+pub fn normalise_query(query: &str) -> String {
+    if !query.contains('&') {
+        return query.to_string();
+    }
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    // A stable sort keeps repeated keys (`a=1&a=2`) in their order, which can matter.
+    params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+    params.join("&")
+}
+
+fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(k, _)| k)
+}
+
+/// `name=value\n` per Vary'd header (values of repeated fields joined with `, `; an
+/// absent header is distinct from an empty one).
+fn variant_text(names: &[HeaderName], headers: &HeaderMap) -> String {
+    let mut out = String::from("\u{1}");
+    for name in names {
+        out.push_str(name.as_str());
+        let mut values = headers.get_all(name).iter().peekable();
+        if values.peek().is_none() {
+            out.push('\u{0}');
+        } else {
+            out.push('=');
+            let mut first = true;
+            for v in values {
+                if !first {
+                    out.push_str(", ");
+                }
+                first = false;
+                // Hostile bytes stay distinct but cannot break the framing of the key.
+                out.push_str(&String::from_utf8_lossy(v.as_bytes()).replace('\n', "\\n"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The header names a response's `Vary` lists, lower-cased, sorted and deduplicated.
+pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|t| t.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn query_order_does_not_matter_but_repeats_keep_theirs() {
+        assert_eq!(normalise_query("b=2&a=1"), "a=1&b=2");
+        assert_eq!(normalise_query("a=2&c&a=1"), "a=2&a=1&c");
+        let up = "p";
+        assert_eq!(
+            Key::primary("Shop.Local", up, "/x", Some("b=2&a=1")),
+            Key::primary("shop.local", up, "/x", Some("a=1&b=2"))
+        );
+    }
+
+    #[test]
+    fn variants_separate_values_and_absence() {
+        let up = "p";
+        let key = Key::primary("h", up, "/x", None);
+        let names = vary_names(&{
+            let mut h = HeaderMap::new();
+            h.insert(
+                "vary",
+                HeaderValue::from_static("Accept-Language, accept-encoding"),
+            );
+            h
+        });
+        assert_eq!(names.len(), 2);
+        let mut a = HeaderMap::new();
+        a.insert("accept-language", HeaderValue::from_static("de"));
+        let mut b = HeaderMap::new();
+        b.insert("accept-language", HeaderValue::from_static("fr"));
+        let mut empty = HeaderMap::new();
+        empty.insert("accept-language", HeaderValue::from_static(""));
+        let none = HeaderMap::new();
+        let keys = [&a, &b, &empty, &none].map(|h| key.variant(&names, h));
+        for i in 0..keys.len() {
+            for j in i + 1..keys.len() {
+                assert_ne!(keys[i], keys[j]);
+            }
+        }
+        assert_ne!(keys[0], key);
+    }
+}

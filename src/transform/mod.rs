@@ -1,0 +1,490 @@
+//! Request and response transformation: header edits with templates, query edits on the
+//! upstream request, and JSON body edits. Everything is compiled when the config is
+//! built (`Transform::build`); `check` reports the same problems with their YAML paths.
+//!
+//! Order on the request path: request headers and query are edited before the cache
+//! lookup (so `Vary` sees what the upstream sees), then the request body. On the way
+//! back the JSON body edit runs before the cache stores a response (stored bodies are
+//! already edited), and header edits run on every response, cached or not, because
+//! their templates (`${request_id}`, `${client_ip}`) belong to each request.
+//!
+//! Compressed bodies (`Content-Encoding` other than `identity`) are passed through
+//! unchanged and counted: decompressing and recompressing on the gateway costs more
+//! than it gives for the small JSON documents these edits are meant for.
+
+pub mod headers;
+pub mod json;
+pub mod template;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{header, HeaderMap, HeaderValue, Response};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use serde_json::{Map, Value};
+
+use crate::body::{is_body_too_large, Body};
+use crate::buffer::{self, Buffered};
+use crate::config::{MessageTransformConfig, TransformConfig};
+use crate::error::GatewayError;
+use headers::{HeaderOps, Problem};
+use json::JsonEdit;
+use template::{Template, Vars};
+
+/// Query values are encoded like form values, minus the characters safe in a query.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What a template may refer to, apart from the message's own headers.
+pub struct Scope<'a> {
+    pub claims: Option<&'a Map<String, Value>>,
+    pub request_id: &'a HeaderValue,
+    pub client_ip: IpAddr,
+    pub route: &'a str,
+    pub upstream: &'a str,
+}
+
+impl<'a> Scope<'a> {
+    fn vars(&self, headers: &'a HeaderMap) -> Vars<'a> {
+        Vars {
+            claims: self.claims,
+            headers,
+            request_id: self.request_id,
+            client_ip: self.client_ip,
+            route: self.route,
+            upstream: self.upstream,
+        }
+    }
+}
+
+/// Why a JSON body edit was skipped; the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Skip {
+    TooLarge,
+    NotJson,
+    Compressed,
+    InvalidJson,
+}
+
+const SKIPS: [&str; 4] = ["too_large", "not_json", "compressed", "invalid_json"];
+
+/// Transform metric families, registered once per process (they live in `Metrics`).
+#[derive(Clone)]
+pub struct TransformMetrics {
+    skipped: IntCounterVec,
+}
+
+impl std::fmt::Debug for TransformMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransformMetrics")
+    }
+}
+
+impl TransformMetrics {
+    pub fn register(registry: &Registry) -> TransformMetrics {
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "portico_transform_body_skipped_total",
+                "Bodies a JSON transform passed through unchanged, by route, direction and reason",
+            ),
+            &["route", "direction", "reason"],
+        )
+        .expect("valid metric definition");
+        let _ = registry.register(Box::new(skipped.clone()));
+        TransformMetrics { skipped }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Message {
+    headers: HeaderOps,
+    set_query: Vec<(String, Template)>,
+    remove_query: Vec<String>,
+    json: Option<JsonEdit>,
+    skipped: Vec<IntCounter>,
+}
+
+impl Message {
+    fn build(config: &MessageTransformConfig, request: bool) -> Result<Message, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let headers = HeaderOps::build(config).unwrap_or_else(|p| {
+            problems.extend(p);
+            HeaderOps::default()
+        });
+        if !request && (!config.set_query.is_empty() || !config.remove_query.is_empty()) {
+            problems.push((
+                "set_query".into(),
+                "set_query and remove_query apply to requests only".into(),
+            ));
+        }
+        let mut set_query = Vec::new();
+        for (k, v) in &config.set_query {
+            if k.is_empty() {
+                problems.push(("set_query".into(), "empty query parameter name".into()));
+                continue;
+            }
+            match Template::compile(v) {
+                Ok(t) => set_query.push((utf8_percent_encode(k, QUERY_VALUE).to_string(), t)),
+                Err(e) => problems.push((format!("set_query.{k}"), e)),
+            }
+        }
+        let remove_query = config
+            .remove_query
+            .iter()
+            .map(|k| utf8_percent_encode(k, QUERY_VALUE).to_string())
+            .collect();
+        let json = match config.json_body.as_ref().map(JsonEdit::build).transpose() {
+            Ok(j) => j,
+            Err(e) => {
+                problems.push(("json_body".into(), e));
+                None
+            }
+        };
+        if problems.is_empty() {
+            Ok(Message {
+                headers,
+                set_query,
+                remove_query,
+                json,
+                skipped: Vec::new(),
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn count(&self, skip: Skip) {
+        if let Some(c) = self.skipped.get(skip as usize) {
+            c.inc();
+        }
+    }
+}
+
+/// A route's compiled transform; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Transform(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    request: Option<Message>,
+    response: Option<Message>,
+}
+
+/// Every problem in a transform config, as (field under `transform`, message).
+pub fn check(config: &TransformConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (side, cfg, request) in [
+        ("request", &config.request, true),
+        ("response", &config.response, false),
+    ] {
+        if let Some(cfg) = cfg {
+            if let Err(problems) = Message::build(cfg, request) {
+                out.extend(
+                    problems
+                        .into_iter()
+                        .map(|(f, m)| (format!("{side}.{f}"), m)),
+                );
+            }
+        }
+    }
+    out
+}
+
+impl Transform {
+    pub fn build(
+        route: &str,
+        config: &TransformConfig,
+        metrics: &TransformMetrics,
+    ) -> Result<Transform, String> {
+        let build = |cfg: &Option<MessageTransformConfig>,
+                     request: bool|
+         -> Result<Option<Message>, String> {
+            let Some(cfg) = cfg else { return Ok(None) };
+            let mut m = Message::build(cfg, request).map_err(|p| {
+                p.iter()
+                    .map(|(f, m)| {
+                        format!("{}.{f}: {m}", if request { "request" } else { "response" })
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            if m.json.is_some() {
+                let direction = if request { "request" } else { "response" };
+                m.skipped = SKIPS
+                    .iter()
+                    .map(|r| metrics.skipped.with_label_values(&[route, direction, r]))
+                    .collect();
+            }
+            Ok(Some(m))
+        };
+        Ok(Transform(Arc::new(Inner {
+            request: build(&config.request, true)?,
+            response: build(&config.response, false)?,
+        })))
+    }
+
+    /// Request headers and query. Returns the path and query to send upstream.
+    pub fn request_head(
+        &self,
+        headers: &mut HeaderMap,
+        path_and_query: PathAndQuery,
+        scope: &Scope<'_>,
+    ) -> Result<PathAndQuery, GatewayError> {
+        let Some(m) = &self.0.request else {
+            return Ok(path_and_query);
+        };
+        let query_edit = !(m.set_query.is_empty() && m.remove_query.is_empty());
+        let new_query = query_edit.then(|| {
+            let original = &*headers;
+            edit_query(path_and_query.query(), m, &scope.vars(original))
+        });
+        m.headers.apply(headers, |t, h| t.render(&scope.vars(h)));
+        match new_query {
+            None => Ok(path_and_query),
+            Some(q) => {
+                let mut s = String::with_capacity(path_and_query.path().len() + q.len() + 1);
+                s.push_str(path_and_query.path());
+                if !q.is_empty() {
+                    s.push('?');
+                    s.push_str(&q);
+                }
+                PathAndQuery::from_maybe_shared(s)
+                    .map_err(|_| GatewayError::BadRequest("invalid request target"))
+            }
+        }
+    }
+
+    /// The request body after a JSON edit (or unchanged). Invalid JSON is the client's
+    /// mistake: 400.
+    pub async fn request_body(
+        &self,
+        headers: &mut HeaderMap,
+        body: Body,
+    ) -> Result<Body, GatewayError> {
+        let Some(m) = &self.0.request else {
+            return Ok(body);
+        };
+        let Some(edit) = &m.json else { return Ok(body) };
+        match edit_body(m, edit, headers, body).await {
+            Edited::Done(body) => Ok(body),
+            Edited::Invalid(_) => Err(GatewayError::BadRequest("request body is not valid JSON")),
+            Edited::Failed(e) if is_body_too_large(e.as_ref()) => Err(GatewayError::BodyTooLarge),
+            Edited::Failed(_) => Err(GatewayError::BadRequest("request body could not be read")),
+        }
+    }
+
+    /// Response header edits (after the cache: they run for every response).
+    pub fn response_head(&self, headers: &mut HeaderMap, scope: &Scope<'_>) {
+        if let Some(m) = &self.0.response {
+            m.headers.apply(headers, |t, h| t.render(&scope.vars(h)));
+        }
+    }
+
+    /// True when responses get a JSON body edit.
+    pub fn edits_response_body(&self) -> bool {
+        self.0.response.as_ref().is_some_and(|m| m.json.is_some())
+    }
+
+    /// The response body after a JSON edit. Invalid JSON from an upstream is passed on
+    /// unchanged and logged.
+    pub async fn response_body(
+        &self,
+        response: Response<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Some(m) = &self.0.response else {
+            return Ok(response);
+        };
+        let Some(edit) = &m.json else {
+            return Ok(response);
+        };
+        let (mut parts, body) = response.into_parts();
+        match edit_body(m, edit, &mut parts.headers, body).await {
+            Edited::Done(body) => Ok(Response::from_parts(parts, body)),
+            Edited::Invalid(original) => Ok(Response::from_parts(parts, Body::full(original))),
+            Edited::Failed(_) => Err(GatewayError::BadGateway),
+        }
+    }
+
+    /// A response body already in memory (the cache's): edited, with `Content-Length`.
+    pub fn response_bytes(&self, headers: &mut HeaderMap, bytes: Bytes) -> Bytes {
+        let Some(m) = &self.0.response else {
+            return bytes;
+        };
+        let Some(edit) = &m.json else { return bytes };
+        if let Some(skip) = skip_reason(headers, edit, bytes.len() as u64) {
+            m.count(skip);
+            return bytes;
+        }
+        match edit_bytes(edit, &bytes) {
+            Some(out) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                out
+            }
+            None => {
+                m.count(Skip::InvalidJson);
+                tracing::warn!("upstream sent invalid JSON; passed through unchanged");
+                bytes
+            }
+        }
+    }
+}
+
+fn edit_query(query: Option<&str>, m: &Message, vars: &Vars<'_>) -> String {
+    let mut out = String::new();
+    let dropped = |name: &str| {
+        m.remove_query.iter().any(|r| r == name) || m.set_query.iter().any(|(k, _)| k == name)
+    };
+    for param in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let name = param.split_once('=').map_or(param, |(k, _)| k);
+        if dropped(name) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(param);
+    }
+    for (k, t) in &m.set_query {
+        let Some(value) = t.render_string(vars) else {
+            continue;
+        };
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.extend(utf8_percent_encode(&value, QUERY_VALUE));
+    }
+    out
+}
+
+enum Edited {
+    Done(Body),
+    /// Not JSON after all: the original bytes.
+    Invalid(Bytes),
+    Failed(crate::body::BoxError),
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn skip_reason(headers: &HeaderMap, edit: &JsonEdit, len: u64) -> Option<Skip> {
+    if !is_json(headers) {
+        return Some(Skip::NotJson);
+    }
+    let compressed = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if compressed {
+        return Some(Skip::Compressed);
+    }
+    (len > edit.max_size).then_some(Skip::TooLarge)
+}
+
+fn edit_bytes(edit: &JsonEdit, bytes: &[u8]) -> Option<Bytes> {
+    let mut value: Value = serde_json::from_slice(bytes).ok()?;
+    edit.apply(&mut value);
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+async fn edit_body(m: &Message, edit: &JsonEdit, headers: &mut HeaderMap, body: Body) -> Edited {
+    use http_body::Body as _;
+    if body.is_end_stream() || content_length(headers) == Some(0) {
+        return Edited::Done(body);
+    }
+    if let Some(skip) = skip_reason(headers, edit, content_length(headers).unwrap_or(0)) {
+        m.count(skip);
+        return Edited::Done(body);
+    }
+    match buffer::up_to(body, edit.max_size).await {
+        Buffered::Complete(bytes) => match edit_bytes(edit, &bytes) {
+            Some(out) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                Edited::Done(Body::full(out))
+            }
+            None => {
+                m.count(Skip::InvalidJson);
+                tracing::warn!("invalid JSON body; a JSON transform could not apply");
+                Edited::Invalid(bytes)
+            }
+        },
+        Buffered::Overflow(body) => {
+            m.count(Skip::TooLarge);
+            Edited::Done(body)
+        }
+        Buffered::Failed(e) => Edited::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> TransformConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn claim_templates_render_from_context_claims() {
+        let metrics = TransformMetrics::register(&Registry::new());
+        let t = Transform::build(
+            "r",
+            &config("request: { set_headers: { X-User: \"${claim.sub}\", X-Role: \"role-${claim.role}\" }, set_query: { uid: \"${claim.sub}\" } }"),
+            &metrics,
+        )
+        .unwrap();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::from("user 7"));
+        let id = HeaderValue::from_static("rid");
+        let scope = Scope {
+            claims: Some(&claims),
+            request_id: &id,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            route: "r",
+            upstream: "u",
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-role", HeaderValue::from_static("admin"));
+        let pq = t
+            .request_head(&mut headers, PathAndQuery::from_static("/x?a=1"), &scope)
+            .unwrap();
+        assert_eq!(headers["x-user"], "user 7");
+        // `role` is not a claim: the header is left out, the client's copy with it.
+        assert!(!headers.contains_key("x-role"));
+        assert_eq!(pq.as_str(), "/x?a=1&uid=user%207");
+        let no_claims = Scope {
+            claims: None,
+            ..scope
+        };
+        let mut headers = HeaderMap::new();
+        t.request_head(&mut headers, PathAndQuery::from_static("/x"), &no_claims)
+            .unwrap();
+        assert!(headers.is_empty());
+    }
+}
