@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
+use crate::auth::Claims;
 use crate::runtime::Route;
 use crate::upstream::Endpoint;
 
@@ -37,4 +38,8 @@ pub struct Context {
     pub endpoint: Option<Arc<Endpoint>>,
     /// The authenticated user (a JWT `sub`), for the access log.
     pub user: Option<String>,
+    /// The verified JWT claims, for later stages (`${claim.X}`, `claim:X` keys).
+    pub claims: Option<Arc<Claims>>,
+    /// The rate limit decision, reported in `RateLimit-*` headers on the response.
+    pub rate_limit: Option<crate::ratelimit::Outcome>,
 }

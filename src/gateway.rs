@@ -21,7 +21,11 @@ use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::proxy;
 
-pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: ConnInfo,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &rt.trusted_proxies);
     let mut ctx = Context {
@@ -33,6 +37,8 @@ pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>
         route: None,
         endpoint: None,
         user: None,
+        claims: None,
+        rate_limit: None,
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
     let method = parts.method.clone();
@@ -45,6 +51,9 @@ pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), ctx.request_id.clone());
+    if let Some(outcome) = &ctx.rate_limit {
+        outcome.apply(response.headers_mut());
+    }
 
     record(&rt, &ctx, method.as_str(), &raw_path, bytes_in, &response);
     response
@@ -71,6 +80,8 @@ async fn forward_request(
         .ok_or(GatewayError::NoRoute)?
         .clone();
     ctx.route = Some(route.clone());
+    authenticate(&route, ctx, &parts.headers).await?;
+    rate_limit(&route, ctx, &parts.headers)?;
 
     if content_length(&parts.headers).is_some_and(|len| len > rt.max_request_body) {
         return Err(GatewayError::BodyTooLarge);
@@ -89,6 +100,10 @@ async fn forward_request(
     };
     let mut headers = std::mem::take(&mut parts.headers);
     forward::strip_hop_by_hop(&mut headers);
+    crate::auth::strip_forwarded(&mut headers, &rt.claim_headers);
+    if let (Some(verifier), Some(claims)) = (&route.jwt, &ctx.claims) {
+        verifier.forward(claims, &mut headers);
+    }
     forward::set_forwarded(
         &mut headers,
         ctx.conn.peer.ip(),
@@ -121,7 +136,9 @@ async fn forward_request(
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(GatewayError::BadRequest("upgrade not possible on this connection"))?;
+            .ok_or(GatewayError::BadRequest(
+                "upgrade not possible on this connection",
+            ))?;
         if let Some(h) = builder.headers_mut() {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, protocol);
@@ -144,6 +161,63 @@ async fn forward_request(
     Ok(Response::from_parts(head, Body::streaming(incoming)))
 }
 
+/// The `jwt` stage: verifies the bearer token and keeps the claims in the context.
+async fn authenticate(
+    route: &Route,
+    ctx: &mut Context,
+    headers: &http::HeaderMap,
+) -> Result<(), GatewayError> {
+    let Some(verifier) = &route.jwt else {
+        return Ok(());
+    };
+    match verifier.authenticate(headers).await {
+        Ok(claims) => {
+            ctx.user = claims.subject().map(str::to_string);
+            ctx.claims = Some(Arc::new(claims));
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(counter) = route.jwt_rejected.get(e.index()) {
+                counter.inc();
+            }
+            tracing::info!(
+                route = %route.name,
+                reason = e.reason(),
+                request_id = ctx.request_id.to_str().unwrap_or(""),
+                "JWT rejected"
+            );
+            Err(GatewayError::Auth(e))
+        }
+    }
+}
+
+/// The `rate_limit` stage: spends one request of the key's budget or refuses with 429.
+fn rate_limit(
+    route: &Route,
+    ctx: &mut Context,
+    headers: &http::HeaderMap,
+) -> Result<(), GatewayError> {
+    let Some(limiter) = &route.rate_limit else {
+        return Ok(());
+    };
+    let outcome = limiter.check(&crate::ratelimit::KeyInput {
+        client_ip: ctx.client_ip,
+        headers,
+        claims: ctx.claims.as_deref(),
+    });
+    let retry_after = outcome.retry_after;
+    ctx.rate_limit = Some(outcome);
+    match retry_after {
+        None => Ok(()),
+        Some(retry_after) => {
+            if let Some(counter) = &route.ratelimit_rejected {
+                counter.inc();
+            }
+            Err(GatewayError::RateLimited { retry_after })
+        }
+    }
+}
+
 /// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
 fn request_host(parts: &Parts) -> Option<HeaderValue> {
     if let Some(h) = parts.headers.get(header::HOST) {
@@ -161,7 +235,10 @@ fn host_without_port(host: Option<&HeaderValue>) -> &str {
     };
     if text.starts_with('[') {
         // IPv6 literal: keep the brackets, drop the port.
-        return text.split(']').next().map_or(text, |h| &text[..h.len() + 1]);
+        return text
+            .split(']')
+            .next()
+            .map_or(text, |h| &text[..h.len() + 1]);
     }
     text.split(':').next().unwrap_or(text)
 }

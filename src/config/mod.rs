@@ -180,7 +180,10 @@ fn deserialize_sections(
         }
     }
     if !saw_server {
-        issues.push(issue("server", "missing section (server.listen is required)"));
+        issues.push(issue(
+            "server",
+            "missing section (server.listen is required)",
+        ));
     }
     config
 }

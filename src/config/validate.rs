@@ -24,6 +24,7 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
     let mut issues = Issues(Vec::new());
     server_section(config, &mut issues);
     upstreams_section(config, &mut issues);
+    guards_section(config, &mut issues);
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(config, broken, i, route, &mut issues);
     }
@@ -55,7 +56,10 @@ fn server_section(config: &Config, issues: &mut Issues) {
     if let Some(tls) = &server.tls {
         listen_address("server.tls.listen", &tls.listen, issues);
         if tls.certificates.is_empty() {
-            issues.push("server.tls.certificates", "at least one certificate is needed");
+            issues.push(
+                "server.tls.certificates",
+                "at least one certificate is needed",
+            );
         }
         for (i, cert) in tls.certificates.iter().enumerate() {
             if let Err(e) = server::tls::load_certificate(cert) {
@@ -76,10 +80,7 @@ fn server_section(config: &Config, issues: &mut Issues) {
         issues.push("server.limits.max_connections", "must be at least 1");
     }
     if limits.max_request_headers.0 < 8 * 1024 {
-        issues.push(
-            "server.limits.max_request_headers",
-            "must be at least 8KiB",
-        );
+        issues.push("server.limits.max_request_headers", "must be at least 8KiB");
     }
     if limits.header_read_timeout.0.is_zero() {
         issues.push("server.limits.header_read_timeout", "must be above zero");
@@ -96,14 +97,20 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
     for (name, up) in &config.upstreams {
         let path = format!("upstreams.{name}");
         if up.targets.is_empty() && up.discovery.is_none() {
-            issues.push(format!("{path}.targets"), "an upstream needs targets or discovery");
+            issues.push(
+                format!("{path}.targets"),
+                "an upstream needs targets or discovery",
+            );
         }
         for (i, target) in up.targets.iter().enumerate() {
             if let Err(e) = upstream::parse_target(target.address()) {
                 issues.push(format!("{path}.targets[{i}]"), e);
             }
             if target.weight() == 0 {
-                issues.push(format!("{path}.targets[{i}].weight"), "weight must be above 0");
+                issues.push(
+                    format!("{path}.targets[{i}].weight"),
+                    "weight must be above 0",
+                );
             }
         }
         if up.timeouts.connect.0.is_zero() {
@@ -111,6 +118,20 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
         }
         if up.timeouts.request.0.is_zero() {
             issues.push(format!("{path}.timeouts.request"), "must be above zero");
+        }
+    }
+}
+
+/// `jwt` verifiers and `rate_limits`, checked by the same code that builds them.
+fn guards_section(config: &Config, issues: &mut Issues) {
+    for (name, jwt) in &config.jwt {
+        for (field, message) in crate::auth::check(jwt) {
+            issues.push(format!("jwt.{name}.{field}"), message);
+        }
+    }
+    for (name, limit) in &config.rate_limits {
+        for (field, message) in crate::ratelimit::check(limit) {
+            issues.push(format!("rate_limits.{name}.{field}"), message);
         }
     }
 }
@@ -172,10 +193,21 @@ fn route_entry(
             format!("{path}.split"),
             "a route has either upstream or split, not both",
         ),
-        (None, None) => issues.push(format!("{path}.upstream"), "a route needs an upstream (or a split)"),
+        (None, None) => issues.push(
+            format!("{path}.upstream"),
+            "a route needs an upstream (or a split)",
+        ),
     }
     if let Some(name) = &route.jwt {
-        reference(issues, broken, format!("{path}.jwt"), "jwt verifier", "jwt", name, config.jwt.contains_key(name));
+        reference(
+            issues,
+            broken,
+            format!("{path}.jwt"),
+            "jwt verifier",
+            "jwt",
+            name,
+            config.jwt.contains_key(name),
+        );
     }
     if let Some(name) = &route.rate_limit {
         reference(
@@ -189,7 +221,15 @@ fn route_entry(
         );
     }
     if let Some(name) = &route.cache {
-        reference(issues, broken, format!("{path}.cache"), "cache", "caches", name, config.caches.contains_key(name));
+        reference(
+            issues,
+            broken,
+            format!("{path}.cache"),
+            "cache",
+            "caches",
+            name,
+            config.caches.contains_key(name),
+        );
     }
     if let Err((field, e)) = router::RouteMatch::build(&route.matcher) {
         issues.push(format!("{path}.match.{field}"), e);
@@ -234,23 +274,11 @@ fn not_supported_yet(config: &Config, issues: &mut Issues) {
             refuse(format!("{p}.max_pending"), "max_pending");
         }
     }
-    if !config.jwt.is_empty() {
-        refuse("jwt".into(), "jwt");
-    }
-    if !config.rate_limits.is_empty() {
-        refuse("rate_limits".into(), "rate_limits");
-    }
     if !config.caches.is_empty() {
         refuse("caches".into(), "caches");
     }
     for (i, route) in config.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
-        if route.jwt.is_some() {
-            refuse(format!("{p}.jwt"), "jwt");
-        }
-        if route.rate_limit.is_some() {
-            refuse(format!("{p}.rate_limit"), "rate_limit");
-        }
         if route.cache.is_some() {
             refuse(format!("{p}.cache"), "cache");
         }

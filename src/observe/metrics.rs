@@ -16,6 +16,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections_refused: IntCounter,
+    jwt_rejected: IntCounterVec,
+    ratelimit_rejected: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -52,8 +54,8 @@ impl Metrics {
                     "Time from request head to response head, by route",
                 )
                 .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ]),
                 &["route"],
             )
@@ -102,6 +104,22 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         );
+        let jwt_rejected = register(
+            &registry,
+            counter(
+                "portico_jwt_rejected_total",
+                "Requests refused by JWT verification, by route and reason",
+                &["route", "reason"],
+            ),
+        );
+        let ratelimit_rejected = register(
+            &registry,
+            counter(
+                "portico_ratelimit_rejected_total",
+                "Requests refused with 429 by a rate limit, by route",
+                &["route"],
+            ),
+        );
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -114,7 +132,22 @@ impl Metrics {
             config_reloads,
             access_log_dropped,
             connections_refused,
+            jwt_rejected,
+            ratelimit_rejected,
         }
+    }
+
+    /// `portico_jwt_rejected_total` handles for one route, one per reason.
+    pub fn jwt_rejections(&self, route: &str) -> Vec<IntCounter> {
+        crate::auth::AuthError::ALL
+            .iter()
+            .map(|e| self.jwt_rejected.with_label_values(&[route, e.reason()]))
+            .collect()
+    }
+
+    /// The `portico_ratelimit_rejected_total` handle of one route.
+    pub fn ratelimit_rejections(&self, route: &str) -> IntCounter {
+        self.ratelimit_rejected.with_label_values(&[route])
     }
 
     /// Handles for one route, resolved once.
