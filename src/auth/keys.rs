@@ -131,8 +131,9 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// The keys that may verify a token with this `kid` and `alg`. With a `kid`, only keys
-    /// with that kid; without one, every key that fits the algorithm.
+    /// The keys that may verify a token with this `kid` and `alg`. With a `kid`, the keys
+    /// with that kid and those that have none (a `public_key` file, a `secret`); without
+    /// one, every key that fits the algorithm.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&'a str>,
@@ -141,7 +142,7 @@ impl KeySet {
         self.keys.iter().filter(move |k| {
             k.fits(alg)
                 && match kid {
-                    Some(kid) => k.kid.as_deref() == Some(kid),
+                    Some(kid) => k.kid.as_deref().is_none_or(|k| k == kid),
                     None => true,
                 }
         })
