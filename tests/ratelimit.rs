@@ -274,3 +274,43 @@ async fn the_gateway_sweeps_idle_client_keys() {
     let ok = eventually(Duration::from_secs(20), || async { limiter.is_empty() }).await;
     assert!(ok, "{} keys left", limiter.len());
 }
+
+#[test]
+fn invalid_rate_limits_are_refused_with_paths() {
+    let cases = [
+        ("{ key: ip, limit: 1, per: 1s }", "rate_limits.r.key"),
+        (
+            "{ key: \"header:\", limit: 1, per: 1s }",
+            "rate_limits.r.key",
+        ),
+        (
+            "{ key: client_ip, limit: 0, per: 1s }",
+            "rate_limits.r.limit",
+        ),
+        ("{ key: client_ip, limit: 1, per: 0s }", "rate_limits.r.per"),
+        (
+            "{ key: client_ip, limit: 1, per: 1s, burst: 0 }",
+            "rate_limits.r.burst",
+        ),
+        (
+            "{ key: \"claim:sub\", limit: 1, per: 1s }",
+            "routes[0].rate_limit",
+        ),
+    ];
+    for (limit, path) in cases {
+        let yaml = format!(
+            "server: {{ listen: 127.0.0.1:0 }}\nupstreams:\n  b: {{ targets: [\"127.0.0.1:9\"] }}\nrate_limits:\n  r: {limit}\nroutes:\n  - {{ name: x, rate_limit: r, upstream: b }}\n"
+        );
+        let err = portico::config::parse(&yaml).expect_err(limit);
+        assert!(
+            err.issues.iter().any(|i| i.path == path),
+            "{limit}: expected {path}, got {err}"
+        );
+    }
+    let unknown = "server: { listen: 127.0.0.1:0 }\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - { name: x, rate_limit: nope, upstream: b }\n";
+    let err = portico::config::parse(unknown).unwrap_err();
+    assert!(
+        err.issues.iter().any(|i| i.path == "routes[0].rate_limit"),
+        "{err}"
+    );
+}

@@ -134,6 +134,20 @@ fn guards_section(config: &Config, issues: &mut Issues) {
             issues.push(format!("rate_limits.{name}.{field}"), message);
         }
     }
+    // A claim key on a route without jwt would put every request in the anonymous bucket.
+    for (i, route) in config.routes.iter().enumerate() {
+        let claim_keyed = route
+            .rate_limit
+            .as_ref()
+            .and_then(|n| config.rate_limits.get(n))
+            .is_some_and(|l| l.key.starts_with("claim:"));
+        if claim_keyed && route.jwt.is_none() {
+            issues.push(
+                format!("routes[{i}].rate_limit"),
+                "this rate limit is keyed by a claim: the route needs jwt",
+            );
+        }
+    }
 }
 
 fn reference(
