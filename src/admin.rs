@@ -20,11 +20,7 @@ use crate::body::Body;
 use crate::config;
 use crate::control::Control;
 
-pub async fn serve(
-    listener: TcpListener,
-    control: Arc<Control>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {

@@ -93,9 +93,7 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     let old_tls = old.server.tls.as_ref().map(|t| &t.listen);
     let new_tls = new.server.tls.as_ref().map(|t| &t.listen);
     if old.server.listen != new.server.listen || old_tls != new_tls {
-        tracing::warn!(
-            "server listen addresses changed: the new addresses take effect after a restart"
-        );
+        tracing::warn!("server listen addresses changed: the new addresses take effect after a restart");
     }
     if old.admin.as_ref().map(|a| &a.listen) != new.admin.as_ref().map(|a| &a.listen) {
         tracing::warn!("admin.listen changed: the new address takes effect after a restart");

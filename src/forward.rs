@@ -51,10 +51,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str()
-            .map(|t| {
-                t.split(',')
-                    .any(|tok| tok.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .map(|t| t.split(',').any(|tok| tok.trim().eq_ignore_ascii_case("upgrade")))
             .unwrap_or(false)
     });
     if asks {
@@ -86,9 +83,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     let mut client = peer;
     let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for value in values.iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return client;
-        };
+        let Ok(text) = value.to_str() else { return client };
         for entry in text.rsplit(',') {
             let Ok(ip) = entry.trim().parse::<IpAddr>() else {
                 return client;
@@ -155,10 +150,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));
@@ -173,17 +165,11 @@ mod tests {
     fn client_ip_believes_only_trusted_peers() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
-        h.insert(
-            &X_FORWARDED_FOR,
-            HeaderValue::from_static("1.1.1.1, 2.2.2.2, 10.0.0.9"),
-        );
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1, 2.2.2.2, 10.0.0.9"));
         let untrusted: IpAddr = "9.9.9.9".parse().unwrap();
         assert_eq!(client_ip(untrusted, &h, &trusted), untrusted);
         let proxy: IpAddr = "10.1.1.1".parse().unwrap();
-        assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "2.2.2.2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(proxy, &h, &trusted), "2.2.2.2".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -21,11 +21,7 @@ use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::proxy;
 
-pub async fn handle(
-    rt: Arc<Runtime>,
-    conn: ConnInfo,
-    request: Request<Incoming>,
-) -> Response<Body> {
+pub async fn handle(rt: Arc<Runtime>, conn: ConnInfo, request: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &rt.trusted_proxies);
     let mut ctx = Context {
@@ -136,9 +132,7 @@ async fn forward_request(
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(GatewayError::BadRequest(
-                "upgrade not possible on this connection",
-            ))?;
+            .ok_or(GatewayError::BadRequest("upgrade not possible on this connection"))?;
         if let Some(h) = builder.headers_mut() {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, protocol);
@@ -235,10 +229,7 @@ fn host_without_port(host: Option<&HeaderValue>) -> &str {
     };
     if text.starts_with('[') {
         // IPv6 literal: keep the brackets, drop the port.
-        return text
-            .split(']')
-            .next()
-            .map_or(text, |h| &text[..h.len() + 1]);
+        return text.split(']').next().map_or(text, |h| &text[..h.len() + 1]);
     }
     text.split(':').next().unwrap_or(text)
 }

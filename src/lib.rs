@@ -115,20 +115,12 @@ impl Gateway {
         };
         let max_connections = config.server.limits.max_connections;
         let runtime = Runtime::build(config, &shared, None)?;
-        let control = Arc::new(Control::new(
-            runtime,
-            shared,
-            options.config_path,
-            certs.clone(),
-        ));
+        let control = Arc::new(Control::new(runtime, shared, options.config_path, certs.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections));
 
         let mut listeners = vec![tokio::spawn(server::serve(
-            server::Listener {
-                tcp: http,
-                tls: None,
-            },
+            server::Listener { tcp: http, tls: None },
             control.clone(),
             connections.clone(),
             shutdown_rx.clone(),
@@ -156,8 +148,7 @@ impl Gateway {
                 shutdown_rx.clone(),
             )));
         }
-        if let (Some(interval), Some(path)) = (options.watch_interval, control.config_path.clone())
-        {
+        if let (Some(interval), Some(path)) = (options.watch_interval, control.config_path.clone()) {
             background.push(tokio::spawn(watch_file(
                 control.clone(),
                 path,

@@ -10,11 +10,7 @@ use portico::{config, Gateway, Options};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "portico",
-    version,
-    about = "A fast API gateway: one binary, one YAML file"
-)]
+#[command(name = "portico", version, about = "A fast API gateway: one binary, one YAML file")]
 struct Cli {
     /// Log format for operational logs (stderr). The access log is always JSON on stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
@@ -113,8 +109,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: PathBuf, watch_interval: Duration) -> anyhow::Result<()> {
-    let config =
-        config::load_file(&path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    let config = config::load_file(&path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -57,7 +57,8 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 fn needs_work(path: &str) -> bool {
     let bytes = path.as_bytes();
-    bytes.contains(&b'%') || bytes.windows(2).any(|w| w == b"//" || w == b"/.")
+    bytes.contains(&b'%')
+        || bytes.windows(2).any(|w| w == b"//" || w == b"/.")
 }
 
 fn is_unreserved(b: u8) -> bool {

@@ -273,9 +273,7 @@ impl Rewrite {
         }
         if let Some(prefix) = &config.strip_prefix {
             check_path(prefix)?;
-            return Ok(Rewrite::StripPrefix(
-                prefix.trim_end_matches('/').to_string(),
-            ));
+            return Ok(Rewrite::StripPrefix(prefix.trim_end_matches('/').to_string()));
         }
         if let Some(rp) = &config.replace_prefix {
             check_path(&rp.from)?;
@@ -288,11 +286,7 @@ impl Rewrite {
         let rx = config.regex.as_ref().ok_or("missing regex")?;
         let pattern = Regex::new(&rx.pattern).map_err(|e| {
             let detail = e.to_string();
-            let last = detail
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim_start_matches("error: ");
+            let last = detail.lines().last().unwrap_or("").trim_start_matches("error: ");
             format!("invalid regex {:?}: {last}", rx.pattern)
         })?;
         Ok(Rewrite::Regex {
@@ -343,12 +337,7 @@ mod tests {
     use super::*;
     use crate::config::{RegexRewriteConfig, ReplacePrefixConfig};
 
-    fn view<'a>(
-        method: &'a Method,
-        host: &'a str,
-        path: &'a str,
-        h: &'a HeaderMap,
-    ) -> RequestView<'a> {
+    fn view<'a>(method: &'a Method, host: &'a str, path: &'a str, h: &'a HeaderMap) -> RequestView<'a> {
         RequestView {
             method,
             host,

@@ -15,7 +15,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::ratelimit::Limiter;
-use crate::router::{Rewrite, RouteMatch, RouteTable};
+use crate::router::{RouteMatch, RouteTable, Rewrite};
 use crate::upstream::Upstream;
 
 /// What lives for the whole process, across reloads.

@@ -64,28 +64,17 @@ async fn routes_match_in_file_order_by_prefix_pattern_host_method_and_header() {
     assert_eq!(backend(&send("GET", "/api/users/7", &[]).await), "a");
     assert_eq!(send("GET", "/api/usersX", &[]).await.status, 404);
     assert_eq!(backend(&send("POST", "/api/users", &[]).await), "b");
-    assert_eq!(
-        backend(&send("GET", "/api/users/7", &[("x-beta", "1")]).await),
-        "c"
-    );
-    assert_eq!(
-        backend(&send("GET", "/api/users/7", &[("x-beta", "2")]).await),
-        "a"
-    );
+    assert_eq!(backend(&send("GET", "/api/users/7", &[("x-beta", "1")]).await), "c");
+    assert_eq!(backend(&send("GET", "/api/users/7", &[("x-beta", "2")]).await), "a");
     assert_eq!(
         backend(&send("GET", "/api/legacy/42", &[("host", "old.legacy.local")]).await),
         "c"
     );
     assert_eq!(
-        send("GET", "/api/legacy/42/x", &[("host", "old.legacy.local")])
-            .await
-            .status,
+        send("GET", "/api/legacy/42/x", &[("host", "old.legacy.local")]).await.status,
         404
     );
-    assert_eq!(
-        backend(&send("GET", "/anything", &[("host", "SHOP.local:8080")]).await),
-        "b"
-    );
+    assert_eq!(backend(&send("GET", "/anything", &[("host", "SHOP.local:8080")]).await), "b");
 
     let miss = send("GET", "/nowhere", &[]).await;
     assert_eq!(miss.status, 404);
@@ -114,9 +103,7 @@ async fn paths_are_normalised_before_matching_and_forwarded_as_matched() {
     let r = client.get(gw.http_addr, "/api/public/../admin/users").await;
     assert_eq!(r.json()["backend"], "admin");
     assert_eq!(r.json()["path"], "/api/admin/users");
-    let r = client
-        .get(gw.http_addr, "/api//public/./%7Eitems?q=1")
-        .await;
+    let r = client.get(gw.http_addr, "/api//public/./%7Eitems?q=1").await;
     assert_eq!(r.json()["backend"], "public");
     assert_eq!(r.json()["path"], "/api/public/~items");
     assert_eq!(r.json()["query"], "q=1");
@@ -150,22 +137,13 @@ async fn rewrites_strip_replace_and_regex() {
     );
     let (gw, _file) = gateway(&yaml).await;
     let client = Client::new();
-    assert_eq!(
-        client.get(gw.http_addr, "/api/users/7").await.json()["path"],
-        "/users/7"
-    );
-    assert_eq!(
-        client.get(gw.http_addr, "/api/users").await.json()["path"],
-        "/users"
-    );
+    assert_eq!(client.get(gw.http_addr, "/api/users/7").await.json()["path"], "/users/7");
+    assert_eq!(client.get(gw.http_addr, "/api/users").await.json()["path"], "/users");
     assert_eq!(
         client.get(gw.http_addr, "/api/products/3?x=1").await.json()["path"],
         "/catalog/items/3"
     );
-    assert_eq!(
-        client.get(gw.http_addr, "/api/legacy/42").await.json()["path"],
-        "/v1/42"
-    );
+    assert_eq!(client.get(gw.http_addr, "/api/legacy/42").await.json()["path"], "/v1/42");
     gw.shutdown().await;
 }
 
@@ -337,12 +315,7 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
     let slow = tokio::spawn(async move {
         let started = std::time::Instant::now();
         // Headers never finish: no blank line.
-        let answer = client::raw(
-            addr,
-            b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n",
-            Duration::from_secs(20),
-        )
-        .await;
+        let answer = client::raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n", Duration::from_secs(20)).await;
         (started.elapsed(), answer)
     });
     let client = Client::new();
@@ -350,10 +323,7 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
         assert_eq!(client.get(addr, "/ok").await.status, 200);
     }
     let (elapsed, answer) = slow.await.unwrap();
-    assert!(
-        elapsed < Duration::from_secs(15),
-        "slow client kept for {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(15), "slow client kept for {elapsed:?}");
     assert!(!answer.contains("200 OK"), "{answer}");
     gw.shutdown().await;
 }
@@ -368,12 +338,7 @@ async fn idle_connections_are_closed() {
     );
     let (gw, _file) = gateway(&yaml).await;
     let started = std::time::Instant::now();
-    let answer = client::raw(
-        gw.http_addr,
-        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n",
-        Duration::from_secs(20),
-    )
-    .await;
+    let answer = client::raw(gw.http_addr, b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(20)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(15));
     gw.shutdown().await;
@@ -414,10 +379,9 @@ async fn websocket_passes_through() {
         "  - name: ws\n    match: { path_prefix: /chat }\n    rewrite: { replace_prefix: { from: /chat, to: /ws } }\n    upstream: be\n",
     );
     let (gw, _file) = gateway(&yaml).await;
-    let (mut ws, response) =
-        tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.http_addr))
-            .await
-            .expect("websocket handshake through the gateway");
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.http_addr))
+        .await
+        .expect("websocket handshake through the gateway");
     assert_eq!(response.status(), 101);
     for text in ["hello", "portico"] {
         ws.send(Message::text(text)).await.unwrap();
@@ -439,10 +403,7 @@ async fn weighted_round_robin_spreads_exactly() {
         Backend::start("b").await,
         Backend::start("c").await,
     ];
-    let targets: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.address()))
-        .collect();
+    let targets: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.address())).collect();
     let weighted = format!(
         "[{{ address: \"{}\", weight: 3 }}, {{ address: \"{}\", weight: 1 }}]",
         backends[0].address(),
@@ -525,10 +486,7 @@ async fn admin_endpoints_and_token() {
     let routes = client.get(admin, "/routes").await.json();
     assert_eq!(routes["routes"][0]["name"], "all");
     let ups = client.get(admin, "/upstreams").await.json();
-    assert_eq!(
-        ups["upstreams"]["be"]["endpoints"][0]["address"],
-        be.address()
-    );
+    assert_eq!(ups["upstreams"]["be"]["endpoints"][0]["address"], be.address());
     let reload = |token: Option<&str>| {
         let mut req = Request::post(format!("http://{admin}/reload"));
         if let Some(t) = token {
@@ -539,12 +497,9 @@ async fn admin_endpoints_and_token() {
     assert_eq!(reload(None).await.status, 401);
     assert_eq!(reload(Some("wrong")).await.status, 401);
     assert_eq!(reload(Some("s3cret")).await.status, 200);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.metrics()
-                .contains(r#"portico_config_reloads_total{result="success"} 1"#)
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || async {
+        gw.metrics().contains(r#"portico_config_reloads_total{result="success"} 1"#)
+    })
+    .await);
     gw.shutdown().await;
 }

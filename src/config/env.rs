@@ -125,8 +125,7 @@ mod tests {
 
     #[test]
     fn templates_comments_and_escapes_are_left_alone() {
-        let text =
-            "h: \"${claim.sub} ${request_id}\" # ${SECRET}\n# secret: ${JWT_SECRET}\nx: $${PORT}\n";
+        let text = "h: \"${claim.sub} ${request_id}\" # ${SECRET}\n# secret: ${JWT_SECRET}\nx: $${PORT}\n";
         assert_eq!(
             substitute(text, &env).unwrap(),
             "h: \"${claim.sub} ${request_id}\" # ${SECRET}\n# secret: ${JWT_SECRET}\nx: ${PORT}\n"

@@ -180,10 +180,7 @@ fn deserialize_sections(
         }
     }
     if !saw_server {
-        issues.push(issue(
-            "server",
-            "missing section (server.listen is required)",
-        ));
+        issues.push(issue("server", "missing section (server.listen is required)"));
     }
     config
 }

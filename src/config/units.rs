@@ -144,9 +144,7 @@ impl Visitor<'_> for TextOrNumber {
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = d.deserialize_any(TextOrNumber("a duration such as 250ms or 10s"))?;
-        parse_duration(&text)
-            .map(Duration)
-            .map_err(de::Error::custom)
+        parse_duration(&text).map(Duration).map_err(de::Error::custom)
     }
 }
 
@@ -188,10 +186,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("250ms").unwrap(),
-            StdDuration::from_millis(250)
-        );
+        assert_eq!(parse_duration("250ms").unwrap(), StdDuration::from_millis(250));
         assert_eq!(parse_duration("10s").unwrap(), StdDuration::from_secs(10));
         assert_eq!(parse_duration("15m").unwrap(), StdDuration::from_secs(900));
         assert_eq!(parse_duration("1h").unwrap(), StdDuration::from_secs(3600));

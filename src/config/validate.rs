@@ -56,10 +56,7 @@ fn server_section(config: &Config, issues: &mut Issues) {
     if let Some(tls) = &server.tls {
         listen_address("server.tls.listen", &tls.listen, issues);
         if tls.certificates.is_empty() {
-            issues.push(
-                "server.tls.certificates",
-                "at least one certificate is needed",
-            );
+            issues.push("server.tls.certificates", "at least one certificate is needed");
         }
         for (i, cert) in tls.certificates.iter().enumerate() {
             if let Err(e) = server::tls::load_certificate(cert) {
@@ -80,7 +77,10 @@ fn server_section(config: &Config, issues: &mut Issues) {
         issues.push("server.limits.max_connections", "must be at least 1");
     }
     if limits.max_request_headers.0 < 8 * 1024 {
-        issues.push("server.limits.max_request_headers", "must be at least 8KiB");
+        issues.push(
+            "server.limits.max_request_headers",
+            "must be at least 8KiB",
+        );
     }
     if limits.header_read_timeout.0.is_zero() {
         issues.push("server.limits.header_read_timeout", "must be above zero");
@@ -97,20 +97,14 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
     for (name, up) in &config.upstreams {
         let path = format!("upstreams.{name}");
         if up.targets.is_empty() && up.discovery.is_none() {
-            issues.push(
-                format!("{path}.targets"),
-                "an upstream needs targets or discovery",
-            );
+            issues.push(format!("{path}.targets"), "an upstream needs targets or discovery");
         }
         for (i, target) in up.targets.iter().enumerate() {
             if let Err(e) = upstream::parse_target(target.address()) {
                 issues.push(format!("{path}.targets[{i}]"), e);
             }
             if target.weight() == 0 {
-                issues.push(
-                    format!("{path}.targets[{i}].weight"),
-                    "weight must be above 0",
-                );
+                issues.push(format!("{path}.targets[{i}].weight"), "weight must be above 0");
             }
         }
         if up.timeouts.connect.0.is_zero() {
@@ -207,21 +201,10 @@ fn route_entry(
             format!("{path}.split"),
             "a route has either upstream or split, not both",
         ),
-        (None, None) => issues.push(
-            format!("{path}.upstream"),
-            "a route needs an upstream (or a split)",
-        ),
+        (None, None) => issues.push(format!("{path}.upstream"), "a route needs an upstream (or a split)"),
     }
     if let Some(name) = &route.jwt {
-        reference(
-            issues,
-            broken,
-            format!("{path}.jwt"),
-            "jwt verifier",
-            "jwt",
-            name,
-            config.jwt.contains_key(name),
-        );
+        reference(issues, broken, format!("{path}.jwt"), "jwt verifier", "jwt", name, config.jwt.contains_key(name));
     }
     if let Some(name) = &route.rate_limit {
         reference(
@@ -235,15 +218,7 @@ fn route_entry(
         );
     }
     if let Some(name) = &route.cache {
-        reference(
-            issues,
-            broken,
-            format!("{path}.cache"),
-            "cache",
-            "caches",
-            name,
-            config.caches.contains_key(name),
-        );
+        reference(issues, broken, format!("{path}.cache"), "cache", "caches", name, config.caches.contains_key(name));
     }
     if let Err((field, e)) = router::RouteMatch::build(&route.matcher) {
         issues.push(format!("{path}.match.{field}"), e);

@@ -50,9 +50,7 @@ pub async fn watchdog(activity: Arc<Activity>, timeout: Duration) {
         let idle_for = activity
             .start
             .elapsed()
-            .saturating_sub(Duration::from_millis(
-                activity.last_ms.load(Ordering::Relaxed),
-            ));
+            .saturating_sub(Duration::from_millis(activity.last_ms.load(Ordering::Relaxed)));
         if activity.in_flight.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(timeout).await;
         } else if idle_for >= timeout {

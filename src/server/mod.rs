@@ -95,20 +95,18 @@ pub async fn serve(
             match tls {
                 None => {
                     let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
-                    let served = watcher.watch(
-                        builder
-                            .serve_connection_with_upgrades(io, service)
-                            .into_owned(),
-                    );
+                    let served = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
                     tokio::select! {
                         _ = served => {}
                         _ = idle::watchdog(activity, idle_timeout) => {}
                     }
                 }
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout.0, acceptor.accept(stream))
-                            .await;
+                    let handshake = tokio::time::timeout(
+                        limits.header_read_timeout.0,
+                        acceptor.accept(stream),
+                    )
+                    .await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -121,11 +119,7 @@ pub async fn serve(
                         }
                     };
                     let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
-                    let served = watcher.watch(
-                        builder
-                            .serve_connection_with_upgrades(io, service)
-                            .into_owned(),
-                    );
+                    let served = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
                     tokio::select! {
                         _ = served => {}
                         _ = idle::watchdog(activity, idle_timeout) => {}
@@ -136,10 +130,7 @@ pub async fn serve(
     }
     drop(listener);
     let grace = control.runtime.load().config.server.shutdown_grace.0;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
     }
 }
@@ -163,12 +154,9 @@ fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<Tok
 
 /// Binds a listener; `0` ports get an ephemeral port (tests).
 pub async fn bind(address: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let addr: SocketAddr = address.parse().map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("invalid address {address:?}"),
-        )
-    })?;
+    let addr: SocketAddr = address
+        .parse()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid address {address:?}")))?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))

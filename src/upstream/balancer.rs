@@ -26,10 +26,7 @@ pub enum Balancer {
 
 impl Balancer {
     pub fn new(kind: Balance, endpoints: &[Arc<Endpoint>]) -> Balancer {
-        let weights: Vec<u64> = endpoints
-            .iter()
-            .map(|e| u64::from(e.weight.max(1)))
-            .collect();
+        let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight.max(1))).collect();
         match kind {
             Balance::RoundRobin => Balancer::RoundRobin {
                 schedule: smooth_schedule(&weights),

@@ -43,12 +43,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
-        upstream: &str,
-        address: &str,
-        weight: u32,
-        metrics: &Metrics,
-    ) -> Result<Endpoint, String> {
+    pub fn new(upstream: &str, address: &str, weight: u32, metrics: &Metrics) -> Result<Endpoint, String> {
         Ok(Endpoint {
             address: address.to_string(),
             authority: parse_target(address)?,
@@ -94,11 +89,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn build(
-        name: &str,
-        config: &UpstreamConfig,
-        metrics: &Metrics,
-    ) -> Result<Upstream, String> {
+    pub fn build(name: &str, config: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, String> {
         let mut endpoints = Vec::with_capacity(config.targets.len());
         for target in &config.targets {
             endpoints.push(Arc::new(Endpoint::new(

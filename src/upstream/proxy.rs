@@ -52,18 +52,17 @@ pub async fn upgrade(
     request: Request<Body>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let address = endpoint.authority.as_str();
-    let stream =
-        match tokio::time::timeout(upstream.connect_timeout, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(_)) => {
-                endpoint.metrics.record(Outcome::ConnectFailure);
-                return Err(GatewayError::ConnectFailed);
-            }
-            Err(_) => {
-                endpoint.metrics.record(Outcome::ConnectFailure);
-                return Err(GatewayError::ConnectFailed);
-            }
-        };
+    let stream = match tokio::time::timeout(upstream.connect_timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => {
+            endpoint.metrics.record(Outcome::ConnectFailure);
+            return Err(GatewayError::ConnectFailed);
+        }
+        Err(_) => {
+            endpoint.metrics.record(Outcome::ConnectFailure);
+            return Err(GatewayError::ConnectFailed);
+        }
+    };
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

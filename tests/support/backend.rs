@@ -28,9 +28,7 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         Backend::serve(name, listener)
     }
 
@@ -93,10 +91,7 @@ impl Drop for Backend {
     }
 }
 
-async fn answer(
-    name: String,
-    mut req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let mut segments = path.trim_start_matches('/').split('/');
     match (segments.next(), segments.next()) {
@@ -117,11 +112,7 @@ async fn answer(
         _ => {}
     }
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mut headers = BTreeMap::new();
     for (k, v) in &parts.headers {
         headers
@@ -144,17 +135,13 @@ async fn answer(
         http::HeaderValue::from_static("application/json"),
     );
     // Hop-by-hop headers the gateway must strip on the way back.
-    response.headers_mut().insert(
-        "connection",
-        http::HeaderValue::from_static("x-backend-private"),
-    );
-    response.headers_mut().insert(
-        "x-backend-private",
-        http::HeaderValue::from_static("secret"),
-    );
     response
         .headers_mut()
-        .insert("x-backend", http::HeaderValue::from_str(&name).unwrap());
+        .insert("connection", http::HeaderValue::from_static("x-backend-private"));
+    response
+        .headers_mut()
+        .insert("x-backend-private", http::HeaderValue::from_static("secret"));
+    response.headers_mut().insert("x-backend", http::HeaderValue::from_str(&name).unwrap());
     Ok(response)
 }
 
@@ -167,9 +154,7 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
+        let Ok(upgraded) = on_upgrade.await else { return };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -192,9 +177,6 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let h = r.headers_mut();
     h.insert("connection", http::HeaderValue::from_static("upgrade"));
     h.insert("upgrade", http::HeaderValue::from_static("websocket"));
-    h.insert(
-        "sec-websocket-accept",
-        http::HeaderValue::from_str(&accept).unwrap(),
-    );
+    h.insert("sec-websocket-accept", http::HeaderValue::from_str(&accept).unwrap());
     r
 }

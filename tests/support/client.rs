@@ -40,11 +40,7 @@ impl Reply {
     pub fn echoed(&self, name: &str) -> Vec<String> {
         self.json()["headers"][name]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default()
     }
 }
@@ -72,12 +68,8 @@ impl Client {
     }
 
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Reply {
-        self.send(
-            Request::get(format!("http://{addr}{path}"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
+        self.send(Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap())
+            .await
     }
 
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
@@ -110,11 +102,7 @@ async fn client_request(
 
 pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Reply {
         status: parts.status.as_u16(),
         version: parts.version,
