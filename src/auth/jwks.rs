@@ -115,6 +115,12 @@ impl Jwks {
         !self.task.is_finished()
     }
 
+    /// A handle that tells whether the refresh task still runs, usable after the `Jwks`
+    /// is gone (for tests of its lifecycle).
+    pub fn task_probe(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// Asks for a fetch now (unless one ran on demand within `ON_DEMAND_INTERVAL`) or
     /// joins the one in flight, and waits for it briefly. True when a fetch completed.
     pub async fn refetch(&self) -> bool {
@@ -252,5 +258,24 @@ mod tests {
         assert_eq!(max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(max_age("public"), None);
         assert_eq!(max_age("max-age=bogus"), None);
+    }
+
+    #[tokio::test]
+    async fn the_refresh_task_stops_when_the_jwks_is_dropped() {
+        // Nothing listens on port 9 of loopback: fetches fail, the task keeps retrying.
+        let url = parse_url("http://127.0.0.1:9/jwks.json").unwrap();
+        let jwks = Jwks::start("t", url, vec![Algorithm::RS256], None).unwrap();
+        assert!(jwks.running());
+        let probe = jwks.task_probe();
+        let weak = Arc::downgrade(&jwks.shared);
+        assert!(jwks.keys().is_none());
+        drop(jwks);
+        for _ in 0..200 {
+            if probe.is_finished() && weak.upgrade().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the JWKS refresh task outlived its verifier");
     }
 }
