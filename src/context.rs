@@ -37,8 +37,10 @@ pub struct Context {
     pub endpoint: Option<Arc<Endpoint>>,
     /// The authenticated user (a JWT `sub`), for the access log.
     pub user: Option<String>,
-    /// Verified JWT claims (set by the jwt stage), for claim-keyed features.
-    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The verified JWT claims, for later stages (`${claim.X}`, `claim:X` keys).
+    pub claims: Option<Arc<crate::auth::Claims>>,
     /// The side a migration split chose for this request.
     pub split_side: Option<crate::split::Side>,
+    /// The rate limit decision, reported in `RateLimit-*` headers on the response.
+    pub rate_limit: Option<crate::ratelimit::Outcome>,
 }

@@ -27,6 +27,10 @@ pub enum GatewayError {
     CircuitOpen(String),
     #[error("upstream {0} is at its connection limit")]
     Overloaded(String),
+    #[error("{0}")]
+    Auth(crate::auth::AuthError),
+    #[error("too many requests")]
+    RateLimited { retry_after: u64 },
 }
 
 impl GatewayError {
@@ -44,6 +48,8 @@ impl GatewayError {
             GatewayError::CircuitOpen(_) | GatewayError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            GatewayError::Auth(e) => e.status(),
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -56,7 +62,23 @@ impl GatewayError {
     }
 
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
-        json_error(self.status(), &self.to_string(), request_id)
+        let mut response = json_error(self.status(), &self.to_string(), request_id);
+        match self {
+            GatewayError::Auth(e) => {
+                if let Some(challenge) = e.challenge() {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge);
+                }
+            }
+            GatewayError::RateLimited { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

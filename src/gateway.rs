@@ -42,6 +42,7 @@ pub async fn handle(
         user: None,
         claims: None,
         split_side: None,
+        rate_limit: None,
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
     let method = parts.method.clone();
@@ -60,6 +61,9 @@ pub async fn handle(
                 .headers_mut()
                 .insert(split::SIDE_HEADER.clone(), side.header_value());
         }
+    }
+    if let Some(outcome) = &ctx.rate_limit {
+        outcome.apply(response.headers_mut());
     }
 
     record(&rt, &ctx, method.as_str(), &raw_path, bytes_in, &response);
@@ -87,6 +91,8 @@ async fn forward_request(
         .ok_or(GatewayError::NoRoute)?
         .clone();
     ctx.route = Some(route.clone());
+    authenticate(&route, ctx, &parts.headers).await?;
+    rate_limit(&route, ctx, &parts.headers)?;
 
     if content_length(&parts.headers).is_some_and(|len| len > rt.max_request_body) {
         return Err(GatewayError::BodyTooLarge);
@@ -94,7 +100,7 @@ async fn forward_request(
 
     // Migration split: the side decides the upstream and the rewrite.
     let chosen = route.split.as_ref().map(|split| {
-        let side = split.choose(&parts.headers, ctx.client_ip, ctx.claims.as_deref());
+        let side = split.choose(&parts.headers, ctx.client_ip, ctx.claims.as_deref().map(|c| &c.0));
         (split, side)
     });
     ctx.split_side = chosen.map(|(_, side)| side);
@@ -116,6 +122,10 @@ async fn forward_request(
     };
     let mut headers = std::mem::take(&mut parts.headers);
     forward::strip_hop_by_hop(&mut headers);
+    crate::auth::strip_forwarded(&mut headers, &rt.claim_headers);
+    if let (Some(verifier), Some(claims)) = (&route.jwt, &ctx.claims) {
+        verifier.forward(claims, &mut headers);
+    }
     forward::set_forwarded(
         &mut headers,
         ctx.conn.peer.ip(),
@@ -227,7 +237,7 @@ fn transform_scope<'a>(
     upstream: &'a Upstream,
 ) -> transform::Scope<'a> {
     transform::Scope {
-        claims: ctx.claims.as_deref(),
+        claims: ctx.claims.as_deref().map(|c| &c.0),
         request_id: &ctx.request_id,
         client_ip: ctx.client_ip,
         route: &route.name,
@@ -271,6 +281,63 @@ pub fn upstream_response(response: Response<Body>) -> Response<Body> {
         forward::strip_hop_by_hop(&mut head.headers);
     }
     Response::from_parts(head, body)
+}
+
+/// The `jwt` stage: verifies the bearer token and keeps the claims in the context.
+async fn authenticate(
+    route: &Route,
+    ctx: &mut Context,
+    headers: &http::HeaderMap,
+) -> Result<(), GatewayError> {
+    let Some(verifier) = &route.jwt else {
+        return Ok(());
+    };
+    match verifier.authenticate(headers).await {
+        Ok(claims) => {
+            ctx.user = claims.subject().map(str::to_string);
+            ctx.claims = Some(Arc::new(claims));
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(counter) = route.jwt_rejected.get(e.index()) {
+                counter.inc();
+            }
+            tracing::info!(
+                route = %route.name,
+                reason = e.reason(),
+                request_id = ctx.request_id.to_str().unwrap_or(""),
+                "JWT rejected"
+            );
+            Err(GatewayError::Auth(e))
+        }
+    }
+}
+
+/// The `rate_limit` stage: spends one request of the key's budget or refuses with 429.
+fn rate_limit(
+    route: &Route,
+    ctx: &mut Context,
+    headers: &http::HeaderMap,
+) -> Result<(), GatewayError> {
+    let Some(limiter) = &route.rate_limit else {
+        return Ok(());
+    };
+    let outcome = limiter.check(&crate::ratelimit::KeyInput {
+        client_ip: ctx.client_ip,
+        headers,
+        claims: ctx.claims.as_deref(),
+    });
+    let retry_after = outcome.retry_after;
+    ctx.rate_limit = Some(outcome);
+    match retry_after {
+        None => Ok(()),
+        Some(retry_after) => {
+            if let Some(counter) = &route.ratelimit_rejected {
+                counter.inc();
+            }
+            Err(GatewayError::RateLimited { retry_after })
+        }
+    }
 }
 
 /// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).

@@ -2,6 +2,7 @@
 //! a handle to reload and stop it; `portico run` (main.rs) and the tests both use it.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod buffer;
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod forward;
 pub mod gateway;
 pub mod observe;
 pub mod path;
+pub mod ratelimit;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -8,9 +8,14 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use http::HeaderName;
+use prometheus::IntCounter;
+
+use crate::auth::Verifier;
 use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
+use crate::ratelimit::Limiter;
 use crate::router::{Rewrite, RouteMatch, RouteTable};
 use crate::split::{Side, Split};
 use crate::transform::Transform;
@@ -30,6 +35,11 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    pub jwt: Option<Arc<Verifier>>,
+    pub rate_limit: Option<Arc<Limiter>>,
+    /// `portico_jwt_rejected_total` handles, indexed by `AuthError::index`.
+    pub jwt_rejected: Vec<IntCounter>,
+    pub ratelimit_rejected: Option<IntCounter>,
     pub cache: Option<Arc<ResponseCache>>,
     pub transform: Option<Transform>,
     pub split: Option<Arc<Split>>,
@@ -54,6 +64,11 @@ pub struct Runtime {
     pub splits: BTreeMap<String, Arc<Split>>,
     /// Named caches; kept across reloads when their definition is unchanged.
     pub caches: BTreeMap<String, Arc<ResponseCache>>,
+    /// Named JWT verifiers and rate limiters, shared by the routes that name them.
+    pub verifiers: BTreeMap<String, Arc<Verifier>>,
+    pub limiters: BTreeMap<String, Arc<Limiter>>,
+    /// Every `forward_claims` header: removed from every incoming request.
+    pub claim_headers: Vec<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
     /// Metrics of requests that matched no route.
@@ -92,6 +107,7 @@ impl Runtime {
             upstreams.insert(name.clone(), upstream);
         }
         let caches = build_caches(&config, previous, metrics);
+        let (verifiers, limiters) = build_guards(&config, previous)?;
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
@@ -109,7 +125,8 @@ impl Runtime {
                 }
                 None => None,
             };
-            let route = build_route(i, rc, &upstreams, &caches, metrics, split)?;
+            let mut route = build_route(i, rc, &upstreams, &caches, metrics, split)?;
+            attach_guards(i, &mut route, rc, &verifiers, &limiters, metrics)?;
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -120,7 +137,11 @@ impl Runtime {
             .iter()
             .filter_map(|n| crate::server::parse_net(n))
             .collect();
+        let claim_headers = crate::auth::forwarded_headers(config.jwt.values());
         Ok(Runtime {
+            verifiers,
+            limiters,
+            claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
             config: Arc::new(config),
             routes: RouteTable::new(entries),
@@ -187,6 +208,10 @@ fn build_route(
             split: Some(split),
             cache,
             transform,
+            jwt: None,
+            rate_limit: None,
+            jwt_rejected: Vec::new(),
+            ratelimit_rejected: None,
         });
     }
     let upstream_name = rc
@@ -211,5 +236,83 @@ fn build_route(
         split: None,
         cache,
         transform,
+        jwt: None,
+        rate_limit: None,
+        jwt_rejected: Vec::new(),
+        ratelimit_rejected: None,
     })
+}
+
+type Guards = (
+    BTreeMap<String, Arc<Verifier>>,
+    BTreeMap<String, Arc<Limiter>>,
+);
+
+/// Builds each named verifier and limiter once, reusing the previous Runtime's when the
+/// definition is unchanged (JWKS keys already fetched, limiter buckets kept).
+fn build_guards(config: &Config, previous: Option<&Runtime>) -> Result<Guards, ConfigError> {
+    let mut verifiers = BTreeMap::new();
+    for (name, cfg) in &config.jwt {
+        let reused = previous
+            .and_then(|p| p.verifiers.get(name))
+            .filter(|v| v.reusable_for(cfg))
+            .cloned();
+        let verifier = match reused {
+            Some(v) => v,
+            None => Arc::new(
+                Verifier::build(name, cfg, None)
+                    .map_err(|e| ConfigError::single(format!("jwt.{name}"), e))?,
+            ),
+        };
+        verifiers.insert(name.clone(), verifier);
+    }
+    let mut limiters = BTreeMap::new();
+    for (name, cfg) in &config.rate_limits {
+        let reused = previous
+            .and_then(|p| p.limiters.get(name))
+            .filter(|l| &l.config == cfg)
+            .cloned();
+        let limiter = match reused {
+            Some(l) => l,
+            None => Arc::new(
+                Limiter::build(name, cfg, None)
+                    .map_err(|e| ConfigError::single(format!("rate_limits.{name}"), e))?,
+            ),
+        };
+        limiters.insert(name.clone(), limiter);
+    }
+    Ok((verifiers, limiters))
+}
+
+/// Gives a route its verifier and limiter. An unknown name is an error, never a route
+/// left unprotected.
+fn attach_guards(
+    i: usize,
+    route: &mut Route,
+    rc: &RouteConfig,
+    verifiers: &BTreeMap<String, Arc<Verifier>>,
+    limiters: &BTreeMap<String, Arc<Limiter>>,
+    metrics: &Metrics,
+) -> Result<(), ConfigError> {
+    if let Some(name) = &rc.jwt {
+        let verifier = verifiers.get(name).ok_or_else(|| {
+            ConfigError::single(
+                format!("routes[{i}].jwt"),
+                format!("unknown jwt verifier {name:?}"),
+            )
+        })?;
+        route.jwt = Some(verifier.clone());
+        route.jwt_rejected = metrics.jwt_rejections(&rc.name);
+    }
+    if let Some(name) = &rc.rate_limit {
+        let limiter = limiters.get(name).ok_or_else(|| {
+            ConfigError::single(
+                format!("routes[{i}].rate_limit"),
+                format!("unknown rate limit {name:?}"),
+            )
+        })?;
+        route.rate_limit = Some(limiter.clone());
+        route.ratelimit_rejected = Some(metrics.ratelimit_rejections(&rc.name));
+    }
+    Ok(())
 }

@@ -28,6 +28,7 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
         issues.push(path, message);
     }
     caches_section(config, &mut issues);
+    guards_section(config, &mut issues);
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(config, broken, i, route, &mut issues);
     }
@@ -40,7 +41,6 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
             );
         }
     }
-    not_supported_yet(config, &mut issues);
     issues.0
 }
 
@@ -121,6 +121,34 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
         }
         if up.timeouts.request.0.is_zero() {
             issues.push(format!("{path}.timeouts.request"), "must be above zero");
+        }
+    }
+}
+
+/// `jwt` verifiers and `rate_limits`, checked by the same code that builds them.
+fn guards_section(config: &Config, issues: &mut Issues) {
+    for (name, jwt) in &config.jwt {
+        for (field, message) in crate::auth::check(jwt) {
+            issues.push(format!("jwt.{name}.{field}"), message);
+        }
+    }
+    for (name, limit) in &config.rate_limits {
+        for (field, message) in crate::ratelimit::check(limit) {
+            issues.push(format!("rate_limits.{name}.{field}"), message);
+        }
+    }
+    // A claim key on a route without jwt would put every request in the anonymous bucket.
+    for (i, route) in config.routes.iter().enumerate() {
+        let claim_keyed = route
+            .rate_limit
+            .as_ref()
+            .and_then(|n| config.rate_limits.get(n))
+            .is_some_and(|l| l.key.starts_with("claim:"));
+        if claim_keyed && route.jwt.is_none() {
+            issues.push(
+                format!("routes[{i}].rate_limit"),
+                "this rate limit is keyed by a claim: the route needs jwt",
+            );
         }
     }
 }
@@ -258,29 +286,6 @@ fn caches_section(config: &Config, issues: &mut Issues) {
             } else if max_entry.0 > 1024 * 1024 * 1024 {
                 issues.push(format!("{path}.max_entry"), "must be at most 1GiB");
             }
-        }
-    }
-}
-
-/// Sections that parse but whose behaviour is built by an issue that has not landed yet.
-/// They are refused rather than silently ignored.
-fn not_supported_yet(config: &Config, issues: &mut Issues) {
-    let mut refuse = |path: String, section: &str| {
-        issues.push(path, format!("not supported yet: {section}"));
-    };
-    if !config.jwt.is_empty() {
-        refuse("jwt".into(), "jwt");
-    }
-    if !config.rate_limits.is_empty() {
-        refuse("rate_limits".into(), "rate_limits");
-    }
-    for (i, route) in config.routes.iter().enumerate() {
-        let p = format!("routes[{i}]");
-        if route.jwt.is_some() {
-            refuse(format!("{p}.jwt"), "jwt");
-        }
-        if route.rate_limit.is_some() {
-            refuse(format!("{p}.rate_limit"), "rate_limit");
         }
     }
 }

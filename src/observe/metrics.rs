@@ -24,6 +24,8 @@ pub struct Metrics {
     pub resilience: super::ResilienceMetrics,
     pub cache: crate::cache::CacheMetrics,
     pub transform: crate::transform::TransformMetrics,
+    jwt_rejected: IntCounterVec,
+    ratelimit_rejected: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,6 +144,22 @@ impl Metrics {
             upstream_requests.clone(),
             upstream_endpoints.clone(),
         );
+        let jwt_rejected = register(
+            &registry,
+            counter(
+                "portico_jwt_rejected_total",
+                "Requests refused by JWT verification, by route and reason",
+                &["route", "reason"],
+            ),
+        );
+        let ratelimit_rejected = register(
+            &registry,
+            counter(
+                "portico_ratelimit_rejected_total",
+                "Requests refused with 429 by a rate limit, by route",
+                &["route"],
+            ),
+        );
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -162,7 +180,22 @@ impl Metrics {
             split_percent,
             split_rollbacks,
             resilience,
+            jwt_rejected,
+            ratelimit_rejected,
         }
+    }
+
+    /// `portico_jwt_rejected_total` handles for one route, one per reason.
+    pub fn jwt_rejections(&self, route: &str) -> Vec<IntCounter> {
+        crate::auth::AuthError::ALL
+            .iter()
+            .map(|e| self.jwt_rejected.with_label_values(&[route, e.reason()]))
+            .collect()
+    }
+
+    /// The `portico_ratelimit_rejected_total` handle of one route.
+    pub fn ratelimit_rejections(&self, route: &str) -> IntCounter {
+        self.ratelimit_rejected.with_label_values(&[route])
     }
 
     /// Handles for one route, resolved once.
