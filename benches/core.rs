@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
-use portico::config::{Balance, MatchConfig, UpstreamConfig, TargetConfig};
+use portico::config::{Balance, MatchConfig, TargetConfig, UpstreamConfig};
 use portico::observe::Metrics;
 use portico::path;
 use portico::router::{RequestView, RouteMatch, RouteTable};

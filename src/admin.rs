@@ -140,7 +140,11 @@ async fn purge_cache(control: &Control, name: &str, query: Option<&str>) -> Resp
         q.split('&')
             .filter_map(|p| p.split_once('='))
             .find(|(k, _)| *k == "path")
-            .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
     });
     let path = match path.as_deref().map(crate::path::normalize) {
         None => None,

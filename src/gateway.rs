@@ -100,7 +100,11 @@ async fn forward_request(
 
     // Migration split: the side decides the upstream and the rewrite.
     let chosen = route.split.as_ref().map(|split| {
-        let side = split.choose(&parts.headers, ctx.client_ip, ctx.claims.as_deref().map(|c| &c.0));
+        let side = split.choose(
+            &parts.headers,
+            ctx.client_ip,
+            ctx.claims.as_deref().map(|c| &c.0),
+        );
         (split, side)
     });
     ctx.split_side = chosen.map(|(_, side)| side);

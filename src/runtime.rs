@@ -168,8 +168,8 @@ fn build_caches(
                 .and_then(|p| p.caches.get(name))
                 .filter(|c| &c.config == cfg)
                 .cloned();
-            let cache = reused
-                .unwrap_or_else(|| Arc::new(ResponseCache::build(name, cfg, &metrics.cache)));
+            let cache =
+                reused.unwrap_or_else(|| Arc::new(ResponseCache::build(name, cfg, &metrics.cache)));
             (name.clone(), cache)
         })
         .collect()

@@ -332,7 +332,10 @@ async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
     let stdout = child.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 return;
             }
@@ -377,7 +380,10 @@ async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
     assert!(record["duration_ms"].as_f64().is_some());
     assert!(record["bytes_out"].as_u64().is_some_and(|n| n > 0));
     assert!(record["time"].as_str().is_some_and(|t| t.ends_with('Z')));
-    assert!(!line.contains("secret=1"), "query strings stay out of the log");
+    assert!(
+        !line.contains("secret=1"),
+        "query strings stay out of the log"
+    );
 
     // SIGHUP reloads the file.
     std::fs::write(file.path(), yaml(&b)).unwrap();
@@ -395,6 +401,9 @@ async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 }

@@ -100,7 +100,7 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
     out
 }
 
-fn proxy_of<'a>(fleet: &'a Fleet, target: Target) -> Option<&'a Proc> {
+fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
     match target {
         Target::Direct => None,
         Target::Portico => Some(&fleet.portico),
@@ -108,7 +108,11 @@ fn proxy_of<'a>(fleet: &'a Fleet, target: Target) -> Option<&'a Proc> {
     }
 }
 
-pub fn measure(args: &Args, fleet: &mut Fleet, scenarios: &[Scenario]) -> Result<Vec<Outcome>, String> {
+pub fn measure(
+    args: &Args,
+    fleet: &mut Fleet,
+    scenarios: &[Scenario],
+) -> Result<Vec<Outcome>, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()
@@ -142,12 +146,17 @@ pub fn measure(args: &Args, fleet: &mut Fleet, scenarios: &[Scenario]) -> Result
             let cpu_before = proxy.map(|p| p.cpu_seconds());
             let started = Instant::now();
             let o = &mut outcomes[i];
-            let (requests, errors) =
-                runtime.block_on(run_segment(s, args.connections, segment, Some(&mut o.histogram)));
+            let (requests, errors) = runtime.block_on(run_segment(
+                s,
+                args.connections,
+                segment,
+                Some(&mut o.histogram),
+            ));
             o.seconds += started.elapsed().as_secs_f64();
             o.requests += requests;
             o.errors += errors;
-            if let (Some(p), Some(before), Some(total)) = (proxy, cpu_before, o.proxy_cpu.as_mut()) {
+            if let (Some(p), Some(before), Some(total)) = (proxy, cpu_before, o.proxy_cpu.as_mut())
+            {
                 *total += p.cpu_seconds() - before;
             }
         }
@@ -210,7 +219,9 @@ async fn client_loop(
     while Instant::now() < deadline {
         let mut req = Request::builder().uri(&uri).header("host", "bench.local");
         let body = if s.load == Load::Post1k {
-            req = req.method(Method::POST).header("content-type", "application/octet-stream");
+            req = req
+                .method(Method::POST)
+                .header("content-type", "application/octet-stream");
             Full::new(post_body.clone())
         } else {
             Full::default()

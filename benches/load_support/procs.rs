@@ -135,7 +135,9 @@ fn family(pid: u32) -> Vec<u32> {
 fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(n - 2).and_then(|v| v.parse().ok())
+    rest.split_whitespace()
+        .nth(n - 2)
+        .and_then(|v| v.parse().ok())
 }
 
 fn cpu_of(pid: u32) -> f64 {
@@ -235,8 +237,11 @@ impl Fleet {
             if let Some(bin) = which("nginx") {
                 let port = free_port()?;
                 let conf = dir.0.join("nginx.conf");
-                std::fs::write(&conf, nginx_config(&dir.0, port, backend_port, args.proxy_threads))
-                    .map_err(|e| e.to_string())?;
+                std::fs::write(
+                    &conf,
+                    nginx_config(&dir.0, port, backend_port, args.proxy_threads),
+                )
+                .map_err(|e| e.to_string())?;
                 nginx_version = Command::new(&bin)
                     .arg("-v")
                     .output()

@@ -60,7 +60,10 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
         out,
         "| load | target | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | proxy peak RSS MiB | req/s vs direct | req/s vs nginx | errors |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for o in results {
         let direct = find(results, Target::Direct, o.scenario.load).map(rps);
         let nginx = find(results, Target::Nginx, o.scenario.load).map(rps);
@@ -72,9 +75,7 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
             Some(c) if o.requests > 0 => format!("{:.3}", c / o.requests as f64 * 10_000.0),
             _ => "–".into(),
         };
-        let rss = o
-            .proxy_rss_mib
-            .map_or("–".into(), |r| format!("{r:.1}"));
+        let rss = o.proxy_rss_mib.map_or("–".into(), |r| format!("{r:.1}"));
         let _ = writeln!(
             out,
             "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
@@ -112,11 +113,7 @@ pub fn svg(results: &[Outcome]) -> String {
         .iter()
         .filter(|o| o.scenario.load == Load::Get100 && o.requests > 0)
         .collect();
-    let max = lines
-        .iter()
-        .map(|o| ms(o, 0.9999))
-        .fold(0.001, f64::max)
-        * 1.1;
+    let max = lines.iter().map(|o| ms(o, 0.9999)).fold(0.001, f64::max) * 1.1;
     let x = |i: usize| left + plot_w * i as f64 / (QUANTILES.len() - 1) as f64;
     let y = |v: f64| top + plot_h * (1.0 - v / max);
     let mut s = format!(

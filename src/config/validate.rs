@@ -282,7 +282,10 @@ fn caches_section(config: &Config, issues: &mut Issues) {
             if max_entry.0 == 0 {
                 issues.push(format!("{path}.max_entry"), "must be above zero");
             } else if max_entry.0 > cache.max_size.0 {
-                issues.push(format!("{path}.max_entry"), "must not be larger than max_size");
+                issues.push(
+                    format!("{path}.max_entry"),
+                    "must not be larger than max_size",
+                );
             } else if max_entry.0 > 1024 * 1024 * 1024 {
                 issues.push(format!("{path}.max_entry"), "must be at most 1GiB");
             }
