@@ -74,9 +74,28 @@ async fn an_order_is_placed_through_the_gateway() {
         ))
         .await;
     assert_eq!(login.status, 200, "{:?}", login.body);
-    assert!(login.json()["access_token"]
+    let token = login.json()["access_token"]
         .as_str()
-        .is_some_and(|t| t.split('.').count() == 3));
+        .expect("a token")
+        .to_string();
+    assert_eq!(token.split('.').count(), 3);
+    let bearer = format!("Bearer {token}");
+
+    // Orders and user reads need the token; the gateway verifies it against the JWKS.
+    let anonymous = client.get(addr, &format!("/api/users/{user_id}")).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("www-authenticate").is_some());
+    let me = client
+        .send(
+            Request::get(format!("http://{addr}/api/users/{user_id}"))
+                .header("authorization", &bearer)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
+    assert_eq!(me.json()["username"], "ada");
+    assert!(me.header("ratelimit-limit").is_some());
 
     let jwks = client.get(addr, "/.well-known/jwks.json").await;
     assert_eq!(jwks.status, 200);
@@ -118,6 +137,9 @@ async fn an_order_is_placed_through_the_gateway() {
         "idempotency-key",
         http::HeaderValue::from_static("e2e-order-1"),
     );
+    order_req
+        .headers_mut()
+        .insert("authorization", http::HeaderValue::from_str(&bearer).unwrap());
     let order = client.send(order_req).await;
     assert_eq!(
         order.status,
@@ -128,7 +150,14 @@ async fn an_order_is_placed_through_the_gateway() {
     assert_eq!(order.json()["status"], "completed");
     let order_id = order.json()["id"].clone();
 
-    let read_back = client.get(addr, &format!("/api/orders/{order_id}")).await;
+    let read_back = client
+        .send(
+            Request::get(format!("http://{addr}/api/orders/{order_id}"))
+                .header("authorization", &bearer)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
     assert_eq!(read_back.status, 200);
     assert_eq!(read_back.json()["status"], "completed");
     let stock_after = client

@@ -2,6 +2,8 @@
 //! (counters survive reloads); routes and endpoints resolve their label handles when the
 //! Runtime is built, so the request path only touches atomics.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -198,15 +200,13 @@ impl Metrics {
         self.ratelimit_rejected.with_label_values(&[route])
     }
 
-    /// Handles for one route, resolved once.
+    /// Handles for one route. The duration histogram is resolved now; a status counter
+    /// the first time the route answers with that status (so /metrics shows no zero
+    /// series for statuses a route never produced) and then kept.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let common = COMMON_STATUSES.map(|s| {
-            self.requests
-                .with_label_values(&[route, STATUS_TEXT[status_index(s)]])
-        });
         RouteMetrics {
             route: route.to_string(),
-            common,
+            common: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             requests: self.requests.clone(),
             duration: self.duration.with_label_values(&[route]),
         }
@@ -246,17 +246,10 @@ const STATUS_TEXT: [&str; 20] = [
     "429", "431", "500", "502", "503", "504", "101",
 ];
 
-fn status_index(status: u16) -> usize {
-    COMMON_STATUSES
-        .iter()
-        .position(|s| *s == status)
-        .unwrap_or(0)
-}
-
 #[derive(Clone)]
 pub struct RouteMetrics {
     route: String,
-    common: [IntCounter; 20],
+    common: Arc<[OnceLock<IntCounter>; 20]>,
     requests: IntCounterVec,
     duration: Histogram,
 }
@@ -270,7 +263,12 @@ impl std::fmt::Debug for RouteMetrics {
 impl RouteMetrics {
     pub fn record(&self, status: u16, seconds: f64) {
         match COMMON_STATUSES.iter().position(|s| *s == status) {
-            Some(i) => self.common[i].inc(),
+            Some(i) => self.common[i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[self.route.as_str(), STATUS_TEXT[i]])
+                })
+                .inc(),
             None => self
                 .requests
                 .with_label_values(&[self.route.as_str(), &status.to_string()])
