@@ -137,9 +137,10 @@ async fn an_order_is_placed_through_the_gateway() {
         "idempotency-key",
         http::HeaderValue::from_static("e2e-order-1"),
     );
-    order_req
-        .headers_mut()
-        .insert("authorization", http::HeaderValue::from_str(&bearer).unwrap());
+    order_req.headers_mut().insert(
+        "authorization",
+        http::HeaderValue::from_str(&bearer).unwrap(),
+    );
     let order = client.send(order_req).await;
     assert_eq!(
         order.status,

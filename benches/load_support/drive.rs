@@ -19,6 +19,8 @@ use crate::Args;
 pub enum Target {
     Direct,
     Portico,
+    PorticoFull,
+    PorticoCache,
     Nginx,
 }
 
@@ -27,6 +29,8 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Portico => "portico plain",
+            Target::PorticoFull => "portico jwt+ratelimit+transform",
+            Target::PorticoCache => "portico cache hit",
             Target::Nginx => "nginx plain",
         }
     }
@@ -62,6 +66,7 @@ pub struct Scenario {
     pub load: Load,
     pub port: u16,
     pub path: String,
+    pub authorization: Option<String>,
 }
 
 pub struct Outcome {
@@ -89,10 +94,17 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
                 load: *load,
                 port,
                 path: format!("{prefix}{}", load.path()),
+                authorization: (target == Target::PorticoFull).then(|| fleet.bearer.clone()),
             })
         };
         add(Target::Direct, fleet.backend.port, "");
         add(Target::Portico, fleet.portico.port, "/plain");
+        if !smoke {
+            add(Target::PorticoFull, fleet.portico.port, "/full");
+            if *load != Load::Post1k {
+                add(Target::PorticoCache, fleet.portico.port, "/cached");
+            }
+        }
         if let Some(nginx) = &fleet.nginx {
             add(Target::Nginx, nginx.port, "/plain");
         }
@@ -103,7 +115,7 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
 fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
     match target {
         Target::Direct => None,
-        Target::Portico => Some(&fleet.portico),
+        Target::Portico | Target::PorticoFull | Target::PorticoCache => Some(&fleet.portico),
         Target::Nginx => fleet.nginx.as_ref(),
     }
 }
@@ -218,6 +230,9 @@ async fn client_loop(
     let uri = format!("http://127.0.0.1:{}{}", s.port, s.path);
     while Instant::now() < deadline {
         let mut req = Request::builder().uri(&uri).header("host", "bench.local");
+        if let Some(auth) = &s.authorization {
+            req = req.header("authorization", auth);
+        }
         let body = if s.load == Load::Post1k {
             req = req
                 .method(Method::POST)

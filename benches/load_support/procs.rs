@@ -189,6 +189,8 @@ pub struct Fleet {
     pub nginx: Option<Proc>,
     pub portico_routes: usize,
     pub nginx_version: Option<String>,
+    /// `Authorization` value for the JWT route (an RS256 token minted at start).
+    pub bearer: String,
     _dir: TempDir,
 }
 
@@ -216,10 +218,13 @@ impl Fleet {
         let backend = spawn("backend", backend_port, cmd)?;
         wait_listening(backend_port, "backend")?;
 
+        let (public_pem, bearer) = rs256_key_and_token()?;
+        let public_key = dir.0.join("jwt-public.pem");
+        std::fs::write(&public_key, public_pem).map_err(|e| e.to_string())?;
         let portico_port = free_port()?;
         let config = dir.0.join("portico.yaml");
         let mut f = std::fs::File::create(&config).map_err(|e| e.to_string())?;
-        f.write_all(portico_config(portico_port, backend_port).as_bytes())
+        f.write_all(portico_config(portico_port, backend_port, &public_key).as_bytes())
             .map_err(|e| e.to_string())?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
         cmd.args(["run", "--watch-interval", "0", "--threads"])
@@ -261,6 +266,7 @@ impl Fleet {
             nginx,
             portico_routes: ROUTES,
             nginx_version,
+            bearer,
             _dir: dir,
         })
     }
@@ -280,12 +286,76 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The plain route first, then filler routes up to `ROUTES`.
-fn portico_config(port: u16, backend: u16) -> String {
+/// An RS256 key pair (public key PEM) and a long-lived token signed with it.
+fn rs256_key_and_token() -> Result<(String, String), String> {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())?;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let claims = serde_json::json!({
+        "sub": "bench-user",
+        "iss": "bench",
+        "aud": "bench",
+        "exp": 4_102_444_800u64,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((pair.public_key_pem(), format!("Bearer {token}")))
+}
+
+/// The measured routes first (plain; JWT + rate limit + header transform; cached), then
+/// filler routes up to `ROUTES`.
+fn portico_config(port: u16, backend: u16, public_key: &std::path::Path) -> String {
     let mut y = format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  access_log: false\n  limits: {{ max_connections: 100000 }}\nupstreams:\n  backend:\n    targets: [\"127.0.0.1:{backend}\"]\nroutes:\n  - name: plain\n    match: {{ path_prefix: /plain }}\n    rewrite: {{ strip_prefix: /plain }}\n    upstream: backend\n"
+        r#"server:
+  listen: 127.0.0.1:{port}
+  access_log: false
+  limits: {{ max_connections: 100000 }}
+jwt:
+  bench:
+    issuer: bench
+    audience: [bench]
+    algorithms: [RS256]
+    public_key: "{key}"
+    required_claims: [sub, exp]
+    forward_claims: {{ sub: X-User-Id }}
+rate_limits:
+  never-trips: {{ key: client_ip, limit: 1000000000, per: 1s }}
+caches:
+  bench: {{ max_size: 64MiB, max_entry: 1MiB, default_ttl: 60s }}
+upstreams:
+  backend:
+    targets: ["127.0.0.1:{backend}"]
+routes:
+  - name: plain
+    match: {{ path_prefix: /plain }}
+    rewrite: {{ strip_prefix: /plain }}
+    upstream: backend
+  - name: full
+    match: {{ path_prefix: /full }}
+    rewrite: {{ strip_prefix: /full }}
+    jwt: bench
+    rate_limit: never-trips
+    transform:
+      request:
+        set_headers: {{ X-Api-Version: "2.0", X-Caller: "${{claim.sub}}" }}
+        remove_headers: [X-Debug]
+      response:
+        set_headers: {{ X-Gateway: portico }}
+        remove_headers: [Server]
+    upstream: backend
+  - name: cached
+    match: {{ path_prefix: /cached }}
+    rewrite: {{ strip_prefix: /cached }}
+    cache: bench
+    upstream: backend
+"#,
+        key = public_key.display()
     );
-    for i in 1..ROUTES {
+    for i in 1..ROUTES - 2 {
         y.push_str(&format!(
             "  - name: svc-{i}\n    match: {{ path_prefix: /svc-{i}, methods: [GET] }}\n    rewrite: {{ strip_prefix: /svc-{i} }}\n    upstream: backend\n"
         ));

@@ -58,15 +58,16 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
     );
     let _ = writeln!(
         out,
-        "| load | target | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | proxy peak RSS MiB | req/s vs direct | req/s vs nginx | errors |"
+        "| load | target | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | proxy peak RSS MiB | req/s vs direct | req/s vs nginx | req/s vs portico plain | errors |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for o in results {
         let direct = find(results, Target::Direct, o.scenario.load).map(rps);
         let nginx = find(results, Target::Nginx, o.scenario.load).map(rps);
+        let plain = find(results, Target::Portico, o.scenario.load).map(rps);
         let ratio = |base: Option<f64>| match base {
             Some(b) if b > 0.0 => format!("{:.2}", rps(o) / b),
             _ => "–".into(),
@@ -78,7 +79,7 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
         let rss = o.proxy_rss_mib.map_or("–".into(), |r| format!("{r:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
             o.scenario.load.label(),
             o.scenario.target.label(),
             rps(o),
@@ -89,6 +90,7 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
             rss,
             ratio(direct),
             ratio(nginx),
+            ratio(plain),
             o.errors
         );
     }
