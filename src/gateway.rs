@@ -299,7 +299,7 @@ async fn authenticate(
     match verifier.authenticate(headers).await {
         Ok(claims) => {
             ctx.user = claims.subject().map(str::to_string);
-            ctx.claims = Some(Arc::new(claims));
+            ctx.claims = Some(claims);
             Ok(())
         }
         Err(e) => {

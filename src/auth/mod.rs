@@ -14,6 +14,7 @@
 
 pub mod jwks;
 pub mod keys;
+mod verified;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -378,6 +379,7 @@ pub struct Verifier {
     required: Vec<String>,
     forward: Vec<(String, HeaderName)>,
     keys: KeySource,
+    verified: verified::VerifiedTokens,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -428,7 +430,9 @@ impl Verifier {
                 client,
             )?),
         };
+        let leeway = config.leeway.map_or(DEFAULT_LEEWAY_SECS, |l| l.0.as_secs());
         Ok(Verifier {
+            verified: verified::VerifiedTokens::new(leeway),
             name: name.to_string(),
             config: config.clone(),
             algorithms: settings.algorithms,
@@ -459,14 +463,35 @@ impl Verifier {
     }
 
     /// Like `verify`, and on an unknown `kid` (or keys not loaded yet) asks the JWKS for a
-    /// refetch (at most one per few seconds) and tries once more.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, AuthError> {
-        match self.verify(headers) {
+    /// refetch (at most one per few seconds) and tries once more. A token verified before
+    /// with the current keys is answered from the verified-token cache.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Claims>, AuthError> {
+        let token = bearer_token(headers)?;
+        let keys = self.current_keys();
+        if let Some(keys) = &keys {
+            if let Some(claims) = self.verified.get(token, keys) {
+                return Ok(claims);
+            }
+        }
+        let claims = match self.verify_token(token) {
             Err(e @ (AuthError::UnknownKey | AuthError::KeysUnavailable)) => match &self.keys {
-                KeySource::Jwks(jwks) if jwks.refetch().await => self.verify(headers),
-                _ => Err(e),
+                KeySource::Jwks(jwks) if jwks.refetch().await => {
+                    return self.verify_token(token).map(Arc::new)
+                }
+                _ => return Err(e),
             },
-            other => other,
+            other => Arc::new(other?),
+        };
+        if let Some(keys) = keys {
+            self.verified.insert(token, keys, claims.clone());
+        }
+        Ok(claims)
+    }
+
+    fn current_keys(&self) -> Option<Arc<KeySet>> {
+        match &self.keys {
+            KeySource::Secret(k) | KeySource::Static(k) => Some(k.clone()),
+            KeySource::Jwks(j) => j.keys(),
         }
     }
 
