@@ -45,8 +45,6 @@ pub async fn handle(
         rate_limit: None,
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
-    let method = parts.method.clone();
-    let raw_path = parts.uri.path().to_string();
 
     let mut response = match forward_request(&rt, &mut ctx, &mut parts, body).await {
         Ok(response) => response,
@@ -66,7 +64,15 @@ pub async fn handle(
         outcome.apply(response.headers_mut());
     }
 
-    record(&rt, &ctx, method.as_str(), &raw_path, bytes_in, &response);
+    // The stages take the headers but leave method and URI: the log sees what the client sent.
+    record(
+        &rt,
+        &ctx,
+        parts.method.as_str(),
+        parts.uri.path(),
+        bytes_in,
+        &response,
+    );
     response
 }
 

@@ -57,12 +57,15 @@ impl Pinning {
         pin(&self.client);
     }
 
+    /// Pins a child to the server cores (when planned) and ties its life to the harness.
     fn pin_child(&self, cmd: &mut Command) {
         let cores = self.servers.clone();
         // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 pin(&cores);
+                // Children die with the harness, even when it is killed.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
