@@ -57,8 +57,9 @@ impl Control {
         result
     }
 
-    /// Builds a Runtime from `config` and swaps it in.
+    /// Validates `config`, builds a Runtime from it and swaps it in.
     pub fn apply(&self, config: Config) -> Result<(), ConfigError> {
+        config::check(&config)?;
         // One reload at a time, so two reloads cannot interleave their reuse decisions.
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load_full();

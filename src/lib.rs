@@ -118,6 +118,7 @@ impl Gateway {
             Some(admin) => Some(bind(admin.listen.clone()).await?),
             None => None,
         };
+        config::check(&config)?;
         let max_connections = config.server.limits.max_connections;
         let runtime = Runtime::build(config, &shared, None)?;
         let control = Arc::new(Control::new(

@@ -271,6 +271,16 @@ fn issue(path: &str, message: impl Into<String>) -> ConfigIssue {
     }
 }
 
+/// Validates a config built in code (files are validated by `parse`).
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    let issues = validate::validate(config, &BrokenNames::new());
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { issues })
+    }
+}
+
 /// The config with secrets replaced, for `GET /config`.
 pub fn redacted(config: &Config) -> Config {
     let mut config = config.clone();
