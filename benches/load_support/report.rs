@@ -108,7 +108,7 @@ const QUANTILES: [(f64, &str); 6] = [
 
 /// Latency by percentile for the GET 100 B load, one line per target.
 pub fn svg(results: &[Outcome]) -> String {
-    let (w, h, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 40.0, 180.0);
+    let (w, h, left, bottom, top, right) = (860.0, 420.0, 70.0, 50.0, 40.0, 300.0);
     let plot_w = w - left - right;
     let plot_h = h - top - bottom;
     let lines: Vec<&Outcome> = results

@@ -6,6 +6,7 @@
 //! `shutdown_grace`, before returning.
 
 mod idle;
+mod stream;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::context::ConnInfo;
 use crate::control::Control;
 use idle::{Activity, IdleIo};
+use stream::Stream;
 
 /// `10.0.0.0/8` or a single address (`127.0.0.1`, `::1`).
 pub fn parse_net(text: &str) -> Option<IpNet> {
@@ -92,25 +94,14 @@ pub async fn serve(
                 })
             };
             let idle_timeout = limits.idle_timeout.0;
-            match tls {
-                None => {
-                    let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
-                    let served = watcher.watch(
-                        builder
-                            .serve_connection_with_upgrades(io, service)
-                            .into_owned(),
-                    );
-                    tokio::select! {
-                        _ = served => {}
-                        _ = idle::watchdog(activity, idle_timeout) => {}
-                    }
-                }
+            let stream = match tls {
+                None => Stream::Plain(stream),
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout.0, acceptor.accept(stream))
                             .await;
-                    let stream = match handshake {
-                        Ok(Ok(s)) => s,
+                    match handshake {
+                        Ok(Ok(s)) => Stream::Tls(Box::new(s)),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -119,18 +110,18 @@ pub async fn serve(
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
-                    };
-                    let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
-                    let served = watcher.watch(
-                        builder
-                            .serve_connection_with_upgrades(io, service)
-                            .into_owned(),
-                    );
-                    tokio::select! {
-                        _ = served => {}
-                        _ = idle::watchdog(activity, idle_timeout) => {}
                     }
                 }
+            };
+            let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
+            let served = watcher.watch(
+                builder
+                    .serve_connection_with_upgrades(io, service)
+                    .into_owned(),
+            );
+            tokio::select! {
+                _ = served => {}
+                _ = idle::watchdog(activity, idle_timeout) => {}
             }
         });
     }
