@@ -180,3 +180,72 @@ async fn an_order_is_placed_through_the_gateway() {
     gw.shutdown().await;
     fleet.stop().await;
 }
+
+fn sidecar_config(fleet: &shop_backends::Fleet) -> String {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/monolith-sidecar.yaml"
+    ))
+    .expect("config/monolith-sidecar.yaml");
+    yaml.replace("127.0.0.1:3000", &fleet.addr(Service::Monolith).to_string())
+        .replace("127.0.0.1:3003", &fleet.addr(Service::Orders).to_string())
+        .replace(
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:0\n  access_log: false",
+        )
+        .replace("listen: 127.0.0.1:9901", "listen: 127.0.0.1:0")
+}
+
+#[tokio::test]
+async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_service() {
+    let fleet = spawn_all(Options::default(), Ports::Ephemeral, None)
+        .await
+        .expect("shop services start");
+    let (gw, _file) = gateway(&sidecar_config(&fleet)).await;
+    let addr = gw.http_addr;
+    let admin = gw.admin_addr.expect("admin listener");
+    let client = Client::new();
+
+    // Everything but orders is the monolith's.
+    let products = client.get(addr, "/api/products?limit=2").await;
+    assert_eq!(products.status, 200);
+    assert!(products.header("x-portico-split").is_none());
+
+    // An operator holds the migration at 0%: orders stay on the monolith...
+    let put = client
+        .send(
+            Request::put(format!("http://{admin}/splits/orders"))
+                .body(Full::new(Bytes::from_static(br#"{"percent": 0}"#)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    for user in ["u1", "u2", "u3"] {
+        let r = client
+            .send(
+                Request::get(format!("http://{addr}/api/orders?userId=1"))
+                    .header("x-user-id", user)
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-portico-split"), Some("stable"));
+    }
+    // ...while testers reach the orders service with the force header.
+    let canary = client
+        .send(
+            Request::get(format!("http://{addr}/api/orders?userId=1"))
+                .header("x-canary", "1")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(canary.status, 200, "{}", String::from_utf8_lossy(&canary.body));
+    assert_eq!(canary.header("x-portico-split"), Some("canary"));
+    let splits = client.get(admin, "/splits").await;
+    assert_eq!(splits.status, 200);
+    assert!(String::from_utf8_lossy(&splits.body).contains("orders"));
+    gw.shutdown().await;
+    fleet.stop().await;
+}
