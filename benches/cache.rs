@@ -107,13 +107,13 @@ fn json_body(c: &mut Criterion) {
     let t = transform(
         "response: { json_body: { remove: ['products.*.priceCents', internal], rename: { total: count }, set: { 'meta.via': gateway } } }",
     );
-    let products: Vec<serde_json::Value> = (0..12)
+    let products: Vec<serde_json::Value> = (0..14)
         .map(|i| {
             serde_json::json!({"id": i, "name": format!("Product {i}"), "description": "A fine thing to buy",
                 "price": 12.5, "priceCents": 1250, "stock": 40, "createdAt": "2024-01-01T00:00:00Z"})
         })
         .collect();
-    let doc = serde_json::json!({"products": products, "total": 12, "internal": "x"});
+    let doc = serde_json::json!({"products": products, "total": 14, "internal": "x"});
     let bytes = serde_json::to_vec(&doc).unwrap();
     let body = Bytes::from(bytes);
     assert!(body.len() > 1800 && body.len() < 2600, "{}", body.len());
