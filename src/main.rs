@@ -119,11 +119,18 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyhow::Result<()> {
     let config =
         config::load_file(&path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        builder.worker_threads(n);
-    }
+    // One worker thread: a current-thread runtime, without the work-stealing
+    // scheduler's cross-thread bookkeeping (measured in docs/benchmarks.md).
+    let mut builder = match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder
         .enable_all()
         .build()

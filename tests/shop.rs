@@ -241,7 +241,12 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
                 .unwrap(),
         )
         .await;
-    assert_eq!(canary.status, 200, "{}", String::from_utf8_lossy(&canary.body));
+    assert_eq!(
+        canary.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&canary.body)
+    );
     assert_eq!(canary.header("x-portico-split"), Some("canary"));
     let splits = client.get(admin, "/splits").await;
     assert_eq!(splits.status, 200);
