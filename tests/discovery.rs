@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::consul::{Registration, TestConsul};
-use support::{eventually, gateway, Backend, Client, Reply};
+use support::{eventually, gateway, metric, spread, Backend, Client};
 
 fn yaml(consul: &TestConsul, wait: &str, discovery: &str) -> String {
     format!(
@@ -25,29 +25,6 @@ routes:
 "#,
         consul.url()
     )
-}
-
-/// Which backend answered each of `n` requests (errors count as "<status>").
-async fn spread(client: &Client, addr: std::net::SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for _ in 0..n {
-        let r: Reply = client.get(addr, "/x").await;
-        let key = if r.status == 200 {
-            r.json()["backend"].as_str().unwrap_or("?").to_string()
-        } else {
-            r.status.to_string()
-        };
-        *out.entry(key).or_insert(0) += 1;
-    }
-    out
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn ready(client: &Client, admin: std::net::SocketAddr) -> bool {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::scripted::Scripted;
-use support::{eventually, gateway, Backend, Client, Reply};
+use support::{eventually, gateway, metric, spread, Backend, Client, Reply};
 
 fn yaml(upstream: &str) -> String {
     format!(
@@ -25,28 +25,6 @@ fn targets(backends: &[&Scripted]) -> String {
         .map(|b| format!("\"{}\"", b.address()))
         .collect();
     format!("    targets: [{}]\n", list.join(", "))
-}
-
-async fn spread(client: &Client, addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for _ in 0..n {
-        let r: Reply = client.get(addr, "/x").await;
-        let key = if r.status == 200 {
-            r.json()["backend"].as_str().unwrap_or("?").to_string()
-        } else {
-            r.status.to_string()
-        };
-        *out.entry(key).or_insert(0) += 1;
-    }
-    out
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn endpoint_json(client: &Client, admin: SocketAddr, address: &str) -> serde_json::Value {

@@ -33,6 +33,34 @@ pub async fn gateway(yaml: &str) -> (GatewayHandle, tempfile_path::TempPath) {
     (handle, file)
 }
 
+/// Which backend answered each of `n` GET /x requests (errors count as "<status>").
+pub async fn spread(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let r: Reply = client.get(addr, "/x").await;
+        let key = if r.status == 200 {
+            r.json()["backend"].as_str().unwrap_or("?").to_string()
+        } else {
+            r.status.to_string()
+        };
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The value of the first metric line starting with `prefix` (0 when absent).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `check` until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
