@@ -11,13 +11,23 @@ use crate::runtime::Route;
 use crate::upstream::Endpoint;
 
 /// Facts about the client connection, fixed for its lifetime.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer address as an `X-Forwarded-For` entry, formatted once per connection.
+    pub peer_header: HeaderValue,
 }
 
 impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            peer_header: crate::forward::peer_header(peer.ip()),
+        }
+    }
+
     pub fn proto(&self) -> &'static str {
         if self.tls {
             "https"

@@ -103,21 +103,29 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 }
 
 /// Sets X-Forwarded-For/-Proto/-Host on a request going upstream.
+/// The peer address as an `X-Forwarded-For` entry (IPv4-mapped IPv6 shown as IPv4).
+pub fn peer_header(peer: IpAddr) -> HeaderValue {
+    // An IP address is always a valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(canonical(peer).to_string()))
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// `peer` is the connection's `peer_header`, formatted once per connection.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     peer_trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer_text = canonical(peer).to_string();
     let xff = match (peer_trusted, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(previous)) => format!("{previous}, {peer_text}"),
-        _ => peer_text,
+        (true, Some(previous)) => {
+            HeaderValue::from_str(&format!("{previous}, {}", peer.to_str().unwrap_or("")))
+                .unwrap_or_else(|_| peer.clone())
+        }
+        _ => peer.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
+    headers.insert(&X_FORWARDED_FOR, xff);
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
@@ -190,11 +198,23 @@ mod tests {
     fn forwarded_for_is_replaced_for_untrusted_peers() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, "9.9.9.9".parse().unwrap(), false, "http", None);
+        set_forwarded(
+            &mut h,
+            &peer_header("9.9.9.9".parse().unwrap()),
+            false,
+            "http",
+            None,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "9.9.9.9");
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "https", None);
+        set_forwarded(
+            &mut h,
+            &peer_header("10.0.0.1".parse().unwrap()),
+            true,
+            "https",
+            None,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }

@@ -31,12 +31,13 @@ pub async fn handle(
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &rt.trusted_proxies);
+    let peer_trusted = forward::is_trusted(conn.peer.ip(), &rt.trusted_proxies);
     let mut ctx = Context {
         started: Instant::now(),
         request_id: crate::observe::request_id(&parts.headers),
         conn,
         client_ip,
-        peer_trusted: forward::is_trusted(conn.peer.ip(), &rt.trusted_proxies),
+        peer_trusted,
         route: None,
         endpoint: None,
         user: None,
@@ -138,7 +139,7 @@ async fn forward_request(
     }
     forward::set_forwarded(
         &mut headers,
-        ctx.conn.peer.ip(),
+        &ctx.conn.peer_header,
         ctx.peer_trusted,
         ctx.conn.proto(),
         host_header.as_ref(),

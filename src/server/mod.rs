@@ -70,10 +70,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let limits = control.runtime.load().config.server.limits.clone();
-        let conn = ConnInfo {
-            peer,
-            tls: listener.tls.is_some(),
-        };
+        let conn = ConnInfo::new(peer, listener.tls.is_some());
         let builder = connection_builder(&limits);
         let control = control.clone();
         let tls = listener.tls.clone();
@@ -86,6 +83,7 @@ pub async fn serve(
                 service_fn(move |request| {
                     let runtime = control.runtime.load_full();
                     let guard = activity.request_started();
+                    let conn = conn.clone();
                     async move {
                         let response = crate::gateway::handle(runtime, conn, request).await;
                         drop(guard);
