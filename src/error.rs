@@ -1,5 +1,6 @@
-//! `GatewayError`: every refusal the gateway makes, its status, whether a retry may help,
-//! and the one JSON shape clients see: `{"error": "...", "status": N, "request_id": "..."}`.
+//! `GatewayError`: every refusal the gateway makes, its status, and the one JSON shape clients see:
+//! `{"error": "...", "status": N, "request_id": "..."}`. Whether a failure is retried is the
+//! upstream's policy (`retries.on`, upstream/retry.rs), not a property of the error.
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -51,14 +52,6 @@ impl GatewayError {
             GatewayError::Auth(e) => e.status(),
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
-    }
-
-    /// Whether another attempt (on another endpoint) may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::ConnectFailed | GatewayError::UpstreamTimeout | GatewayError::BadGateway
-        )
     }
 
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
