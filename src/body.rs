@@ -23,6 +23,7 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         Streaming { #[pin] inner: Incoming, remaining: u64 },
         Boxed { #[pin] inner: http_body_util::combinators::BoxBody<Bytes, BoxError> },
+        Upstream { inner: crate::upstream::h1::UpstreamBody },
     }
 }
 
@@ -54,6 +55,11 @@ impl Body {
             inner,
             remaining: u64::MAX,
         }
+    }
+
+    /// A response body read off a pooled upstream connection.
+    pub fn upstream(inner: crate::upstream::h1::UpstreamBody) -> Body {
+        Body::Upstream { inner }
     }
 
     pub fn boxed<B>(inner: B) -> Body
@@ -95,6 +101,7 @@ impl HttpBody for Body {
                 }
             }
             BodyProj::Boxed { inner } => inner.poll_frame(cx),
+            BodyProj::Upstream { inner } => Pin::new(inner).poll_frame(cx),
         }
     }
 
@@ -104,6 +111,7 @@ impl HttpBody for Body {
             Body::Full { data } => data.is_none(),
             Body::Streaming { inner, .. } => inner.is_end_stream(),
             Body::Boxed { inner } => inner.is_end_stream(),
+            Body::Upstream { inner } => inner.is_end_stream(),
         }
     }
 
@@ -115,6 +123,7 @@ impl HttpBody for Body {
             }
             Body::Streaming { inner, .. } => inner.size_hint(),
             Body::Boxed { inner } => inner.size_hint(),
+            Body::Upstream { inner } => inner.size_hint(),
         }
     }
 }

@@ -13,7 +13,6 @@ pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
-    upstream_requests: IntCounterVec,
     pub upstream_endpoints: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
@@ -141,11 +140,8 @@ impl Metrics {
                 &["route"],
             ),
         );
-        let resilience = super::ResilienceMetrics::new(
-            &registry,
-            upstream_requests.clone(),
-            upstream_endpoints.clone(),
-        );
+        let resilience =
+            super::ResilienceMetrics::new(&registry, upstream_requests, upstream_endpoints.clone());
         let jwt_rejected = register(
             &registry,
             counter(
@@ -173,7 +169,6 @@ impl Metrics {
             registry,
             requests,
             duration,
-            upstream_requests,
             upstream_endpoints,
             config_reloads,
             access_log_dropped,
@@ -214,12 +209,7 @@ impl Metrics {
 
     /// Handles for one endpoint of one upstream, resolved once.
     pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
-        EndpointMetrics {
-            outcomes: Outcome::ALL.map(|o| {
-                self.upstream_requests
-                    .with_label_values(&[upstream, endpoint, o.label()])
-            }),
-        }
+        self.resilience.endpoint(upstream, endpoint)
     }
 
     pub fn render(&self) -> String {
@@ -322,6 +312,8 @@ impl Outcome {
 #[derive(Clone)]
 pub struct EndpointMetrics {
     outcomes: [IntCounter; 6],
+    /// Connections opened to the endpoint (requests minus this is what the pool reused).
+    pub connections_opened: IntCounter,
 }
 
 impl std::fmt::Debug for EndpointMetrics {
@@ -340,12 +332,14 @@ impl EndpointMetrics {
     /// Handles for one endpoint from the `portico_upstream_requests_total` family.
     pub(crate) fn resolve(
         family: &IntCounterVec,
+        connections: &IntCounterVec,
         upstream: &str,
         endpoint: &str,
     ) -> EndpointMetrics {
         EndpointMetrics {
             outcomes: Outcome::ALL
                 .map(|o| family.with_label_values(&[upstream, endpoint, o.label()])),
+            connections_opened: connections.with_label_values(&[upstream, endpoint]),
         }
     }
 }

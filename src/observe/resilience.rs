@@ -15,6 +15,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 #[derive(Clone)]
 pub struct ResilienceMetrics {
     upstream_requests: IntCounterVec,
+    upstream_connections: IntCounterVec,
     pub upstream_endpoints: IntGaugeVec,
     pub discovery_errors: IntCounterVec,
     pub discovery_last_sync: GaugeVec,
@@ -35,7 +36,12 @@ impl ResilienceMetrics {
     /// Handles for one endpoint (same family as `Metrics::endpoint`), for endpoints that
     /// discovery adds after the Runtime was built.
     pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
-        EndpointMetrics::resolve(&self.upstream_requests, upstream, endpoint)
+        EndpointMetrics::resolve(
+            &self.upstream_requests,
+            &self.upstream_connections,
+            upstream,
+            endpoint,
+        )
     }
 
     pub(super) fn new(
@@ -51,6 +57,11 @@ impl ResilienceMetrics {
         };
         ResilienceMetrics {
             upstream_requests,
+            upstream_connections: counter(
+                "portico_upstream_connections_opened_total",
+                "TCP connections opened to an endpoint (the rest of its requests reused a pooled connection)",
+                &["upstream", "endpoint"],
+            ),
             upstream_endpoints,
             discovery_errors: counter(
                 "portico_discovery_errors_total",

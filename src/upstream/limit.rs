@@ -4,19 +4,13 @@
 //! made slower by the gateway piling work onto it. The permit lives as long as the
 //! response body streams.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::Endpoint;
-use crate::body::{Body, BoxError};
 use crate::error::GatewayError;
 use crate::observe::ResilienceMetrics;
 
@@ -85,51 +79,5 @@ impl Limits {
             Ok(Err(_)) => Err(GatewayError::Overloaded(self.upstream.clone())),
             Err(_) => Err(GatewayError::UpstreamTimeout),
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that holds the endpoint's connection permit until it ends.
-    pub struct PermitBody {
-        #[pin]
-        inner: Incoming,
-        permit: Option<OwnedSemaphorePermit>,
-    }
-}
-
-impl PermitBody {
-    pub fn wrap(inner: Incoming, permit: Option<OwnedSemaphorePermit>) -> Body {
-        match permit {
-            None => Body::streaming(inner),
-            Some(permit) => Body::boxed(PermitBody {
-                inner,
-                permit: Some(permit),
-            }),
-        }
-    }
-}
-
-impl HttpBody for PermitBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if frame.is_none() {
-            this.permit.take();
-        }
-        Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -11,9 +11,11 @@
 
 mod balancer;
 pub mod breaker;
+pub mod h1;
 pub mod health;
 pub mod limit;
 pub mod outlier;
+pub mod pool;
 pub mod proxy;
 pub mod retry;
 pub mod validate;
@@ -77,6 +79,8 @@ pub struct Endpoint {
     pub outlier: outlier::EndpointOutlier,
     /// `max_connections`: one permit per request in flight to this endpoint.
     pub permits: Option<Arc<Semaphore>>,
+    /// Idle keep-alive connections to this endpoint.
+    pub pool: Arc<pool::Pool>,
 }
 
 impl Endpoint {
@@ -114,6 +118,7 @@ impl Endpoint {
             health: health::HealthState::default(),
             outlier: outlier::EndpointOutlier::default(),
             permits: max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            pool: Arc::default(),
         })
     }
 
@@ -298,6 +303,7 @@ impl Upstream {
             let checker = health::run(self.me.clone(), health::CheckPolicy::from(check));
             tasks.push(handle.spawn(checker).abort_handle());
         }
+        tasks.push(handle.spawn(pool::sweeper(self.me.clone())).abort_handle());
         Ok(())
     }
 
@@ -465,8 +471,9 @@ pub fn is_failure(outcome: Outcome) -> bool {
     !matches!(outcome, Outcome::Success | Outcome::ClientError)
 }
 
-/// A pooled HTTP/1.1 client tuned for proxying: Nagle off, idle connections kept for
-/// reuse but not forever, a bounded connect time.
+/// A pooled HTTP/1.1 client for the gateway's own requests (health checks, JWKS): Nagle
+/// off, idle connections kept for reuse but not forever, a bounded connect time. Proxied
+/// requests go through `h1` and the endpoints' pools instead.
 pub fn build_client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

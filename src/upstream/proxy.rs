@@ -1,48 +1,146 @@
-//! Sending one request to one endpoint: the pooled client with a deadline, errors sorted
-//! into the gateway's status table, and HTTP/1.1 upgrades (WebSocket) spliced through.
+//! Sending one request to one endpoint: a pooled connection (or a new one), a deadline
+//! for the response head, errors sorted into the gateway's status table, and HTTP/1.1
+//! upgrades (WebSocket) spliced through.
 
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{Endpoint, Upstream};
+use super::h1::{self, Conn, ExchangeError, UpstreamBody};
+use super::{pool, Endpoint, Upstream};
 use crate::body::{is_body_too_large, Body};
 use crate::error::GatewayError;
 use crate::observe::Outcome;
 
-/// Sends `request` to `endpoint` and waits at most `timeout` for the response head.
+/// What goes to the endpoint: the request line's parts and the headers.
+pub struct Outgoing {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+}
+
+/// Sends the request to `endpoint` and waits at most `timeout` for the response head.
 pub async fn send(
     upstream: &Upstream,
     endpoint: &Endpoint,
-    request: Request<Body>,
+    out: &Outgoing,
+    body: Body,
     timeout: Duration,
-) -> Result<Response<Incoming>, GatewayError> {
-    let result = tokio::time::timeout(timeout, upstream.client.request(request)).await;
-    let outcome = match &result {
-        Ok(Ok(response)) => Outcome::from_status(response.status().as_u16()),
-        Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailure,
-        Ok(Err(_)) => Outcome::InvalidResponse,
-        Err(_) => Outcome::Timeout,
+) -> Result<Response<UpstreamBody>, GatewayError> {
+    let exchange = exchange(endpoint, upstream.connect_timeout, out, body);
+    let result = match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(response)) => {
+            endpoint
+                .metrics
+                .record(Outcome::from_status(response.status().as_u16()));
+            return Ok(response);
+        }
+        Ok(Err(e)) => e,
+        Err(_) => {
+            endpoint.metrics.record(Outcome::Timeout);
+            return Err(GatewayError::UpstreamTimeout);
+        }
     };
-    endpoint.metrics.record(outcome);
-    match result {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) if is_body_too_large(&e) => Err(GatewayError::BodyTooLarge),
-        Ok(Err(e)) if e.is_connect() => {
-            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "connect failed");
-            Err(GatewayError::ConnectFailed)
+    let (outcome, error) = match result {
+        ExchangeError::Connect(_) | ExchangeError::ConnectTimeout => {
+            (Some(Outcome::ConnectFailure), GatewayError::ConnectFailed)
         }
-        Ok(Err(e)) => {
-            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "upstream error");
-            Err(GatewayError::BadGateway)
+        // The client's body failed, not the endpoint.
+        ExchangeError::RequestBody(e) if is_body_too_large(e.as_ref()) => {
+            return Err(GatewayError::BodyTooLarge)
         }
-        Err(_) => Err(GatewayError::UpstreamTimeout),
+        ExchangeError::RequestBody(_) => (
+            None,
+            GatewayError::BadRequest("could not read the request body"),
+        ),
+        _ => (Some(Outcome::InvalidResponse), GatewayError::BadGateway),
+    };
+    if let Some(outcome) = outcome {
+        endpoint.metrics.record(outcome);
+    }
+    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %result, "upstream exchange failed");
+    Err(error)
+}
+
+/// One request and its response head, on a pooled connection when one is idle. A pooled
+/// connection that turns out to be closed already is replaced by a new one, and the
+/// request sent again, when that cannot repeat its effect: nothing of the request was
+/// written, or the method is idempotent and the body is in memory.
+async fn exchange(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+    out: &Outgoing,
+    body: Body,
+) -> Result<Response<UpstreamBody>, ExchangeError> {
+    let mut body = body;
+    if let Some(mut conn) = endpoint.pool.take() {
+        let replay = replayable(&body);
+        match round_trip(&mut conn, endpoint, out, body).await {
+            Ok(head) => return Ok(respond(conn, head, endpoint)),
+            Err(e) if e.is_stale_connection() => {
+                // A failed write means the upstream had closed before reading anything;
+                // a close without an answer might follow a request it acted on.
+                let again = match &e {
+                    ExchangeError::Write(_) => replay,
+                    _ => replay.filter(|_| idempotent(&out.method)),
+                };
+                let Some(again) = again else {
+                    return Err(e);
+                };
+                tracing::debug!(endpoint = %endpoint.address, error = %e, "pooled connection was closed; sending on a new one");
+                body = again;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut conn = pool::connect(endpoint, connect_timeout).await?;
+    let head = round_trip(&mut conn, endpoint, out, body).await?;
+    Ok(respond(conn, head, endpoint))
+}
+
+async fn round_trip(
+    conn: &mut Conn,
+    endpoint: &Endpoint,
+    out: &Outgoing,
+    body: Body,
+) -> Result<h1::ResponseHead, ExchangeError> {
+    conn.write_request(
+        &out.method,
+        &out.path_and_query,
+        &endpoint.authority,
+        &out.headers,
+        body,
+    )
+    .await?;
+    conn.read_head(&out.method).await
+}
+
+/// A copy of a body that is in memory (or empty), to send again.
+fn replayable(body: &Body) -> Option<Body> {
+    if http_body::Body::is_end_stream(body) {
+        return Some(Body::empty());
+    }
+    match body {
+        Body::Full { data: Some(data) } => Some(Body::full(data.clone())),
+        _ => None,
     }
 }
 
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn respond(conn: Conn, head: h1::ResponseHead, endpoint: &Endpoint) -> Response<UpstreamBody> {
+    let body = UpstreamBody::new(conn, &head, endpoint.pool.clone());
+    h1::into_response(head, body)
+}
 /// Forwards an HTTP/1.1 upgrade request on a fresh connection (upgraded connections are
 /// never pooled) and, when the endpoint answers 101, splices the two byte streams.
 pub async fn upgrade(

@@ -13,16 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::breaker::Admit;
-use super::limit::PermitBody;
+use super::h1::UpstreamBody;
+pub use super::proxy::Outgoing;
 use super::{proxy, Endpoint, Upstream};
 use crate::body::{is_body_too_large, Body};
 use crate::config::RetriesConfig;
@@ -70,7 +69,7 @@ impl Conditions {
         Ok(c)
     }
 
-    fn matches(&self, result: &Result<Response<Incoming>, GatewayError>) -> bool {
+    fn matches(&self, result: &Result<Response<UpstreamBody>, GatewayError>) -> bool {
         match result {
             Ok(r) => {
                 let s = r.status().as_u16();
@@ -172,13 +171,6 @@ impl RetryPolicy {
     }
 }
 
-/// What goes upstream, minus the endpoint.
-pub struct Outgoing {
-    pub method: Method,
-    pub path_and_query: PathAndQuery,
-    pub headers: HeaderMap,
-}
-
 enum Payload {
     Replayable(Bytes),
     Stream(Option<Body>),
@@ -189,7 +181,7 @@ enum Payload {
 pub async fn send(
     upstream: &Upstream,
     endpoint_used: &mut Option<Arc<Endpoint>>,
-    mut out: Outgoing,
+    out: Outgoing,
     body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let deadline = Instant::now() + upstream.request_timeout;
@@ -209,7 +201,7 @@ pub async fn send(
         _ => 1,
     };
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-    let mut last: Option<(Response<Incoming>, Option<OwnedSemaphorePermit>)> = None;
+    let mut last: Option<(Response<UpstreamBody>, Option<OwnedSemaphorePermit>)> = None;
     let mut last_error = None;
     for attempt in 0..attempts {
         if attempt > 0 {
@@ -261,14 +253,8 @@ pub async fn send(
             Payload::Replayable(bytes) => Body::full(bytes.clone()),
             Payload::Stream(streamed) => streamed.take().unwrap_or_else(Body::empty),
         };
-        let headers = if last_try {
-            std::mem::take(&mut out.headers)
-        } else {
-            out.headers.clone()
-        };
-        let request = build(&out, &endpoint, headers, body)?;
         let _in_flight = endpoint.start();
-        let result = proxy::send(upstream, &endpoint, request, timeout).await;
+        let result = proxy::send(upstream, &endpoint, &out, body, timeout).await;
         if let Some(outcome) = outcome_of(&result) {
             upstream.observe(&endpoint, outcome);
         }
@@ -300,11 +286,17 @@ pub async fn send(
     }
 }
 
-fn finish(response: Response<Incoming>, permit: Option<OwnedSemaphorePermit>) -> Response<Body> {
-    response.map(|incoming| PermitBody::wrap(incoming, permit))
+fn finish(
+    response: Response<UpstreamBody>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    response.map(|mut body| {
+        body.hold(permit);
+        Body::upstream(body)
+    })
 }
 
-fn outcome_of(result: &Result<Response<Incoming>, GatewayError>) -> Option<Outcome> {
+fn outcome_of(result: &Result<Response<UpstreamBody>, GatewayError>) -> Option<Outcome> {
     match result {
         Ok(r) => Some(Outcome::from_status(r.status().as_u16())),
         Err(GatewayError::ConnectFailed) => Some(Outcome::ConnectFailure),
@@ -313,30 +305,6 @@ fn outcome_of(result: &Result<Response<Incoming>, GatewayError>) -> Option<Outco
         // The client's fault (body too large), not the endpoint's.
         Err(_) => None,
     }
-}
-
-fn build(
-    out: &Outgoing,
-    endpoint: &Endpoint,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Request<Body>, GatewayError> {
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(out.path_and_query.clone())
-        .build()
-        .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
-    let mut builder = Request::builder()
-        .method(out.method.clone())
-        .uri(uri)
-        .version(Version::HTTP_11);
-    if let Some(h) = builder.headers_mut() {
-        *h = headers;
-    }
-    builder
-        .body(body)
-        .map_err(|_| GatewayError::BadRequest("invalid request"))
 }
 
 /// Reads a small body into memory so it can be sent again; a body without a known length

@@ -1,0 +1,102 @@
+//! Idle keep-alive connections to one endpoint.
+//!
+//! The most recently used connection goes out first (its socket and buffers are warm);
+//! the oldest is dropped first. A connection idle for `IDLE_TIMEOUT`, or one the upstream
+//! closed or wrote to while idle, is never handed out. The sweeper closes such
+//! connections on endpoints that see no traffic, so they do not sit in CLOSE_WAIT.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use super::h1::{Conn, ExchangeError};
+use super::{Endpoint, Upstream};
+
+/// How long an unused connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per endpoint.
+pub const MAX_IDLE: usize = 1024;
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl Pool {
+    /// A live idle connection, or None when a new one must be opened.
+    pub fn take(&self) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop_back() {
+            if now.duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_idle() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last response ended cleanly.
+    pub fn put(&self, conn: Conn) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { conn, since: now });
+    }
+
+    /// Closes connections that expired or that the upstream closed.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|e| now.duration_since(e.since) < IDLE_TIMEOUT && e.conn.is_idle());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Opens a connection to `endpoint` within `timeout`: Nagle off, TCP keep-alive on.
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Conn, ExchangeError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint.authority.as_str()))
+        .await
+        .map_err(|_| ExchangeError::ConnectTimeout)?
+        .map_err(ExchangeError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_PROBE);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    endpoint.metrics.connections_opened.inc();
+    Ok(Conn::new(stream))
+}
+
+/// Sweeps the pools of an upstream's endpoints until the upstream is dropped.
+pub async fn sweeper(upstream: Weak<Upstream>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        for endpoint in upstream.members().iter() {
+            endpoint.pool.sweep();
+        }
+    }
+}
