@@ -75,12 +75,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
-        Conn {
+    /// Boxed once, so handing the connection between pool and response body moves a
+    /// pointer.
+    pub fn new(stream: TcpStream) -> Box<Conn> {
+        Box::new(Conn {
             stream,
             read: BytesMut::with_capacity(READ_RESERVE),
             write: Vec::with_capacity(1024),
-        }
+        })
     }
 
     /// True when nothing has arrived since the last response: the upstream has not
@@ -503,7 +505,7 @@ enum State {
 /// permit until it ends.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     state: State,
     reusable: bool,
     pool: Arc<Pool>,
@@ -511,7 +513,7 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new(conn: Conn, head: &ResponseHead, pool: Arc<Pool>) -> UpstreamBody {
+    pub fn new(conn: Box<Conn>, head: &ResponseHead, pool: Arc<Pool>) -> UpstreamBody {
         let state = match head.framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),

@@ -23,7 +23,7 @@ const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -34,7 +34,7 @@ pub struct Pool {
 
 impl Pool {
     /// A live idle connection, or None when a new one must be opened.
-    pub fn take(&self) -> Option<Conn> {
+    pub fn take(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop_back() {
@@ -46,7 +46,7 @@ impl Pool {
     }
 
     /// Keeps a connection whose last response ended cleanly.
-    pub fn put(&self, conn: Conn) {
+    pub fn put(&self, conn: Box<Conn>) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while idle
@@ -74,7 +74,7 @@ impl Pool {
 }
 
 /// Opens a connection to `endpoint` within `timeout`: Nagle off, TCP keep-alive on.
-pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Conn, ExchangeError> {
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<Conn>, ExchangeError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint.authority.as_str()))
         .await
         .map_err(|_| ExchangeError::ConnectTimeout)?

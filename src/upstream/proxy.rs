@@ -137,7 +137,7 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn respond(conn: Conn, head: h1::ResponseHead, endpoint: &Endpoint) -> Response<UpstreamBody> {
+fn respond(conn: Box<Conn>, head: h1::ResponseHead, endpoint: &Endpoint) -> Response<UpstreamBody> {
     let body = UpstreamBody::new(conn, &head, endpoint.pool.clone());
     h1::into_response(head, body)
 }
