@@ -423,6 +423,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead
         headers.append(name, value);
     }
 
+    if transfer_encoding {
+        // RFC 9112 6.3: Transfer-Encoding overrides Content-Length, which must not be
+        // passed on with a body it does not describe.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let bodiless = *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
