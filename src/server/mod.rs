@@ -118,6 +118,7 @@ pub async fn serve(
                     .into_owned(),
             );
             tokio::select! {
+                biased;
                 _ = served => {}
                 _ = idle::watchdog(activity, idle_timeout) => {}
             }
