@@ -24,6 +24,11 @@ const HOP_BY_HOP: [&HeaderName; 6] = [
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header and every header
 /// the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names decides, without a lookup per
+    // listed name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         if let Ok(text) = value.to_str() {
@@ -45,6 +50,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| *h == name) || name.as_str().starts_with("proxy-")
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).
@@ -102,7 +111,6 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     client
 }
 
-/// Sets X-Forwarded-For/-Proto/-Host on a request going upstream.
 /// The peer address as an `X-Forwarded-For` entry (IPv4-mapped IPv6 shown as IPv4).
 pub fn peer_header(peer: IpAddr) -> HeaderValue {
     // An IP address is always a valid header value.
@@ -110,7 +118,8 @@ pub fn peer_header(peer: IpAddr) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// `peer` is the connection's `peer_header`, formatted once per connection.
+/// Sets X-Forwarded-For/-Proto/-Host on a request going upstream. `peer` is the
+/// connection's `peer_header`, formatted once per connection.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -118,8 +127,13 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let xff = match (peer_trusted, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(previous)) => {
+    let previous = if peer_trusted {
+        joined(headers, &X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let xff = match previous {
+        Some(previous) => {
             HeaderValue::from_str(&format!("{previous}, {}", peer.to_str().unwrap_or("")))
                 .unwrap_or_else(|_| peer.clone())
         }
