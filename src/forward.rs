@@ -53,7 +53,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.iter().any(|h| *h == name) || name.as_str().starts_with("proxy-")
+    HOP_BY_HOP.contains(&name) || name.as_str().starts_with("proxy-")
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).
