@@ -236,13 +236,9 @@ impl Conn {
         if self.read.capacity() - self.read.len() < READ_RESERVE / 2 {
             self.read.reserve(READ_RESERVE);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.read) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
+        // Through AsyncRead, not try_read: a short read then clears the socket's readiness,
+        // so the pool's idle check needs no system call.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
     }
 }
 
