@@ -1,8 +1,9 @@
 //! The load harness: Portico against a direct connection and nginx, in one run.
 //!
-//!   cargo bench --bench load                      # full run (about 2 minutes on 2 cores)
+//!   cargo bench --bench load                      # full run (about 2.5 minutes on 2 cores)
 //!   cargo bench --bench load -- --smoke           # 2-second run, as CI does
 //!   cargo bench --bench load -- --check 1.2       # exit 1 if Portico's plain-proxy req/s < 1.2 x nginx's
+//!   cargo bench --bench load -- --rate 10000      # open-loop latency pass at 10k req/s (0: none)
 //!   cargo bench --bench load -- --help
 //!
 //! Lifecycle: the harness re-executes itself as the backend process (`backend` mode), starts
@@ -10,6 +11,9 @@
 //! so their CPU time and peak RSS can be read from /proc. Proxies and backend are pinned to
 //! one set of cores and the load generator to another when the machine has two or more.
 //! Targets are measured in alternating rounds so machine noise spreads over all of them.
+//! The closed-loop rounds (each connection sends again as soon as it has its answer) give
+//! throughput; an open-loop pass at a fixed request rate then gives latency that is not
+//! just queueing, measured from each request's intended send time.
 //! Every child process is killed when the harness ends.
 
 mod load_support;
@@ -42,6 +46,10 @@ pub struct Args {
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Open-loop latency pass after the closed-loop rounds: total requests per second over
+    /// all connections, each on a fixed schedule (GET 100 B; 0 disables; skipped by --smoke).
+    #[arg(long, value_name = "REQ_PER_S", default_value_t = 5000.0, value_parser = parse_rate)]
+    rate: f64,
     /// A 2-second run of the plain 100 B GET only, without nginx (what CI runs).
     #[arg(long)]
     smoke: bool,
@@ -62,6 +70,13 @@ pub struct Args {
     bench: bool,
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a request rate (a number >= 0)")),
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if let Some(port) = args.backend_port {
@@ -74,6 +89,7 @@ fn main() -> ExitCode {
         args.warmup = Duration::from_millis(200);
         args.rounds = 1;
         args.no_nginx = true;
+        args.rate = 0.0;
     }
     match run(&args) {
         Ok(code) => code,
@@ -90,8 +106,23 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     pinning.pin_self();
     let mut fleet = procs::Fleet::start(args, &pinning)?;
     let scenarios = drive::scenarios(&fleet, args.smoke);
-    let results = drive::measure(args, &mut fleet, &scenarios)?;
-    let table = report::markdown(args, &pinning, &fleet, &results);
+    let results = drive::measure(args, &mut fleet, &scenarios, drive::Pacing::Closed)?;
+    let open = if args.rate > 0.0 {
+        let pacing = drive::Pacing::Open {
+            rate: args.rate,
+            // Busy-poll only on a core of the load generator's own.
+            spin: !pinning.client.is_empty(),
+        };
+        let open_scenarios = drive::open_loop_scenarios(&scenarios);
+        drive::measure(args, &mut fleet, &open_scenarios, pacing)?
+    } else {
+        Vec::new()
+    };
+    let mut table = report::markdown(args, &pinning, &fleet, &results);
+    if !open.is_empty() {
+        table.push('\n');
+        table.push_str(&report::open_loop_markdown(args, &open));
+    }
     println!("{table}");
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let stamp = procs::timestamp();
@@ -99,7 +130,18 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let svg = args.out.join(format!("load-{stamp}.svg"));
     std::fs::write(&md, &table).map_err(|e| e.to_string())?;
     std::fs::write(&svg, report::svg(&results)).map_err(|e| e.to_string())?;
-    println!("written: {} and {}", md.display(), svg.display());
+    if open.is_empty() {
+        println!("written: {} and {}", md.display(), svg.display());
+    } else {
+        let open_svg = args.out.join(format!("load-{stamp}-open.svg"));
+        std::fs::write(&open_svg, report::open_loop_svg(args, &open)).map_err(|e| e.to_string())?;
+        println!(
+            "written: {}, {} and {}",
+            md.display(),
+            svg.display(),
+            open_svg.display()
+        );
+    }
     if results.iter().all(|r| r.requests == 0) {
         return Err("no request completed: the harness is broken".into());
     }

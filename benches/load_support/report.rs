@@ -1,5 +1,5 @@
 //! The harness's output: a markdown table with ratios, an SVG latency-percentile plot,
-//! and the optional release gate.
+//! the open-loop latency table and plot, and the optional release gate.
 
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -43,7 +43,7 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
     let _ = writeln!(out, "### Portico load run\n");
     let _ = writeln!(
         out,
-        "- machine: {} cores, {}\n- pinning: {}\n- load: {} keep-alive connections, closed loop, {:?} measured per scenario in {} alternating rounds, {:?} warm-up per segment\n- threads: proxy {}, load generator {}\n- Portico: {} routes, access log off; nginx: {}\n",
+        "- machine: {} cores, {}\n- pinning: {}\n- load: {} keep-alive connections, closed loop, {:?} measured per scenario in {} alternating rounds, {:?} warm-up per segment\n- open loop: {}\n- threads: proxy {}, load generator {}\n- Portico: {} routes, access log off; nginx: {}\n",
         super::procs::cores(),
         cpu_model(),
         pinning.describe(),
@@ -51,6 +51,19 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
         args.duration,
         args.rounds,
         args.warmup,
+        if args.rate > 0.0 {
+            format!(
+                "{} req/s in total over the same connections, GET 100 B, same rounds and warm-up; {}",
+                args.rate,
+                if pinning.client.is_empty() {
+                    "paced by tokio's 1 ms timer (one core: send times up to 1 ms late, counted as latency)"
+                } else {
+                    "paced by busy-polling the load generator's core"
+                }
+            )
+        } else {
+            "off".into()
+        },
         args.proxy_threads,
         args.client_threads,
         fleet.portico_routes,
@@ -106,8 +119,66 @@ const QUANTILES: [(f64, &str); 6] = [
     (0.9999, "p99.99"),
 ];
 
+/// The open-loop table: latency at a fixed request rate, and what each proxy adds to the
+/// direct connection's percentiles.
+pub fn open_loop_markdown(args: &Args, results: &[Outcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "#### Latency at a fixed rate (open loop, {} req/s over {} connections)\n",
+        args.rate, args.connections
+    );
+    let _ = writeln!(
+        out,
+        "Connection i sends its k-th request at start + (k x {n} + i) / {r} s; latency counts from that intended time, so waiting behind a slow answer is included. Sending late is never skipped. Errors are failed requests and requests still unanswered when the drain after the schedule ended.\n",
+        n = args.connections,
+        r = args.rate,
+    );
+    let _ = writeln!(
+        out,
+        "| target | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 added over direct ms | errors |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let direct = find(results, Target::Direct, Load::Get100);
+    for o in results {
+        let added = match direct {
+            Some(d) if o.scenario.target != Target::Direct && d.requests > 0 => {
+                format!("{:.3}", ms(o, 0.99) - ms(d, 0.99))
+            }
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            o.scenario.target.label(),
+            rps(o),
+            ms(o, 0.5),
+            ms(o, 0.99),
+            ms(o, 0.999),
+            added,
+            o.errors
+        );
+    }
+    out
+}
+
 /// Latency by percentile for the GET 100 B load, one line per target.
 pub fn svg(results: &[Outcome]) -> String {
+    percentile_svg(results, "Latency by percentile, GET 100 B (ms)")
+}
+
+/// The same plot for the open-loop pass.
+pub fn open_loop_svg(args: &Args, results: &[Outcome]) -> String {
+    percentile_svg(
+        results,
+        &format!(
+            "Latency by percentile at {} req/s (open loop), GET 100 B (ms)",
+            args.rate
+        ),
+    )
+}
+
+fn percentile_svg(results: &[Outcome], title: &str) -> String {
     let (w, h, left, bottom, top, right) = (860.0, 420.0, 70.0, 50.0, 40.0, 300.0);
     let plot_w = w - left - right;
     let plot_h = h - top - bottom;
@@ -121,7 +192,7 @@ pub fn svg(results: &[Outcome]) -> String {
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{left}" y="22" font-size="15">Latency by percentile, GET 100 B (ms)</text>
+<text x="{left}" y="22" font-size="15">{title}</text>
 "#
     );
     for k in 0..=5 {
@@ -143,9 +214,15 @@ pub fn svg(results: &[Outcome]) -> String {
             h - bottom + 20.0
         );
     }
-    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
     for (n, o) in lines.iter().enumerate() {
-        let colour = colours[n % colours.len()];
+        // One colour per target, so the closed- and open-loop plots match.
+        let colour = match o.scenario.target {
+            Target::Direct => "#1f77b4",
+            Target::Portico => "#d62728",
+            Target::PorticoFull => "#2ca02c",
+            Target::PorticoCache => "#9467bd",
+            Target::Nginx => "#ff7f0e",
+        };
         let points: Vec<String> = QUANTILES
             .iter()
             .enumerate()
