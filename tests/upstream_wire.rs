@@ -258,6 +258,9 @@ async fn malformed_answers_are_bad_gateway() {
                 head.extend_from_slice(b"content-length: 0\r\n\r\n");
                 Answer::Bytes(head)
             }
+            "/switch" => Answer::Bytes(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n".to_vec(),
+            ),
             "/cut-head" => Answer::BytesThenClose(b"HTTP/1.1 200 OK\r\ncontent-le".to_vec()),
             "/bad-chunk" => Answer::BytesThenClose(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n".to_vec(),
@@ -271,7 +274,13 @@ async fn malformed_answers_are_bad_gateway() {
     .await;
     let (gw, _cfg) = gateway(&yaml(&backend)).await;
     let client = Client::new();
-    for path in ["/garbage", "/two-lengths", "/huge-head", "/cut-head"] {
+    for path in [
+        "/garbage",
+        "/two-lengths",
+        "/huge-head",
+        "/switch",
+        "/cut-head",
+    ] {
         let r = client.get(gw.http_addr, path).await;
         assert_eq!(r.status, 502, "{path}");
         assert_eq!(r.json()["status"], 502, "{path}");
@@ -300,5 +309,5 @@ async fn malformed_answers_are_bad_gateway() {
             backend.address()
         ),
     );
-    assert_eq!(invalid, 4.0, "{metrics}");
+    assert_eq!(invalid, 5.0, "{metrics}");
 }

@@ -212,6 +212,10 @@ impl Conn {
         loop {
             if !self.read.is_empty() {
                 if let Some(head) = parse_head(&mut self.read, method)? {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        // Upgrades go through `proxy::upgrade`; here nothing asked for one.
+                        return Err(ExchangeError::Invalid("101 to a request without Upgrade"));
+                    }
                     if head.status.is_informational() {
                         continue;
                     }
