@@ -167,7 +167,21 @@ async fn request_bodies_are_framed_by_the_gateway() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.ends_with("\r\n\r\n7"), "{raw}");
 
+    // A body larger than what is gathered behind the head streams.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let r = client
+        .send(
+            Request::put(format!("http://{}/big", gw.http_addr))
+                .body(Full::new(Bytes::from(big.clone())))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(&r.body[..], b"100000");
+
     let seen = backend.seen();
+    assert_eq!(seen[4].header("content-length").as_deref(), Some("100000"));
+    assert_eq!(seen[4].body, big);
+    assert_eq!(backend.connections(), 1, "every answer kept the connection");
     let get = &seen[0];
     assert!(get.head.starts_with("GET /get HTTP/1.1"));
     assert_eq!(get.header("content-length"), None);
