@@ -47,8 +47,7 @@ async fn keep_alive_connections_are_reused_and_counted() {
 #[tokio::test]
 async fn chunked_interim_and_close_delimited_responses_stream_through() {
     let backend = WireBackend::start(|seen| {
-        let path = seen.head.split(' ').nth(1).unwrap_or("").to_string();
-        match path.as_str() {
+        match seen.path() {
             "/chunked" => Answer::Bytes(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
             ),
@@ -256,8 +255,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced() {
 #[tokio::test]
 async fn malformed_answers_are_bad_gateway() {
     let backend = WireBackend::start(|seen| {
-        let path = seen.head.split(' ').nth(1).unwrap_or("").to_string();
-        match path.as_str() {
+        match seen.path() {
             "/garbage" => Answer::BytesThenClose(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()),
             "/two-lengths" => Answer::Bytes(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc".to_vec(),

@@ -762,59 +762,66 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let get = Method::GET;
-        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &get)
-            .unwrap()
-            .unwrap();
-        assert_eq!((h.framing, h.reusable), (Framing::Length(5), true));
-        let h = head(
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-            &Method::HEAD,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(h.framing, Framing::Empty);
-        let h = head("HTTP/1.1 204 No Content\r\n\r\n", &get)
-            .unwrap()
-            .unwrap();
-        assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
-        let h = head("HTTP/1.1 200 OK\r\n\r\n", &get).unwrap().unwrap();
-        assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
-        let h = head(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-            &get,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((h.framing, h.reusable), (Framing::Chunked, true));
-        let h = head(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
-            &get,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
-        let h = head(
-            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
-            &get,
-        )
-        .unwrap()
-        .unwrap();
-        assert!(!h.reusable);
-        let h = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", &get)
-            .unwrap()
-            .unwrap();
-        assert!(!h.reusable);
-        assert!(head(
+        let (get, head_method) = (Method::GET, Method::HEAD);
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                &get,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                &head_method,
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                &get,
+                Framing::Empty,
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", &get, Framing::UntilClose, false),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                &get,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                &get,
+                Framing::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                &get,
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                &get,
+                Framing::Length(1),
+                false,
+            ),
+        ];
+        for (text, method, framing, reusable) in cases {
+            let h = head(text, method).unwrap().unwrap();
+            assert_eq!((h.framing, h.reusable), (framing, reusable), "{text:?}");
+        }
+        for bad in [
             "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-            &get
-        )
-        .is_err());
-        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", &get).is_err());
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert!(head(bad, &get).is_err(), "{bad:?}");
+        }
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1", &get)
             .unwrap()
             .is_none());
-        assert!(head("garbage\r\n\r\n", &get).is_err());
     }
 
     #[test]
