@@ -396,6 +396,7 @@ upstreams:
     health_check: { path: health, interval: 0s, timeout: 1s, healthy_threshold: 0, unhealthy_threshold: 1 }
     circuit_breaker: { error_percent: 50, min_requests: 0, window: 10s, open_for: 1s }
     max_connections: 0
+    keepalive: { idle_timeout: 0s }
 routes:
   - name: a
     upstream: a
@@ -410,6 +411,7 @@ routes:
         "upstreams.a.health_check.healthy_threshold",
         "upstreams.a.circuit_breaker.min_requests",
         "upstreams.a.max_connections",
+        "upstreams.a.keepalive.idle_timeout",
     ] {
         assert!(err.contains(path), "missing {path:?} in:\n{err}");
     }

@@ -13,8 +13,13 @@ use support::wire::{ok, Answer, WireBackend};
 use support::{client, gateway, metric, Client};
 
 fn yaml(backend: &WireBackend) -> String {
+    yaml_with(backend, "")
+}
+
+/// `extra` goes into the upstream's flow mapping, e.g. `keepalive: { max_idle: 0 }`.
+fn yaml_with(backend: &WireBackend, extra: &str) -> String {
     format!(
-        "server: {{ listen: 127.0.0.1:0, access_log: false }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    upstream: svc\n",
+        "server: {{ listen: 127.0.0.1:0, access_log: false }}\nupstreams:\n  svc: {{ targets: [\"{}\"] {extra} }}\nroutes:\n  - name: svc\n    upstream: svc\n",
         backend.address()
     )
 }
@@ -42,6 +47,35 @@ async fn keep_alive_connections_are_reused_and_counted() {
         ),
     );
     assert_eq!(opened, 1.0);
+}
+
+#[tokio::test]
+async fn keepalive_settings_bound_reuse() {
+    let backend = WireBackend::start(|_| Answer::Bytes(ok("hi"))).await;
+    let (gw, _cfg) = gateway(&yaml_with(&backend, ", keepalive: { max_idle: 0 }")).await;
+    let client = Client::new();
+    for _ in 0..3 {
+        assert_eq!(client.get(gw.http_addr, "/x").await.status, 200);
+    }
+    assert_eq!(
+        backend.connections(),
+        3,
+        "max_idle 0: a connection per request"
+    );
+    drop(gw);
+
+    let backend = WireBackend::start(|_| Answer::Bytes(ok("hi"))).await;
+    let (gw, _cfg) = gateway(&yaml_with(&backend, ", keepalive: { idle_timeout: 100ms }")).await;
+    assert_eq!(client.get(gw.http_addr, "/x").await.status, 200);
+    assert_eq!(client.get(gw.http_addr, "/x").await.status, 200);
+    assert_eq!(backend.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.get(gw.http_addr, "/x").await.status, 200);
+    assert_eq!(
+        backend.connections(),
+        2,
+        "a connection idle past idle_timeout is not reused"
+    );
 }
 
 #[tokio::test]

@@ -159,6 +159,28 @@ pub struct UpstreamConfig {
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub max_pending: Option<usize>,
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
+}
+
+/// Idle keep-alive connections kept per endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveConfig {
+    /// An idle connection is closed after this long; keep it below the upstream's own
+    /// keep-alive timeout so the upstream never closes a connection Portico is about to use.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint; 0 opens a new connection for every request.
+    pub max_idle: usize,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 1024,
+        }
+    }
 }
 
 /// `"127.0.0.1:3001"` or `{ address: "127.0.0.1:3001", weight: 3 }`.

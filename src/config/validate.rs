@@ -119,6 +119,12 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
         if up.timeouts.connect.0.is_zero() {
             issues.push(format!("{path}.timeouts.connect"), "must be above zero");
         }
+        if up.keepalive.idle_timeout.0.is_zero() {
+            issues.push(
+                format!("{path}.keepalive.idle_timeout"),
+                "must be above zero (max_idle: 0 turns connection reuse off)",
+            );
+        }
         if up.timeouts.request.0.is_zero() {
             issues.push(format!("{path}.timeouts.request"), "must be above zero");
         }

@@ -151,6 +151,7 @@ fn replace(up: &Upstream, mut instances: Vec<Instance>) {
                 instance.weight,
                 Source::Consul,
                 up.config.max_connections,
+                &up.config.keepalive,
                 &up.metrics,
             ) {
                 Ok(e) => {

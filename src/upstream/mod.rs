@@ -96,6 +96,7 @@ impl Endpoint {
             weight,
             Source::Static,
             None,
+            &crate::config::KeepaliveConfig::default(),
             &metrics.resilience,
         )
     }
@@ -106,6 +107,7 @@ impl Endpoint {
         weight: u32,
         source: Source,
         max_connections: Option<usize>,
+        keepalive: &crate::config::KeepaliveConfig,
         metrics: &ResilienceMetrics,
     ) -> Result<Endpoint, String> {
         Ok(Endpoint {
@@ -118,7 +120,7 @@ impl Endpoint {
             health: health::HealthState::default(),
             outlier: outlier::EndpointOutlier::default(),
             permits: max_connections.map(|n| Arc::new(Semaphore::new(n))),
-            pool: Arc::default(),
+            pool: Arc::new(pool::Pool::new(keepalive)),
         })
     }
 
@@ -235,6 +237,7 @@ impl Upstream {
                 target.weight(),
                 Source::Static,
                 config.max_connections,
+                &config.keepalive,
                 metrics,
             )?));
         }

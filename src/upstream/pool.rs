@@ -1,9 +1,10 @@
 //! Idle keep-alive connections to one endpoint.
 //!
 //! The most recently used connection goes out first (its socket and buffers are warm);
-//! the oldest is dropped first. A connection idle for `IDLE_TIMEOUT`, or one the upstream
-//! closed or wrote to while idle, is never handed out. The sweeper closes such
-//! connections on endpoints that see no traffic, so they do not sit in CLOSE_WAIT.
+//! the oldest is dropped first. A connection idle for the upstream's
+//! `keepalive.idle_timeout`, or one the upstream closed or wrote to while idle, is never
+//! handed out. The sweeper closes such connections on endpoints that see no traffic, so
+//! they do not sit in CLOSE_WAIT.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, Weak};
@@ -13,11 +14,8 @@ use tokio::net::TcpStream;
 
 use super::h1::{Conn, ExchangeError};
 use super::{Endpoint, Upstream};
+use crate::config::KeepaliveConfig;
 
-/// How long an unused connection is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per endpoint.
-pub const MAX_IDLE: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
 
@@ -27,18 +25,28 @@ struct Idle {
     since: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
+    idle_timeout: Duration,
+    max_idle: usize,
 }
 
 impl Pool {
+    pub fn new(config: &KeepaliveConfig) -> Pool {
+        Pool {
+            idle: Mutex::new(VecDeque::new()),
+            idle_timeout: config.idle_timeout.0,
+            max_idle: config.max_idle,
+        }
+    }
+
     /// A live idle connection, or None when a new one must be opened.
     pub fn take(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop_back() {
-            if now.duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_idle() {
+            if now.duration_since(entry.since) < self.idle_timeout && entry.conn.is_idle() {
                 return Some(entry.conn);
             }
         }
@@ -47,15 +55,18 @@ impl Pool {
 
     /// Keeps a connection whose last response ended cleanly.
     pub fn put(&self, conn: Box<Conn>) {
+        if self.max_idle == 0 {
+            return;
+        }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while idle
             .front()
-            .is_some_and(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
+            .is_some_and(|e| now.duration_since(e.since) >= self.idle_timeout)
         {
             idle.pop_front();
         }
-        if idle.len() >= MAX_IDLE {
+        if idle.len() >= self.max_idle {
             idle.pop_front();
         }
         idle.push_back(Idle { conn, since: now });
@@ -65,7 +76,7 @@ impl Pool {
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|e| now.duration_since(e.since) < IDLE_TIMEOUT && e.conn.is_idle());
+        idle.retain(|e| now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle());
     }
 
     pub fn idle_count(&self) -> usize {
