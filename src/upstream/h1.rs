@@ -69,7 +69,7 @@ impl ExchangeError {
 /// One keep-alive connection to an endpoint and its read and write buffers.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
 }
@@ -487,6 +487,7 @@ fn contains_token(v: &[u8], token: &[u8]) -> bool {
 
 /// What the body decoder does next.
 enum Step {
+    /// Data, and whether it is the last of the body.
     Data(Bytes, bool),
     End,
     Continue,
