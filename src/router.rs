@@ -22,19 +22,33 @@ pub struct RequestView<'a> {
 #[derive(Debug)]
 pub struct RouteTable<T> {
     entries: Vec<(RouteMatch, T)>,
+    /// Built for large tables only: below `INDEX_FROM` routes a scan is cheaper than the
+    /// lookups.
+    index: Option<SegmentIndex>,
 }
+
+/// Tables with at least this many routes are searched through a `SegmentIndex`.
+const INDEX_FROM: usize = 32;
 
 impl<T> RouteTable<T> {
     pub fn new(entries: Vec<(RouteMatch, T)>) -> Self {
-        RouteTable { entries }
+        let index = (entries.len() >= INDEX_FROM)
+            .then(|| SegmentIndex::build(entries.iter().map(|(m, _)| m.literal_segments())));
+        RouteTable { entries, index }
     }
 
     /// The first entry, in file order, whose rules all match.
     pub fn find(&self, request: &RequestView<'_>) -> Option<&T> {
-        self.entries
-            .iter()
-            .find(|(m, _)| m.matches(request))
-            .map(|(_, t)| t)
+        let Some(index) = &self.index else {
+            return self
+                .entries
+                .iter()
+                .find(|(m, _)| m.matches(request))
+                .map(|(_, t)| t);
+        };
+        index
+            .first_match(request.path, |i| self.entries[i].0.matches(request))
+            .map(|i| &self.entries[i].1)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
@@ -47,6 +61,53 @@ impl<T> RouteTable<T> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// A trie over the literal leading path segments of each route: `/api/users` (prefix),
+/// `/api/users/me` (exact) and `/api/{v}/x` (pattern, literal up to the first parameter)
+/// sit at `api/users`, `api/users/me` and `api`. A route can only match a path that
+/// starts with its segments, so the routes worth checking for a path are those on the
+/// trie walk along the path's segments: a few short lists instead of the whole table.
+/// Each list is in file order, so "first match wins" is kept by taking the lowest match.
+#[derive(Debug, Default)]
+struct SegmentIndex {
+    routes: Vec<usize>,
+    children: std::collections::HashMap<String, SegmentIndex>,
+}
+
+impl SegmentIndex {
+    fn build<'a>(keys: impl Iterator<Item = Vec<&'a str>>) -> SegmentIndex {
+        let mut root = SegmentIndex::default();
+        for (i, segments) in keys.enumerate() {
+            let mut node = &mut root;
+            for segment in segments {
+                node = node.children.entry(segment.to_string()).or_default();
+            }
+            node.routes.push(i);
+        }
+        root
+    }
+
+    fn first_match(&self, path: &str, matches: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut node = self;
+        let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+        loop {
+            for &i in &node.routes {
+                if best.is_some_and(|b| i > b) {
+                    break;
+                }
+                if matches(i) {
+                    best = Some(i);
+                    break;
+                }
+            }
+            let Some(next) = segments.next().and_then(|s| node.children.get(s)) else {
+                return best;
+            };
+            node = next;
+        }
     }
 }
 
@@ -155,6 +216,21 @@ impl RouteMatch {
             None => req.headers.contains_key(name),
             Some(v) => req.headers.get_all(name).iter().any(|got| got == v),
         })
+    }
+
+    /// The literal segments every path this rule matches starts with.
+    fn literal_segments(&self) -> Vec<&str> {
+        match &self.path {
+            PathMatch::Any => Vec::new(),
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p[1..].split('/').collect(),
+            PathMatch::Pattern(segments) => segments
+                .iter()
+                .map_while(|s| match s {
+                    Segment::Literal(l) => Some(l.as_str()),
+                    Segment::Param => None,
+                })
+                .collect(),
+        }
     }
 
     fn path_matches(&self, path: &str) -> bool {
@@ -396,6 +472,80 @@ mod tests {
         assert!(!m.matches(&view(&Method::POST, "a.shop.local", "/api/legacy/7", &h)));
         h.remove("x-key");
         assert!(!m.matches(&view(&get, "a.shop.local", "/api/legacy/7", &h)));
+    }
+
+    #[test]
+    fn the_segment_index_finds_what_a_scan_finds() {
+        // A small alphabet makes prefixes, exact paths and patterns overlap a lot.
+        let words = ["a", "b", "api", "x"];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut found, mut missed) = (0, 0);
+        for round in 0..20 {
+            let mut entries = Vec::new();
+            for i in 0..(INDEX_FROM + round * 5) {
+                let depth = 1 + next(3);
+                let mut text = String::new();
+                for _ in 0..depth {
+                    text.push('/');
+                    text.push_str(if next(5) == 0 {
+                        "{p}"
+                    } else {
+                        words[next(words.len())]
+                    });
+                }
+                if next(40) == 0 {
+                    text = "/".into(); // a catch-all, at the trie's root
+                }
+                let mut config = MatchConfig::default();
+                match next(3) {
+                    0 if !text.contains('{') => config.path_prefix = Some(text),
+                    1 if !text.contains('{') => config.path = Some(text),
+                    _ => config.path = Some(text),
+                }
+                if next(4) == 0 {
+                    config.methods = vec!["POST".into()];
+                }
+                entries.push((RouteMatch::build(&config).unwrap(), i));
+            }
+            let scan: Vec<RouteMatch> = entries.iter().map(|(m, _)| m.clone()).collect();
+            let table = RouteTable::new(entries);
+            assert!(table.index.is_some());
+            let headers = HeaderMap::new();
+            for _ in 0..300 {
+                let mut path = String::new();
+                for _ in 0..next(5) {
+                    path.push('/');
+                    path.push_str(["a", "b", "api", "x", "7", ""][next(6)]);
+                }
+                if path.is_empty() {
+                    path.push('/');
+                }
+                let method = if next(2) == 0 {
+                    Method::GET
+                } else {
+                    Method::POST
+                };
+                let req = view(&method, "h", &path, &headers);
+                let expected = scan.iter().position(|m| m.matches(&req));
+                assert_eq!(table.find(&req).copied(), expected, "{method} {path}");
+                if expected.is_some() {
+                    found += 1;
+                } else {
+                    missed += 1;
+                }
+            }
+        }
+        // The generated cases exercise both outcomes.
+        assert!(
+            found > 500 && missed > 500,
+            "found {found}, missed {missed}"
+        );
     }
 
     #[test]
