@@ -190,7 +190,7 @@ pub async fn send(
         .as_ref()
         .filter(|p| p.attempts > 1 && p.allows(&out.method));
     let mut payload = match policy {
-        Some(p) => keep_for_replay(body, &out.headers, p.max_body).await?,
+        Some(p) => Box::pin(keep_for_replay(body, &out.headers, p.max_body)).await?,
         None => Payload::Stream(Some(body)),
     };
     let attempts = match (&payload, policy) {
