@@ -470,16 +470,8 @@ async fn invalid_jwt_config_is_refused_with_paths() {
         let yaml = format!(
             "server: {{ listen: 127.0.0.1:0 }}\nupstreams:\n  b: {{ targets: [\"127.0.0.1:9\"] }}\njwt:\n  a:\n    {body}\nroutes:\n  - {{ name: r, jwt: a, upstream: b }}\n"
         );
-        let err = portico::config::parse(&yaml).expect_err(body);
-        assert!(
-            err.issues.iter().any(|i| i.path == path),
-            "{body}: expected {path}, got {err}"
-        );
+        support::assert_refused_at(&yaml, path);
     }
     let unknown = "server: { listen: 127.0.0.1:0 }\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - { name: r, jwt: nope, upstream: b }\n";
-    let err = portico::config::parse(unknown).unwrap_err();
-    assert!(
-        err.issues.iter().any(|i| i.path == "routes[0].jwt"),
-        "{err}"
-    );
+    support::assert_refused_at(unknown, "routes[0].jwt");
 }

@@ -358,6 +358,49 @@ async fn a_slow_header_client_is_cut_off_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn large_route_tables_keep_file_order() {
+    // 40 routes: past the size where the gateway searches an index instead of scanning.
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let mut routes = String::from("  - { name: api, match: { path_prefix: /api }, upstream: a }\n");
+    for i in 0..37 {
+        routes.push_str(&format!(
+            "  - {{ name: svc-{i}, match: {{ path_prefix: /svc-{i} }}, upstream: a }}\n"
+        ));
+    }
+    routes.push_str("  - { name: shadowed, match: { path: /api/special }, upstream: b }\n");
+    routes.push_str("  - { name: item, match: { path: \"/items/{id}\" }, upstream: b }\n");
+    routes.push_str("  - { name: by-host, match: { host: b.local }, upstream: b }\n");
+    let yaml = yaml_with(
+        "",
+        &format!(
+            "  a: {{ targets: [\"{}\"] }}\n  b: {{ targets: [\"{}\"] }}\n",
+            a.address(),
+            b.address()
+        ),
+        &routes,
+    );
+    let (gw, _file) = gateway(&yaml).await;
+    let client = Client::new();
+    let backend = |r: &support::Reply| r.json()["backend"].as_str().unwrap_or("").to_string();
+    let r = client.get(gw.http_addr, "/api/special").await;
+    assert_eq!(backend(&r), "a", "the earlier /api prefix wins");
+    assert_eq!(backend(&client.get(gw.http_addr, "/svc-36/x").await), "a");
+    assert_eq!(backend(&client.get(gw.http_addr, "/items/7").await), "b");
+    assert_eq!(client.get(gw.http_addr, "/items/7/x").await.status, 404);
+    let by_host = client
+        .send(
+            Request::get(format!("http://{}/anything", gw.http_addr))
+                .header("host", "b.local")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(backend(&by_host), "b");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed() {
     let be = Backend::start("be").await;
     let yaml = yaml_with(

@@ -28,7 +28,7 @@ use super::pool::Pool;
 use crate::body::{Body, BoxError};
 
 /// The largest response head accepted from an upstream.
-pub const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields accepted in a response head.
 const MAX_HEADERS: usize = 128;
 /// Bodies up to this size are copied behind the head and go out in one write.

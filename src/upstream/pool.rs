@@ -78,10 +78,6 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|e| now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle());
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// Opens a connection to `endpoint` within `timeout`: Nagle off, TCP keep-alive on.

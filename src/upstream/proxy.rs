@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::h1::{self, Conn, ExchangeError, UpstreamBody};
-use super::{pool, Endpoint, Upstream};
+use super::{pool, retry, Endpoint, Upstream};
 use crate::body::{is_body_too_large, Body};
 use crate::error::GatewayError;
 use crate::observe::Outcome;
@@ -32,7 +32,7 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let exchange = exchange(endpoint, upstream.connect_timeout, out, body);
-    let result = match tokio::time::timeout(timeout, exchange).await {
+    let failure = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => {
             endpoint
                 .metrics
@@ -45,7 +45,7 @@ pub async fn send(
             return Err(GatewayError::UpstreamTimeout);
         }
     };
-    let (outcome, error) = match result {
+    let (outcome, error) = match failure {
         ExchangeError::Connect(_) | ExchangeError::ConnectTimeout => {
             (Some(Outcome::ConnectFailure), GatewayError::ConnectFailed)
         }
@@ -62,7 +62,7 @@ pub async fn send(
     if let Some(outcome) = outcome {
         endpoint.metrics.record(outcome);
     }
-    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %result, "upstream exchange failed");
+    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %failure, "upstream exchange failed");
     Err(error)
 }
 
@@ -86,7 +86,7 @@ async fn exchange(
                 // a close without an answer might follow a request it acted on.
                 let again = match &e {
                     ExchangeError::Write(_) => replay,
-                    _ => replay.filter(|_| idempotent(&out.method)),
+                    _ => replay.filter(|_| retry::is_idempotent(&out.method)),
                 };
                 let Some(again) = again else {
                     return Err(e);
@@ -128,13 +128,6 @@ fn replayable(body: &Body) -> Option<Body> {
         Body::Full { data: Some(data) } => Some(Body::full(data.clone())),
         _ => None,
     }
-}
-
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 fn respond(conn: Box<Conn>, head: h1::ResponseHead, endpoint: &Endpoint) -> Response<UpstreamBody> {

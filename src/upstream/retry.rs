@@ -118,6 +118,14 @@ impl Budget {
     }
 }
 
+/// Methods whose repetition has no further effect (RFC 9110 9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 #[derive(Debug)]
 pub struct RetryPolicy {
     pub attempts: u32,
@@ -159,15 +167,7 @@ impl RetryPolicy {
     }
 
     pub fn allows(&self, method: &Method) -> bool {
-        matches!(
-            *method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        ) || self.methods.contains(method)
+        is_idempotent(method) || self.methods.contains(method)
     }
 }
 

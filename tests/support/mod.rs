@@ -62,6 +62,15 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Asserts that the config `yaml` is refused with an issue at `path` (`jwt.a.secret`).
+pub fn assert_refused_at(yaml: &str, path: &str) {
+    let err = portico::config::parse(yaml).expect_err(path);
+    assert!(
+        err.issues.iter().any(|i| i.path == path),
+        "expected {path}, got {err}"
+    );
+}
+
 /// Polls `check` until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
