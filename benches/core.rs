@@ -11,9 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 use portico::config::{Balance, MatchConfig, TargetConfig, UpstreamConfig};
 use portico::observe::Metrics;
-use portico::path;
 use portico::router::{RequestView, RouteMatch, RouteTable};
 use portico::upstream::Upstream;
+use portico::wire::path;
 
 /// `n` routes mixing prefixes, `{param}` patterns and host rules, all under `/api`; the
 /// benchmarked request matches the last one. Ten routes are scanned; 500 go through the

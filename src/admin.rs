@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::Body;
 use crate::config;
 use crate::control::Control;
 use crate::split;
+use crate::wire::body::Body;
 
 pub async fn serve(
     listener: TcpListener,
@@ -146,7 +146,7 @@ async fn purge_cache(control: &Control, name: &str, query: Option<&str>) -> Resp
                     .into_owned()
             })
     });
-    let path = match path.as_deref().map(crate::path::normalize) {
+    let path = match path.as_deref().map(crate::wire::path::normalize) {
         None => None,
         Some(Ok(p)) => Some(p.into_owned()),
         Some(Err(_)) => {

@@ -24,7 +24,7 @@ impl ConnInfo {
         ConnInfo {
             peer,
             tls,
-            peer_header: crate::forward::peer_header(peer.ip()),
+            peer_header: crate::wire::forward::peer_header(peer.ip()),
         }
     }
 

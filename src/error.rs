@@ -4,7 +4,7 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::Body;
+use crate::wire::body::Body;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {

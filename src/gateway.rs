@@ -11,18 +11,18 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::body::Body;
 use crate::cache;
 use crate::context::{ConnInfo, Context};
 use crate::error::GatewayError;
-use crate::forward;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
-use crate::path;
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::split;
 use crate::transform;
 use crate::upstream::{proxy, retry, Endpoint, Upstream};
+use crate::wire::body::Body;
+use crate::wire::forward;
+use crate::wire::path;
 
 pub async fn handle(
     rt: Arc<Runtime>,

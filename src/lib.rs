@@ -3,18 +3,14 @@
 
 pub mod admin;
 pub mod auth;
-pub mod body;
-pub mod buffer;
 pub mod cache;
 pub mod config;
 pub mod context;
 pub mod control;
 pub mod discovery;
 pub mod error;
-pub mod forward;
 pub mod gateway;
 pub mod observe;
-pub mod path;
 pub mod ratelimit;
 pub mod router;
 pub mod runtime;
@@ -22,6 +18,7 @@ pub mod server;
 pub mod split;
 pub mod transform;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -262,7 +262,7 @@ fn check_path(text: &str) -> Result<(), String> {
     if !text.starts_with('/') {
         return Err(format!("{text:?} must start with /"));
     }
-    match crate::path::normalize(text) {
+    match crate::wire::path::normalize(text) {
         Ok(n) if n == text => Ok(()),
         _ => Err(format!(
             "{text:?} is not a normalised path (no //, . or .. segments, no escaped unreserved characters)"

@@ -24,8 +24,8 @@ use jsonwebtoken::Algorithm;
 use tokio::sync::{watch, Notify};
 
 use super::keys::KeySet;
-use crate::body::Body;
-use crate::upstream::HttpClient;
+use crate::wire::body::Body;
+use crate::wire::client::HttpClient;
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const MIN_REFRESH: Duration = Duration::from_secs(30);
@@ -87,7 +87,7 @@ impl Jwks {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             url,
-            client: client.unwrap_or_else(|| crate::upstream::build_client(FETCH_TIMEOUT)),
+            client: client.unwrap_or_else(|| crate::wire::client::build_client(FETCH_TIMEOUT)),
             algorithms,
             keys: ArcSwapOption::empty(),
             fetched: watch::channel(0).0,

@@ -403,7 +403,7 @@ impl Verifier {
     pub fn build(
         name: &str,
         config: &JwtConfig,
-        client: Option<crate::upstream::HttpClient>,
+        client: Option<crate::wire::client::HttpClient>,
     ) -> Result<Verifier, String> {
         let settings = Settings::parse(config).map_err(|problems| {
             problems

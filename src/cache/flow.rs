@@ -18,12 +18,12 @@ use super::key::{self, Key};
 use super::policy::{self, CacheControl};
 use super::store::Entry;
 use super::{Outcome, ResponseCache};
-use crate::body::Body;
-use crate::buffer::{self, Buffered};
 use crate::error::GatewayError;
 use crate::gateway::{upstream_response, UpstreamCall};
 use crate::runtime::Route;
 use crate::upstream::Endpoint;
+use crate::wire::body::Body;
+use crate::wire::buffer::{self, Buffered};
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -264,7 +264,7 @@ fn same_origin(value: &HeaderValue, host: &str) -> Option<(String, Option<String
     } else if !uri.path().starts_with('/') {
         return None;
     }
-    let path = crate::path::normalize(uri.path()).ok()?.into_owned();
+    let path = crate::wire::path::normalize(uri.path()).ok()?.into_owned();
     Some((path, uri.query().map(str::to_string)))
 }
 

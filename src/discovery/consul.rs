@@ -27,9 +27,10 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::Instance;
-use crate::body::Body;
 use crate::config::ConsulConfig;
-use crate::upstream::{build_client, HttpClient, Upstream};
+use crate::upstream::Upstream;
+use crate::wire::body::Body;
+use crate::wire::client::{build_client, HttpClient};
 
 /// Between two queries once the burst is used up.
 pub const QUERY_FLOOR: Duration = Duration::from_millis(500);

@@ -26,10 +26,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};
 
-use crate::body::{is_body_too_large, Body};
-use crate::buffer::{self, Buffered};
 use crate::config::{MessageTransformConfig, TransformConfig};
 use crate::error::GatewayError;
+use crate::wire::body::{is_body_too_large, Body};
+use crate::wire::buffer::{self, Buffered};
 use headers::{HeaderOps, Problem};
 use json::JsonEdit;
 use template::{Template, Vars};
@@ -368,7 +368,7 @@ enum Edited {
     Done(Body),
     /// Not JSON after all: the original bytes.
     Invalid(Bytes),
-    Failed(crate::body::BoxError),
+    Failed(crate::wire::body::BoxError),
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use prometheus::{IntCounter, IntGauge};
 
-use crate::body::Body;
 use crate::config::CircuitBreakerConfig;
 use crate::observe::ResilienceMetrics;
+use crate::wire::body::Body;
 
 const BUCKETS: usize = 10;
 /// Requests let through at once while half-open.

@@ -12,8 +12,8 @@ use http::{header, HeaderValue, Request, Uri};
 use http_body_util::BodyExt;
 
 use super::{Endpoint, Upstream};
-use crate::body::Body;
 use crate::config::HealthCheckConfig;
+use crate::wire::body::Body;
 
 #[derive(Clone, Debug)]
 pub struct CheckPolicy {

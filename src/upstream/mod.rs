@@ -11,11 +11,9 @@
 
 mod balancer;
 pub mod breaker;
-pub mod h1;
 pub mod health;
 pub mod limit;
 pub mod outlier;
-pub mod pool;
 pub mod proxy;
 pub mod retry;
 pub mod validate;
@@ -26,20 +24,18 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 pub use balancer::Balancer;
 
-use crate::body::Body;
+use crate::wire::pool::Pool;
+
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 use crate::config::{ConsulConfig, UpstreamConfig};
 use crate::discovery::DiscoveryStatus;
 use crate::observe::{EndpointMetrics, Metrics, Outcome, ResilienceMetrics};
-
-pub type HttpClient = Client<HttpConnector, Body>;
 
 /// Checks a target address (`host:port`) and returns it as a URI authority.
 pub fn parse_target(address: &str) -> Result<Authority, String> {
@@ -80,7 +76,7 @@ pub struct Endpoint {
     /// `max_connections`: one permit per request in flight to this endpoint.
     pub permits: Option<Arc<Semaphore>>,
     /// Idle keep-alive connections to this endpoint.
-    pub pool: Arc<pool::Pool>,
+    pub pool: Arc<Pool>,
 }
 
 impl Endpoint {
@@ -120,7 +116,7 @@ impl Endpoint {
             health: health::HealthState::default(),
             outlier: outlier::EndpointOutlier::default(),
             permits: max_connections.map(|n| Arc::new(Semaphore::new(n))),
-            pool: Arc::new(pool::Pool::new(keepalive)),
+            pool: Arc::new(Pool::new(keepalive.idle_timeout.0, keepalive.max_idle)),
         })
     }
 
@@ -173,7 +169,7 @@ pub struct Upstream {
     members: ArcSwap<Vec<Arc<Endpoint>>>,
     endpoints: ArcSwap<EndpointSet>,
     refreshing: Mutex<()>,
-    pub client: HttpClient,
+    pub client: crate::wire::client::HttpClient,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub outlier: Option<outlier::OutlierPolicy>,
@@ -260,7 +256,7 @@ impl Upstream {
                 }),
                 members: ArcSwap::from_pointee(members),
                 refreshing: Mutex::new(()),
-                client: build_client(config.timeouts.connect.0),
+                client: crate::wire::client::build_client(config.timeouts.connect.0),
                 request_timeout: config.timeouts.request.0,
                 connect_timeout: config.timeouts.connect.0,
                 outlier: config
@@ -306,7 +302,7 @@ impl Upstream {
             let checker = health::run(self.me.clone(), health::CheckPolicy::from(check));
             tasks.push(handle.spawn(checker).abort_handle());
         }
-        tasks.push(handle.spawn(pool::sweeper(self.me.clone())).abort_handle());
+        tasks.push(handle.spawn(sweep_pools(self.me.clone())).abort_handle());
         Ok(())
     }
 
@@ -474,21 +470,20 @@ pub fn is_failure(outcome: Outcome) -> bool {
     !matches!(outcome, Outcome::Success | Outcome::ClientError)
 }
 
-/// A pooled HTTP/1.1 client for the gateway's own requests (health checks, JWKS): Nagle
-/// off, idle connections kept for reuse but not forever, a bounded connect time. Proxied
-/// requests go through `h1` and the endpoints' pools instead.
-pub fn build_client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+/// Sweeps the pools of an upstream's endpoints until the upstream is dropped, so idle
+/// connections the upstream closed do not sit in CLOSE_WAIT.
+async fn sweep_pools(upstream: Weak<Upstream>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        for endpoint in upstream.members().iter() {
+            endpoint.pool.sweep();
+        }
+    }
 }
 
 #[cfg(test)]

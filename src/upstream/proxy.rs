@@ -10,11 +10,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::h1::{self, Conn, ExchangeError, UpstreamBody};
-use super::{pool, retry, Endpoint, Upstream};
-use crate::body::{is_body_too_large, Body};
+use super::{retry, Endpoint, Upstream};
 use crate::error::GatewayError;
 use crate::observe::Outcome;
+use crate::wire::body::{is_body_too_large, Body};
+use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
+use crate::wire::pool;
 
 /// What goes to the endpoint: the request line's parts and the headers.
 pub struct Outgoing {
@@ -97,7 +98,8 @@ async fn exchange(
             Err(e) => return Err(e),
         }
     }
-    let mut conn = pool::connect(endpoint, connect_timeout).await?;
+    let mut conn = pool::connect(&endpoint.authority, connect_timeout).await?;
+    endpoint.metrics.connections_opened.inc();
     let head = round_trip(&mut conn, endpoint, out, body).await?;
     Ok(respond(conn, head, endpoint))
 }

@@ -20,13 +20,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::breaker::Admit;
-use super::h1::UpstreamBody;
 pub use super::proxy::Outgoing;
 use super::{proxy, Endpoint, Upstream};
-use crate::body::{is_body_too_large, Body};
 use crate::config::RetriesConfig;
 use crate::error::GatewayError;
 use crate::observe::{Outcome, ResilienceMetrics};
+use crate::wire::body::{is_body_too_large, Body};
+use crate::wire::h1::UpstreamBody;
 
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;

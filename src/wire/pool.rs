@@ -3,20 +3,18 @@
 //! The most recently used connection goes out first (its socket and buffers are warm);
 //! the oldest is dropped first. A connection idle for the upstream's
 //! `keepalive.idle_timeout`, or one the upstream closed or wrote to while idle, is never
-//! handed out. The sweeper closes such connections on endpoints that see no traffic, so
+//! handed out. The upstream's sweeper calls `sweep` on endpoints that see no traffic, so
 //! they do not sit in CLOSE_WAIT.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use http::uri::Authority;
 use tokio::net::TcpStream;
 
 use super::h1::{Conn, ExchangeError};
-use super::{Endpoint, Upstream};
-use crate::config::KeepaliveConfig;
 
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
@@ -33,11 +31,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: &KeepaliveConfig) -> Pool {
+    /// Keeps up to `max_idle` connections, each for at most `idle_timeout`.
+    pub fn new(idle_timeout: Duration, max_idle: usize) -> Pool {
         Pool {
             idle: Mutex::new(VecDeque::new()),
-            idle_timeout: config.idle_timeout.0,
-            max_idle: config.max_idle,
+            idle_timeout,
+            max_idle,
         }
     }
 
@@ -80,30 +79,14 @@ impl Pool {
     }
 }
 
-/// Opens a connection to `endpoint` within `timeout`: Nagle off, TCP keep-alive on.
-pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<Conn>, ExchangeError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint.authority.as_str()))
+/// Opens a connection to `authority` within `timeout`: Nagle off, TCP keep-alive on.
+pub async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, ExchangeError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority.as_str()))
         .await
         .map_err(|_| ExchangeError::ConnectTimeout)?
         .map_err(ExchangeError::Connect)?;
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_PROBE);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    endpoint.metrics.connections_opened.inc();
     Ok(Conn::new(stream))
-}
-
-/// Sweeps the pools of an upstream's endpoints until the upstream is dropped.
-pub async fn sweeper(upstream: Weak<Upstream>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(upstream) = upstream.upgrade() else {
-            return;
-        };
-        for endpoint in upstream.members().iter() {
-            endpoint.pool.sweep();
-        }
-    }
 }

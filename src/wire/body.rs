@@ -23,7 +23,7 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         Streaming { #[pin] inner: Incoming, remaining: u64 },
         Boxed { #[pin] inner: http_body_util::combinators::BoxBody<Bytes, BoxError> },
-        Upstream { inner: crate::upstream::h1::UpstreamBody },
+        Upstream { inner: super::h1::UpstreamBody },
     }
 }
 
@@ -58,7 +58,7 @@ impl Body {
     }
 
     /// A response body read off a pooled upstream connection.
-    pub fn upstream(inner: crate::upstream::h1::UpstreamBody) -> Body {
+    pub fn upstream(inner: super::h1::UpstreamBody) -> Body {
         Body::Upstream { inner }
     }
 

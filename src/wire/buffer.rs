@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::body::{Body, BoxError};
+use super::body::{Body, BoxError};
 
 pub enum Buffered {
     /// The whole body, at most `limit` bytes.

@@ -1,0 +1,17 @@
+//! The bottom layer: HTTP messages as the gateway handles them, shared by every layer
+//! above. Bodies (`body`, `buffer`), request-target paths (`path`), header hygiene and
+//! client addresses (`headers`, `forward`), and the clients the gateway talks through:
+//! its own HTTP/1.1 client with per-endpoint connection pools (`h1`, `pool`) for proxied
+//! requests, and a pooled hyper client (`client`) for its own calls (JWKS, Consul,
+//! health checks).
+//!
+//! Nothing here imports the rest of Portico: no config types, no metrics, no upstreams.
+//! Callers pass plain values (durations, sizes, lists of networks).
+
+pub mod body;
+pub mod buffer;
+pub mod client;
+pub mod forward;
+pub mod h1;
+pub mod path;
+pub mod pool;
