@@ -4,6 +4,9 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::cache::flow::CacheError;
+use crate::transform::TransformError;
+use crate::upstream::UpstreamError;
 use crate::wire::body::Body;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -72,6 +75,50 @@ impl GatewayError {
             _ => {}
         }
         response
+    }
+}
+
+/// The lower layers' errors, each given its place in the status table.
+impl From<UpstreamError> for GatewayError {
+    fn from(e: UpstreamError) -> GatewayError {
+        match e {
+            UpstreamError::NoEndpoint(name) => GatewayError::NoEndpoint(name),
+            UpstreamError::ConnectFailed => GatewayError::ConnectFailed,
+            UpstreamError::Timeout => GatewayError::UpstreamTimeout,
+            UpstreamError::InvalidResponse => GatewayError::BadGateway,
+            UpstreamError::CircuitOpen(name) => GatewayError::CircuitOpen(name),
+            UpstreamError::Overloaded(name) => GatewayError::Overloaded(name),
+            UpstreamError::RequestBodyTooLarge => GatewayError::BodyTooLarge,
+            UpstreamError::RequestBodyUnreadable => {
+                GatewayError::BadRequest("could not read the request body")
+            }
+            UpstreamError::InvalidTarget => GatewayError::BadRequest("invalid request target"),
+        }
+    }
+}
+
+impl From<TransformError> for GatewayError {
+    fn from(e: TransformError) -> GatewayError {
+        match e {
+            TransformError::InvalidTarget => GatewayError::BadRequest("invalid request target"),
+            TransformError::InvalidJson => {
+                GatewayError::BadRequest("request body is not valid JSON")
+            }
+            TransformError::BodyTooLarge => GatewayError::BodyTooLarge,
+            TransformError::BodyUnreadable => {
+                GatewayError::BadRequest("request body could not be read")
+            }
+            TransformError::ResponseBodyFailed => GatewayError::BadGateway,
+        }
+    }
+}
+
+impl From<CacheError> for GatewayError {
+    fn from(e: CacheError) -> GatewayError {
+        match e {
+            CacheError::Upstream(e) => e.into(),
+            CacheError::Transform(e) => e.into(),
+        }
     }
 }
 

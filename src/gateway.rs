@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Version};
+use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::cache;
@@ -19,7 +19,8 @@ use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::split;
 use crate::transform;
-use crate::upstream::{proxy, retry, Endpoint, Upstream};
+use crate::upstream::call::{upstream_response, UpstreamCall};
+use crate::upstream::{proxy, Upstream};
 use crate::wire::body::Body;
 use crate::wire::forward;
 use crate::wire::path;
@@ -171,18 +172,22 @@ async fn forward_request(
         Box::pin(upgrade_request(ctx, parts, call, protocol)).await
     } else if let Some(cache) = &route.cache {
         Box::pin(cache::serve(cache::flow::Request {
-            route: &route,
+            transform: &route.transform,
             cache,
             call,
             body,
             endpoint: &mut ctx.endpoint,
         }))
         .await
+        .map_err(GatewayError::from)
     } else {
         uncached(ctx, &route, call, body).await
     };
     if let Some((split, side)) = chosen {
-        split.record(side, sent.as_ref().map(|r| r.status()));
+        split.record(
+            side,
+            sent.as_ref().map(|r| r.status()).map_err(|e| e.status()),
+        );
     }
     let mut response = sent?;
     if let Some(transform) = &route.transform {
@@ -205,7 +210,7 @@ async fn uncached(
     ctx.endpoint = endpoint;
     let response = upstream_response(response);
     match &route.transform {
-        Some(t) if t.edits_response_body() => Box::pin(t.response_body(response)).await,
+        Some(t) if t.edits_response_body() => Ok(Box::pin(t.response_body(response)).await?),
         _ => Ok(response),
     }
 }
@@ -258,44 +263,6 @@ fn transform_scope<'a>(
         route: &route.name,
         upstream: &upstream.name,
     }
-}
-
-/// One request to an upstream: everything but the body and the headers, which each
-/// attempt brings (the cache revalidates and refreshes with its own validators).
-#[derive(Clone, Debug)]
-pub struct UpstreamCall {
-    pub upstream: Arc<Upstream>,
-    pub method: Method,
-    pub path_and_query: PathAndQuery,
-    pub headers: HeaderMap,
-}
-
-impl UpstreamCall {
-    /// Sends with the upstream's retries, breaker and connection limits; returns the
-    /// endpoint that answered (none when the breaker's fallback did) with the response.
-    pub async fn send(
-        &self,
-        headers: HeaderMap,
-        body: Body,
-    ) -> Result<(Option<Arc<Endpoint>>, Response<Body>), GatewayError> {
-        let mut endpoint = None;
-        let out = retry::Outgoing {
-            method: self.method.clone(),
-            path_and_query: self.path_and_query.clone(),
-            headers,
-        };
-        let response = retry::send(&self.upstream, &mut endpoint, out, body).await?;
-        Ok((endpoint, response))
-    }
-}
-
-/// An upstream response on its way to the client: hop-by-hop headers removed.
-pub fn upstream_response(response: Response<Body>) -> Response<Body> {
-    let (mut head, body) = response.into_parts();
-    if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        forward::strip_hop_by_hop(&mut head.headers);
-    }
-    Response::from_parts(head, body)
 }
 
 /// The `jwt` stage: verifies the bearer token and keeps the claims in the context.

@@ -18,10 +18,10 @@ use super::key::{self, Key};
 use super::policy::{self, CacheControl};
 use super::store::Entry;
 use super::{Outcome, ResponseCache};
-use crate::error::GatewayError;
-use crate::gateway::{upstream_response, UpstreamCall};
-use crate::runtime::Route;
-use crate::upstream::Endpoint;
+use crate::transform::Transform;
+use crate::transform::TransformError;
+use crate::upstream::call::{upstream_response, UpstreamCall};
+use crate::upstream::{Endpoint, UpstreamError};
 use crate::wire::body::Body;
 use crate::wire::buffer::{self, Buffered};
 
@@ -71,9 +71,19 @@ impl Conditional {
     }
 }
 
+/// Why the cache could not answer: the call to the upstream, or the route's transform of
+/// the response, failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+}
+
 /// What `serve` needs from the request beyond the upstream call.
 pub struct Request<'a> {
-    pub route: &'a Arc<Route>,
+    pub transform: &'a Option<Transform>,
     pub cache: &'a Arc<ResponseCache>,
     pub call: UpstreamCall,
     pub body: Body,
@@ -81,9 +91,9 @@ pub struct Request<'a> {
     pub endpoint: &'a mut Option<Arc<Endpoint>>,
 }
 
-pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
+pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
     let Request {
-        route,
+        transform,
         cache,
         mut call,
         body,
@@ -106,14 +116,14 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
         || method == Method::PATCH
         || method == Method::DELETE
     {
-        return unsafe_method(route, cache, call, body, endpoint, &primary).await;
+        return unsafe_method(transform, cache, call, body, endpoint, &primary).await;
     }
     let request_cc = policy::request_cache_control(&call.headers);
     let cacheable_request = (method == Method::GET || method == Method::HEAD)
         && !request_cc.no_store
         && !call.headers.contains_key(header::RANGE);
     if !cacheable_request {
-        return bypass(route, cache, call, body, endpoint).await;
+        return bypass(transform, cache, call, body, endpoint).await;
     }
     let conditional = Conditional::take(&mut call.headers);
     let head = method == Method::HEAD;
@@ -128,7 +138,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
             }
             if !request_cc.no_cache && entry.within_stale_while_revalidate(now) {
                 cache.count(Outcome::Stale);
-                refresh_in_background(route, cache, &call, &primary, entry);
+                refresh_in_background(transform, cache, &call, &primary, entry);
                 return Ok(respond(entry, Outcome::Stale, &conditional, head));
             }
         }
@@ -151,7 +161,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
                     cache.count(Outcome::Miss);
                     let (ep, response) = call.send(call.headers.clone(), body).await?;
                     *endpoint = ep;
-                    let response = transform_body(route, upstream_response(response)).await?;
+                    let response = transform_body(transform, upstream_response(response)).await?;
                     return Ok(tag(response, Outcome::Miss));
                 }
                 // Another variant landed, or the leader went away: look again.
@@ -168,7 +178,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
                     }
                 }
                 let fetched = fetch(Fetch {
-                    route,
+                    transform,
                     cache,
                     call: &call,
                     body,
@@ -192,7 +202,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, GatewayError> {
     cache.count(Outcome::Bypass);
     let (ep, response) = call.send(call.headers.clone(), Body::empty()).await?;
     *endpoint = ep;
-    let response = transform_body(route, upstream_response(response)).await?;
+    let response = transform_body(transform, upstream_response(response)).await?;
     Ok(tag(response, Outcome::Bypass))
 }
 
@@ -205,30 +215,30 @@ fn variant_of(primary: &Key, entry: &Entry, headers: &HeaderMap) -> Key {
 }
 
 async fn bypass(
-    route: &Arc<Route>,
+    transform: &Option<Transform>,
     cache: &ResponseCache,
     call: UpstreamCall,
     body: Body,
     endpoint: &mut Option<Arc<Endpoint>>,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, CacheError> {
     cache.count(Outcome::Bypass);
     let headers = call.headers.clone();
     let (ep, response) = call.send(headers, body).await?;
     *endpoint = ep;
-    let response = transform_body(route, upstream_response(response)).await?;
+    let response = transform_body(transform, upstream_response(response)).await?;
     Ok(tag(response, Outcome::Bypass))
 }
 
 /// RFC 9111 §4.4: a successful unsafe request invalidates the URL, and its `Location`
 /// and `Content-Location` when they are on the same host.
 async fn unsafe_method(
-    route: &Arc<Route>,
+    transform: &Option<Transform>,
     cache: &ResponseCache,
     call: UpstreamCall,
     body: Body,
     endpoint: &mut Option<Arc<Endpoint>>,
     primary: &Key,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, CacheError> {
     cache.count(Outcome::Bypass);
     let headers = call.headers.clone();
     let (ep, response) = call.send(headers, body).await?;
@@ -249,7 +259,7 @@ async fn unsafe_method(
             }
         }
     }
-    let response = transform_body(route, response).await?;
+    let response = transform_body(transform, response).await?;
     Ok(tag(response, Outcome::Bypass))
 }
 
@@ -280,7 +290,7 @@ struct Fetched {
 }
 
 struct Fetch<'a, 'b> {
-    route: &'a Arc<Route>,
+    transform: &'a Option<Transform>,
     cache: &'a ResponseCache,
     call: &'a UpstreamCall,
     body: Body,
@@ -292,9 +302,9 @@ struct Fetch<'a, 'b> {
 
 /// The leader's work: one upstream request (conditional when a stale entry has
 /// validators), then store, refresh or serve stale, and tell the waiters.
-async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
+async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
     let Fetch {
-        route,
+        transform,
         cache,
         call,
         body,
@@ -328,7 +338,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
                     outcome: Outcome::Stale,
                     endpoint: None,
                 }),
-                None => Err(error),
+                None => Err(error.into()),
             };
         }
     };
@@ -396,7 +406,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
                 cache.invalidate(primary).await;
             }
             leader.land(Landing::NotStored);
-            return Ok(streamed(transform_body(route, response).await?));
+            return Ok(streamed(transform_body(transform, response).await?));
         }
     };
     let too_large = response
@@ -407,12 +417,12 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
         .is_some_and(|len| len > cache.max_entry);
     if too_large {
         leader.land(Landing::NotStored);
-        return Ok(streamed(transform_body(route, response).await?));
+        return Ok(streamed(transform_body(transform, response).await?));
     }
     let (mut parts, body) = response.into_parts();
     match buffer::up_to(body, cache.max_entry).await {
         Buffered::Complete(bytes) => {
-            let bytes = match &route.transform {
+            let bytes = match transform {
                 Some(t) => t.response_bytes(&mut parts.headers, bytes),
                 None => bytes,
             };
@@ -447,9 +457,9 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, GatewayError> {
         Buffered::Overflow(body) => {
             leader.land(Landing::NotStored);
             let response = Response::from_parts(parts, body);
-            Ok(streamed(transform_body(route, response).await?))
+            Ok(streamed(transform_body(transform, response).await?))
         }
-        Buffered::Failed(_) => Err(GatewayError::BadGateway),
+        Buffered::Failed(_) => Err(CacheError::Upstream(UpstreamError::InvalidResponse)),
     }
 }
 
@@ -471,7 +481,7 @@ fn merge_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
 
 /// One background revalidation per stale entry (`stale-while-revalidate`).
 fn refresh_in_background(
-    route: &Arc<Route>,
+    transform: &Option<Transform>,
     cache: &Arc<ResponseCache>,
     call: &Arc<UpstreamCall>,
     primary: &Key,
@@ -483,8 +493,8 @@ fn refresh_in_background(
     {
         return;
     }
-    let (route, cache, call, primary, entry) = (
-        route.clone(),
+    let (transform, cache, call, primary, entry) = (
+        transform.clone(),
         cache.clone(),
         call.clone(),
         primary.clone(),
@@ -493,7 +503,7 @@ fn refresh_in_background(
     tokio::spawn(async move {
         if let Join::Leader(leader) = cache.flights.join(&primary) {
             let result = fetch(Fetch {
-                route: &route,
+                transform: &transform,
                 cache: &cache,
                 call: &call,
                 body: Body::empty(),
@@ -514,11 +524,11 @@ fn refresh_in_background(
 }
 
 async fn transform_body(
-    route: &Route,
+    transform: &Option<Transform>,
     response: Response<Body>,
-) -> Result<Response<Body>, GatewayError> {
-    match &route.transform {
-        Some(t) if t.edits_response_body() => t.response_body(response).await,
+) -> Result<Response<Body>, CacheError> {
+    match transform {
+        Some(t) if t.edits_response_body() => Ok(t.response_body(response).await?),
         _ => Ok(response),
     }
 }

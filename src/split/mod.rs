@@ -27,7 +27,6 @@ pub use state::{RollbackInfo, SplitState};
 pub use window::{Tally, Window};
 
 use crate::config::SplitConfig;
-use crate::error::GatewayError;
 use crate::observe::Metrics;
 use crate::router::Rewrite;
 use crate::upstream::Upstream;
@@ -261,14 +260,15 @@ impl Split {
     /// Feeds the outcome of a canary request into the window and rolls back when the
     /// rule is met. A failure is a 5xx answer or a gateway 5xx (connection failure,
     /// timeout, invalid response, no endpoint); client-side refusals (400, 413) are not
-    /// the canary's fault and are not counted.
-    pub fn record(&self, side: Side, outcome: Result<StatusCode, &GatewayError>) {
+    /// the canary's fault and are not counted. `outcome` is the status of the upstream's
+    /// answer, or the status of the gateway's own error when there was none.
+    pub fn record(&self, side: Side, outcome: Result<StatusCode, StatusCode>) {
         if side != Side::Canary {
             return;
         }
         let error = match outcome {
             Ok(status) => status.is_server_error(),
-            Err(e) if e.status().is_server_error() => true,
+            Err(status) if status.is_server_error() => true,
             Err(_) => return,
         };
         let window = self.state.record_canary(error);

@@ -27,7 +27,6 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};
 
 use crate::config::{MessageTransformConfig, TransformConfig};
-use crate::error::GatewayError;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::buffer::{self, Buffered};
 use headers::{HeaderOps, Problem};
@@ -73,6 +72,23 @@ enum Skip {
 }
 
 const SKIPS: [&str; 4] = ["too_large", "not_json", "compressed", "invalid_json"];
+
+/// Why a transform could not edit a message. The top layer gives each its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransformError {
+    /// The edited query made the request target invalid.
+    #[error("invalid request target")]
+    InvalidTarget,
+    #[error("request body is not valid JSON")]
+    InvalidJson,
+    #[error("request body is too large")]
+    BodyTooLarge,
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    /// The upstream's body failed while it was read for the edit.
+    #[error("invalid response from upstream")]
+    ResponseBodyFailed,
+}
 
 /// Transform metric families, registered once per process (they live in `Metrics`).
 #[derive(Clone)]
@@ -235,7 +251,7 @@ impl Transform {
         headers: &mut HeaderMap,
         path_and_query: PathAndQuery,
         scope: &Scope<'_>,
-    ) -> Result<PathAndQuery, GatewayError> {
+    ) -> Result<PathAndQuery, TransformError> {
         let Some(m) = &self.0.request else {
             return Ok(path_and_query);
         };
@@ -254,8 +270,7 @@ impl Transform {
                     s.push('?');
                     s.push_str(&q);
                 }
-                PathAndQuery::from_maybe_shared(s)
-                    .map_err(|_| GatewayError::BadRequest("invalid request target"))
+                PathAndQuery::from_maybe_shared(s).map_err(|_| TransformError::InvalidTarget)
             }
         }
     }
@@ -266,16 +281,16 @@ impl Transform {
         &self,
         headers: &mut HeaderMap,
         body: Body,
-    ) -> Result<Body, GatewayError> {
+    ) -> Result<Body, TransformError> {
         let Some(m) = &self.0.request else {
             return Ok(body);
         };
         let Some(edit) = &m.json else { return Ok(body) };
         match edit_body(m, edit, headers, body).await {
             Edited::Done(body) => Ok(body),
-            Edited::Invalid(_) => Err(GatewayError::BadRequest("request body is not valid JSON")),
-            Edited::Failed(e) if is_body_too_large(e.as_ref()) => Err(GatewayError::BodyTooLarge),
-            Edited::Failed(_) => Err(GatewayError::BadRequest("request body could not be read")),
+            Edited::Invalid(_) => Err(TransformError::InvalidJson),
+            Edited::Failed(e) if is_body_too_large(e.as_ref()) => Err(TransformError::BodyTooLarge),
+            Edited::Failed(_) => Err(TransformError::BodyUnreadable),
         }
     }
 
@@ -296,7 +311,7 @@ impl Transform {
     pub async fn response_body(
         &self,
         response: Response<Body>,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Response<Body>, TransformError> {
         let Some(m) = &self.0.response else {
             return Ok(response);
         };
@@ -307,7 +322,7 @@ impl Transform {
         match edit_body(m, edit, &mut parts.headers, body).await {
             Edited::Done(body) => Ok(Response::from_parts(parts, body)),
             Edited::Invalid(original) => Ok(Response::from_parts(parts, Body::full(original))),
-            Edited::Failed(_) => Err(GatewayError::BadGateway),
+            Edited::Failed(_) => Err(TransformError::ResponseBodyFailed),
         }
     }
 

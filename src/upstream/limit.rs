@@ -10,8 +10,7 @@ use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::Endpoint;
-use crate::error::GatewayError;
+use super::{Endpoint, UpstreamError};
 use crate::observe::ResilienceMetrics;
 
 pub struct Limits {
@@ -55,7 +54,7 @@ impl Limits {
         &self,
         endpoint: &Endpoint,
         deadline: Instant,
-    ) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
+    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
         let Some(permits) = &endpoint.permits else {
             return Ok(None);
         };
@@ -71,13 +70,13 @@ impl Limits {
             .is_err()
         {
             self.overflow.inc();
-            return Err(GatewayError::Overloaded(self.upstream.clone()));
+            return Err(UpstreamError::Overloaded(self.upstream.clone()));
         }
         let _pending = Pending(&self.pending);
         match tokio::time::timeout_at(deadline, permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
-            Ok(Err(_)) => Err(GatewayError::Overloaded(self.upstream.clone())),
-            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Err(_)) => Err(UpstreamError::Overloaded(self.upstream.clone())),
+            Err(_) => Err(UpstreamError::Timeout),
         }
     }
 }

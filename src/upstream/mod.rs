@@ -11,6 +11,7 @@
 
 mod balancer;
 pub mod breaker;
+pub mod call;
 pub mod health;
 pub mod limit;
 pub mod outlier;
@@ -36,6 +37,32 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 use crate::config::{ConsulConfig, UpstreamConfig};
 use crate::discovery::DiscoveryStatus;
 use crate::observe::{EndpointMetrics, Metrics, Outcome, ResilienceMetrics};
+
+/// Why a call to an upstream failed. The top layer (`error::GatewayError`) gives each its
+/// status; the retry policy (`retries.on`) decides which are worth another try.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no endpoint available for upstream {0}")]
+    NoEndpoint(String),
+    #[error("upstream connection failed")]
+    ConnectFailed,
+    #[error("upstream timed out")]
+    Timeout,
+    /// Not valid HTTP, or the connection broke before the response head ended.
+    #[error("invalid response from upstream")]
+    InvalidResponse,
+    #[error("upstream {0} is failing; its circuit breaker is open")]
+    CircuitOpen(String),
+    #[error("upstream {0} is at its connection limit")]
+    Overloaded(String),
+    /// The client's body failed on the way, not the upstream.
+    #[error("request body is too large")]
+    RequestBodyTooLarge,
+    #[error("could not read the request body")]
+    RequestBodyUnreadable,
+    #[error("invalid request target")]
+    InvalidTarget,
+}
 
 /// Checks a target address (`host:port`) and returns it as a URI authority.
 pub fn parse_target(address: &str) -> Result<Authority, String> {

@@ -10,8 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{retry, Endpoint, Upstream};
-use crate::error::GatewayError;
+use super::{retry, Endpoint, Upstream, UpstreamError};
 use crate::observe::Outcome;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
@@ -31,7 +30,7 @@ pub async fn send(
     out: &Outgoing,
     body: Body,
     timeout: Duration,
-) -> Result<Response<UpstreamBody>, GatewayError> {
+) -> Result<Response<UpstreamBody>, UpstreamError> {
     let exchange = exchange(endpoint, upstream.connect_timeout, out, body);
     let failure = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => {
@@ -43,22 +42,22 @@ pub async fn send(
         Ok(Err(e)) => e,
         Err(_) => {
             endpoint.metrics.record(Outcome::Timeout);
-            return Err(GatewayError::UpstreamTimeout);
+            return Err(UpstreamError::Timeout);
         }
     };
     let (outcome, error) = match failure {
         ExchangeError::Connect(_) | ExchangeError::ConnectTimeout => {
-            (Some(Outcome::ConnectFailure), GatewayError::ConnectFailed)
+            (Some(Outcome::ConnectFailure), UpstreamError::ConnectFailed)
         }
         // The client's body failed, not the endpoint.
         ExchangeError::RequestBody(e) if is_body_too_large(e.as_ref()) => {
-            return Err(GatewayError::BodyTooLarge)
+            return Err(UpstreamError::RequestBodyTooLarge)
         }
-        ExchangeError::RequestBody(_) => (
-            None,
-            GatewayError::BadRequest("could not read the request body"),
+        ExchangeError::RequestBody(_) => (None, UpstreamError::RequestBodyUnreadable),
+        _ => (
+            Some(Outcome::InvalidResponse),
+            UpstreamError::InvalidResponse,
         ),
-        _ => (Some(Outcome::InvalidResponse), GatewayError::BadGateway),
     };
     if let Some(outcome) = outcome {
         endpoint.metrics.record(outcome);
@@ -143,24 +142,24 @@ pub async fn upgrade(
     endpoint: &Endpoint,
     client_upgrade: hyper::upgrade::OnUpgrade,
     request: Request<Body>,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<Incoming>, UpstreamError> {
     let address = endpoint.authority.as_str();
     let stream =
         match tokio::time::timeout(upstream.connect_timeout, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(_)) => {
                 endpoint.metrics.record(Outcome::ConnectFailure);
-                return Err(GatewayError::ConnectFailed);
+                return Err(UpstreamError::ConnectFailed);
             }
             Err(_) => {
                 endpoint.metrics.record(Outcome::ConnectFailure);
-                return Err(GatewayError::ConnectFailed);
+                return Err(UpstreamError::ConnectFailed);
             }
         };
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| GatewayError::BadGateway)?;
+        .map_err(|_| UpstreamError::InvalidResponse)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -169,11 +168,11 @@ pub async fn upgrade(
         Ok(Ok(r)) => r,
         Ok(Err(_)) => {
             endpoint.metrics.record(Outcome::InvalidResponse);
-            return Err(GatewayError::BadGateway);
+            return Err(UpstreamError::InvalidResponse);
         }
         Err(_) => {
             endpoint.metrics.record(Outcome::Timeout);
-            return Err(GatewayError::UpstreamTimeout);
+            return Err(UpstreamError::Timeout);
         }
     };
     endpoint

@@ -21,9 +21,8 @@ use tokio::time::Instant;
 
 use super::breaker::Admit;
 pub use super::proxy::Outgoing;
-use super::{proxy, Endpoint, Upstream};
+use super::{proxy, Endpoint, Upstream, UpstreamError};
 use crate::config::RetriesConfig;
-use crate::error::GatewayError;
 use crate::observe::{Outcome, ResilienceMetrics};
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::UpstreamBody;
@@ -69,15 +68,15 @@ impl Conditions {
         Ok(c)
     }
 
-    fn matches(&self, result: &Result<Response<UpstreamBody>, GatewayError>) -> bool {
+    fn matches(&self, result: &Result<Response<UpstreamBody>, UpstreamError>) -> bool {
         match result {
             Ok(r) => {
                 let s = r.status().as_u16();
                 (self.any_5xx && s >= 500) || self.statuses.contains(&s)
             }
-            Err(GatewayError::ConnectFailed) => self.connect_failure,
-            Err(GatewayError::UpstreamTimeout) => self.timeout,
-            Err(GatewayError::BadGateway) => self.reset,
+            Err(UpstreamError::ConnectFailed) => self.connect_failure,
+            Err(UpstreamError::Timeout) => self.timeout,
+            Err(UpstreamError::InvalidResponse) => self.reset,
             Err(_) => false,
         }
     }
@@ -183,7 +182,7 @@ pub async fn send(
     endpoint_used: &mut Option<Arc<Endpoint>>,
     out: Outgoing,
     body: Body,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, UpstreamError> {
     let deadline = Instant::now() + upstream.request_timeout;
     let policy = upstream
         .retry
@@ -221,7 +220,7 @@ pub async fn send(
                     .and_then(|b| b.fallback_response())
                 {
                     Some(r) => Ok(r),
-                    None => Err(GatewayError::CircuitOpen(upstream.name.clone())),
+                    None => Err(UpstreamError::CircuitOpen(upstream.name.clone())),
                 }
             }
             Some(Admit::Reject) => break,
@@ -229,7 +228,7 @@ pub async fn send(
         }
         let Some(endpoint) = upstream.pick_excluding(&tried) else {
             if attempt == 0 {
-                return Err(GatewayError::NoEndpoint(upstream.name.clone()));
+                return Err(UpstreamError::NoEndpoint(upstream.name.clone()));
             }
             break;
         };
@@ -241,7 +240,7 @@ pub async fn send(
         };
         let now = Instant::now();
         if now >= deadline {
-            last_error = Some(GatewayError::UpstreamTimeout);
+            last_error = Some(UpstreamError::Timeout);
             break;
         }
         let remaining = deadline - now;
@@ -282,7 +281,7 @@ pub async fn send(
     match (last, last_error) {
         (Some((response, permit)), _) => Ok(finish(response, permit)),
         (None, Some(e)) => Err(e),
-        (None, None) => Err(GatewayError::NoEndpoint(upstream.name.clone())),
+        (None, None) => Err(UpstreamError::NoEndpoint(upstream.name.clone())),
     }
 }
 
@@ -296,12 +295,12 @@ fn finish(
     })
 }
 
-fn outcome_of(result: &Result<Response<UpstreamBody>, GatewayError>) -> Option<Outcome> {
+fn outcome_of(result: &Result<Response<UpstreamBody>, UpstreamError>) -> Option<Outcome> {
     match result {
         Ok(r) => Some(Outcome::from_status(r.status().as_u16())),
-        Err(GatewayError::ConnectFailed) => Some(Outcome::ConnectFailure),
-        Err(GatewayError::UpstreamTimeout) => Some(Outcome::Timeout),
-        Err(GatewayError::BadGateway) => Some(Outcome::InvalidResponse),
+        Err(UpstreamError::ConnectFailed) => Some(Outcome::ConnectFailure),
+        Err(UpstreamError::Timeout) => Some(Outcome::Timeout),
+        Err(UpstreamError::InvalidResponse) => Some(Outcome::InvalidResponse),
         // The client's fault (body too large), not the endpoint's.
         Err(_) => None,
     }
@@ -313,7 +312,7 @@ async fn keep_for_replay(
     body: Body,
     headers: &HeaderMap,
     max: u64,
-) -> Result<Payload, GatewayError> {
+) -> Result<Payload, UpstreamError> {
     if http_body::Body::is_end_stream(&body) {
         return Ok(Payload::Replayable(Bytes::new()));
     }
@@ -330,9 +329,9 @@ async fn keep_for_replay(
                     if is_body_too_large(e.as_ref())
                         || e.is::<http_body_util::LengthLimitError>() =>
                 {
-                    Err(GatewayError::BodyTooLarge)
+                    Err(UpstreamError::RequestBodyTooLarge)
                 }
-                Err(_) => Err(GatewayError::BadRequest("could not read the request body")),
+                Err(_) => Err(UpstreamError::RequestBodyUnreadable),
             }
         }
         _ => Ok(Payload::Stream(Some(body))),
