@@ -13,9 +13,10 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use portico::cache::flow::{respond, Conditional};
 use portico::cache::policy::Freshness;
-use portico::cache::{CacheMetrics, Entry, Key, Outcome, ResponseCache};
+use portico::cache::{Entry, Key, Outcome, ResponseCache};
 use portico::config::{CacheConfig, Size, TransformConfig};
-use portico::transform::{Scope, Transform, TransformMetrics};
+use portico::observe::{CacheMetrics, TransformMetrics};
+use portico::transform::{Scope, Transform};
 use prometheus::Registry;
 
 fn cache_hit(c: &mut Criterion) {

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use http::HeaderName;
 use prometheus::IntCounter;
 
-use crate::auth::Verifier;
+use crate::auth::{AuthError, Verifier};
 use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
@@ -302,7 +302,8 @@ fn attach_guards(
             )
         })?;
         route.jwt = Some(verifier.clone());
-        route.jwt_rejected = metrics.jwt_rejections(&rc.name);
+        route.jwt_rejected =
+            metrics.jwt_rejections(&rc.name, AuthError::ALL.iter().map(|e| e.reason()));
     }
     if let Some(name) = &rc.rate_limit {
         let limiter = limiters.get(name).ok_or_else(|| {

@@ -16,9 +16,10 @@ pub mod store;
 
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntGauge};
 
 use crate::config::CacheConfig;
+use crate::observe::CacheMetrics;
 
 pub use flow::serve;
 pub use key::Key;
@@ -54,59 +55,6 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Stale => "stale",
             Outcome::Bypass => "bypass",
-        }
-    }
-}
-
-/// Cache metric families, registered once per process (they live in `Metrics`).
-#[derive(Clone)]
-pub struct CacheMetrics {
-    lookups: IntCounterVec,
-    entries: IntGaugeVec,
-    bytes: IntGaugeVec,
-}
-
-impl std::fmt::Debug for CacheMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CacheMetrics")
-    }
-}
-
-impl CacheMetrics {
-    pub fn register(registry: &Registry) -> CacheMetrics {
-        let lookups = IntCounterVec::new(
-            Opts::new(
-                "portico_cache_lookups_total",
-                "Cache lookups, by cache and result",
-            ),
-            &["cache", "result"],
-        )
-        .expect("valid metric definition");
-        let entries = IntGaugeVec::new(
-            Opts::new("portico_cache_entries", "Entries held, by cache"),
-            &["cache"],
-        )
-        .expect("valid metric definition");
-        let bytes = IntGaugeVec::new(
-            Opts::new(
-                "portico_cache_bytes",
-                "Bytes held (bodies, headers and keys), by cache",
-            ),
-            &["cache"],
-        )
-        .expect("valid metric definition");
-        for c in [
-            Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(entries.clone()),
-            Box::new(bytes.clone()),
-        ] {
-            // Fixed, unique names: registration cannot collide.
-            let _ = registry.register(c);
-        }
-        CacheMetrics {
-            lookups,
-            entries,
-            bytes,
         }
     }
 }

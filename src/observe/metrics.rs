@@ -23,8 +23,8 @@ pub struct Metrics {
     pub split_rollbacks: IntCounterVec,
     /// Discovery, breaker, retries, ejections, overflow (observe/resilience.rs).
     pub resilience: super::ResilienceMetrics,
-    pub cache: crate::cache::CacheMetrics,
-    pub transform: crate::transform::TransformMetrics,
+    pub cache: super::CacheMetrics,
+    pub transform: super::TransformMetrics,
     jwt_rejected: IntCounterVec,
     ratelimit_rejected: IntCounterVec,
 }
@@ -161,8 +161,8 @@ impl Metrics {
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
-        let cache = crate::cache::CacheMetrics::register(&registry);
-        let transform = crate::transform::TransformMetrics::register(&registry);
+        let cache = super::CacheMetrics::register(&registry);
+        let transform = super::TransformMetrics::register(&registry);
         Metrics {
             cache,
             transform,
@@ -182,11 +182,16 @@ impl Metrics {
         }
     }
 
-    /// `portico_jwt_rejected_total` handles for one route, one per reason.
-    pub fn jwt_rejections(&self, route: &str) -> Vec<IntCounter> {
-        crate::auth::AuthError::ALL
-            .iter()
-            .map(|e| self.jwt_rejected.with_label_values(&[route, e.reason()]))
+    /// `portico_jwt_rejected_total` handles for one route, one per reason, in the order
+    /// of `reasons`.
+    pub fn jwt_rejections<'a>(
+        &self,
+        route: &str,
+        reasons: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<IntCounter> {
+        reasons
+            .into_iter()
+            .map(|reason| self.jwt_rejected.with_label_values(&[route, reason]))
             .collect()
     }
 

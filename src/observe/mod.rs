@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod metrics;
 mod resilience;
+mod stages;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -12,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 pub use access_log::{AccessLog, AccessRecord};
 pub use metrics::{EndpointMetrics, Metrics, Outcome, RouteMetrics};
 pub use resilience::ResilienceMetrics;
+pub use stages::{CacheMetrics, TransformMetrics};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -23,10 +23,11 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Response};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::IntCounter;
 use serde_json::{Map, Value};
 
 use crate::config::{MessageTransformConfig, TransformConfig};
+use crate::observe::TransformMetrics;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::buffer::{self, Buffered};
 use headers::{HeaderOps, Problem};
@@ -88,33 +89,6 @@ pub enum TransformError {
     /// The upstream's body failed while it was read for the edit.
     #[error("invalid response from upstream")]
     ResponseBodyFailed,
-}
-
-/// Transform metric families, registered once per process (they live in `Metrics`).
-#[derive(Clone)]
-pub struct TransformMetrics {
-    skipped: IntCounterVec,
-}
-
-impl std::fmt::Debug for TransformMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TransformMetrics")
-    }
-}
-
-impl TransformMetrics {
-    pub fn register(registry: &Registry) -> TransformMetrics {
-        let skipped = IntCounterVec::new(
-            Opts::new(
-                "portico_transform_body_skipped_total",
-                "Bodies a JSON transform passed through unchanged, by route, direction and reason",
-            ),
-            &["route", "direction", "reason"],
-        )
-        .expect("valid metric definition");
-        let _ = registry.register(Box::new(skipped.clone()));
-        TransformMetrics { skipped }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -460,6 +434,7 @@ async fn edit_body(m: &Message, edit: &JsonEdit, headers: &mut HeaderMap, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::Registry;
 
     fn config(yaml: &str) -> TransformConfig {
         serde_yaml_ng::from_str(yaml).unwrap()

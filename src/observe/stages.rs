@@ -1,0 +1,85 @@
+//! Metric families of the request stages that keep their own (the cache, transforms),
+//! registered once per process in `Metrics`; each stage resolves its label handles
+//! when the Runtime is built.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Cache metric families, registered once per process (they live in `Metrics`).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub lookups: IntCounterVec,
+    pub entries: IntGaugeVec,
+    pub bytes: IntGaugeVec,
+}
+
+impl std::fmt::Debug for CacheMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheMetrics")
+    }
+}
+
+impl CacheMetrics {
+    pub fn register(registry: &Registry) -> CacheMetrics {
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "portico_cache_lookups_total",
+                "Cache lookups, by cache and result",
+            ),
+            &["cache", "result"],
+        )
+        .expect("valid metric definition");
+        let entries = IntGaugeVec::new(
+            Opts::new("portico_cache_entries", "Entries held, by cache"),
+            &["cache"],
+        )
+        .expect("valid metric definition");
+        let bytes = IntGaugeVec::new(
+            Opts::new(
+                "portico_cache_bytes",
+                "Bytes held (bodies, headers and keys), by cache",
+            ),
+            &["cache"],
+        )
+        .expect("valid metric definition");
+        for c in [
+            Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(entries.clone()),
+            Box::new(bytes.clone()),
+        ] {
+            // Fixed, unique names: registration cannot collide.
+            let _ = registry.register(c);
+        }
+        CacheMetrics {
+            lookups,
+            entries,
+            bytes,
+        }
+    }
+}
+
+/// Transform metric families, registered once per process (they live in `Metrics`).
+#[derive(Clone)]
+pub struct TransformMetrics {
+    pub skipped: IntCounterVec,
+}
+
+impl std::fmt::Debug for TransformMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransformMetrics")
+    }
+}
+
+impl TransformMetrics {
+    pub fn register(registry: &Registry) -> TransformMetrics {
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "portico_transform_body_skipped_total",
+                "Bodies a JSON transform passed through unchanged, by route, direction and reason",
+            ),
+            &["route", "direction", "reason"],
+        )
+        .expect("valid metric definition");
+        let _ = registry.register(Box::new(skipped.clone()));
+        TransformMetrics { skipped }
+    }
+}
