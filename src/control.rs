@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
+use crate::runtime::check;
 use crate::runtime::{Runtime, Shared};
-use crate::server::tls::CertStore;
+use crate::tls::CertStore;
 
 pub struct Control {
     pub runtime: ArcSwap<Runtime>,
@@ -43,7 +44,7 @@ impl Control {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::single("", "no config file to reload from"));
         };
-        let result = config::load_file(path).and_then(|c| self.apply(c));
+        let result = check::load_file(path).and_then(|c| self.apply(c));
         if let Err(e) = &result {
             self.shared
                 .metrics
@@ -59,7 +60,7 @@ impl Control {
 
     /// Validates `config`, builds a Runtime from it and swaps it in.
     pub fn apply(&self, config: Config) -> Result<(), ConfigError> {
-        config::check(&config)?;
+        check::config(&config)?;
         // One reload at a time, so two reloads cannot interleave their reuse decisions.
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load_full();

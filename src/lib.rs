@@ -7,7 +7,6 @@ pub mod cache;
 pub mod config;
 pub mod context;
 pub mod control;
-pub mod discovery;
 pub mod error;
 pub mod gateway;
 pub mod observe;
@@ -16,6 +15,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod split;
+pub mod tls;
 pub mod transform;
 pub mod upstream;
 pub mod wire;
@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError};
 pub use error::GatewayError;
+pub use runtime::check;
 
 use control::Control;
 use observe::{AccessLog, Metrics};
@@ -47,7 +48,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
-    Tls(#[from] server::tls::TlsError),
+    Tls(#[from] tls::TlsError),
 }
 
 /// How to start: the config, where it came from (for reloads) and how often to look
@@ -96,9 +97,7 @@ impl Gateway {
             access_log,
         });
         let certs = match &config.server.tls {
-            Some(tls) => Some(Arc::new(ArcSwap::from_pointee(
-                server::tls::CertStore::build(tls)?,
-            ))),
+            Some(tls) => Some(Arc::new(ArcSwap::from_pointee(tls::CertStore::build(tls)?))),
             None => None,
         };
         let bind = |address: String| async move {
@@ -115,7 +114,7 @@ impl Gateway {
             Some(admin) => Some(bind(admin.listen.clone()).await?),
             None => None,
         };
-        config::check(&config)?;
+        check::config(&config)?;
         let max_connections = config.server.limits.max_connections;
         let runtime = Runtime::build(config, &shared, None)?;
         let control = Arc::new(Control::new(
@@ -142,7 +141,7 @@ impl Gateway {
             listeners.push(tokio::spawn(server::serve(
                 server::Listener {
                     tcp,
-                    tls: Some(server::tls::acceptor(store)?),
+                    tls: Some(tls::acceptor(store)?),
                 },
                 control.clone(),
                 connections,

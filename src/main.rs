@@ -96,7 +96,7 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
+    match portico::check::load_file(path) {
         Ok(config) => {
             println!(
                 "{}: ok ({} routes, {} upstreams)",
@@ -117,8 +117,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyhow::Result<()> {
-    let config =
-        config::load_file(&path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    let config = portico::check::load_file(&path)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     // One worker thread: a current-thread runtime, without the work-stealing
     // scheduler's cross-thread bookkeeping (measured in docs/benchmarks.md).
     let mut builder = match threads {

@@ -595,7 +595,7 @@ async fn the_cache_survives_a_reload_when_unchanged() {
     let client = Client::new();
     get(&client, gw.http_addr, "/api/products/1", &[]).await;
     let before = Arc::as_ptr(&gw.runtime().caches["catalog"]);
-    let mut config = portico::config::parse(&text).unwrap();
+    let mut config = portico::check::parse(&text).unwrap();
     config.routes[0].name = "products-renamed".into();
     gw.apply(config.clone()).unwrap();
     assert_eq!(Arc::as_ptr(&gw.runtime().caches["catalog"]), before);
@@ -614,7 +614,7 @@ async fn the_cache_survives_a_reload_when_unchanged() {
 
 #[tokio::test]
 async fn check_refuses_bad_cache_definitions() {
-    let err = portico::config::parse(
+    let err = portico::check::parse(
         "server: { listen: 127.0.0.1:0 }\ncaches:\n  c: { max_size: 1MiB, max_entry: 2MiB }\nupstreams:\n  u: { targets: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: r, cache: nope, upstream: u }\n",
     )
     .unwrap_err()

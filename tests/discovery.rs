@@ -364,7 +364,7 @@ async fn a_reload_keeps_an_unchanged_discovered_upstream_and_drops_a_changed_one
     let more_routes = format!(
         "{text}  - name: extra\n    match: {{ path_prefix: /extra }}\n    upstream: orders\n"
     );
-    gw.apply(portico::config::parse(&more_routes).unwrap())
+    gw.apply(portico::check::parse(&more_routes).unwrap())
         .unwrap();
     assert!(
         Arc::ptr_eq(&before, &gw.runtime().upstreams["orders"]),
@@ -378,7 +378,7 @@ async fn a_reload_keeps_an_unchanged_discovered_upstream_and_drops_a_changed_one
     // old one knew, so it stays ready and keeps serving.
     consul.stop();
     let changed = text.replace("wait: 5s", "wait: 4s");
-    gw.apply(portico::config::parse(&changed).unwrap()).unwrap();
+    gw.apply(portico::check::parse(&changed).unwrap()).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
             weak.upgrade().is_none()

@@ -401,7 +401,7 @@ routes:
   - name: a
     upstream: a
 "#;
-    let err = portico::config::parse(text).unwrap_err().to_string();
+    let err = portico::check::parse(text).unwrap_err().to_string();
     for path in [
         "upstreams.a.discovery: discovery needs the consul: section",
         "upstreams.a.retries.attempts",
@@ -417,7 +417,7 @@ routes:
     }
     assert!(!err.contains("not supported yet"), "{err}");
     let bad_consul = "server: { listen: 127.0.0.1:0 }\nconsul: { address: \"https://consul:8501\", wait: 20m }\n";
-    let err = portico::config::parse(bad_consul).unwrap_err().to_string();
+    let err = portico::check::parse(bad_consul).unwrap_err().to_string();
     assert!(err.contains("consul.address"), "{err}");
     assert!(err.contains("consul.wait"), "{err}");
 }

@@ -615,7 +615,7 @@ routes:
       canary: { upstream: monolith }
       sticky: claim:sub
 "#;
-    let problems: Vec<String> = match portico::config::parse(yaml) {
+    let problems: Vec<String> = match portico::check::parse(yaml) {
         Ok(_) => panic!("config accepted"),
         Err(e) => e.issues.iter().map(|i| i.to_string()).collect(),
     };

@@ -372,13 +372,13 @@ async fn check_refuses_transforms_that_break_framing() {
         ),
     ];
     for (t, path) in cases {
-        let err = portico::config::parse(&format!("{base}{t}"))
+        let err = portico::check::parse(&format!("{base}{t}"))
             .unwrap_err()
             .to_string();
         assert!(err.contains(path), "{path}: {err}");
     }
     // Host may be set explicitly.
-    portico::config::parse(&format!(
+    portico::check::parse(&format!(
         "{base}      request: {{ set_headers: {{ Host: example.com }} }}\n"
     ))
     .unwrap();

@@ -72,21 +72,22 @@ impl ConfigError {
     }
 }
 
-/// Reads, substitutes, parses and validates a config file.
-pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
-    parse(&text)
+/// Checks a layer above `config` runs on a parsed config (`runtime::check::problems`):
+/// config imports nothing of the runtime, so the runtime hands its checks in.
+pub type ExtraChecks<'a> = &'a dyn Fn(&Config, &BrokenNames) -> Vec<ConfigIssue>;
+
+/// A config file's text.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))
 }
 
-/// Parses and validates config text, with `${VAR}` taken from the process environment.
-pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    parse_with_env(text, &|name| std::env::var(name).ok())
-}
-
-pub fn parse_with_env(
+/// Substitutes `${VAR}` (through `lookup`), parses and validates config text: this
+/// module's own checks, then `extra`. Every issue gets its line and column.
+pub fn parse_with(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
+    extra: ExtraChecks<'_>,
 ) -> Result<Config, ConfigError> {
     let text = env::substitute(text, lookup).map_err(|errors| ConfigError {
         issues: errors
@@ -118,6 +119,7 @@ pub fn parse_with_env(
     let mut broken = BrokenNames::new();
     let config = deserialize_sections(value, &mut issues, &mut broken);
     issues.extend(validate::validate(&config, &broken));
+    issues.extend(extra(&config, &broken));
     if issues.is_empty() {
         return Ok(config);
     }
@@ -271,9 +273,12 @@ fn issue(path: &str, message: impl Into<String>) -> ConfigIssue {
     }
 }
 
-/// Validates a config built in code (files are validated by `parse`).
-pub fn check(config: &Config) -> Result<(), ConfigError> {
-    let issues = validate::validate(config, &BrokenNames::new());
+/// Validates a config built in code (files are validated by `parse_with`): this module's
+/// own checks, then `extra`.
+pub fn check_with(config: &Config, extra: ExtraChecks<'_>) -> Result<(), ConfigError> {
+    let broken = BrokenNames::new();
+    let mut issues = validate::validate(config, &broken);
+    issues.extend(extra(config, &broken));
     if issues.is_empty() {
         Ok(())
     } else {

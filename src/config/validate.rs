@@ -1,11 +1,12 @@
-//! Cross-reference and value checks that serde cannot express. Each check reuses the
-//! parser that the runtime uses, so `portico check` and the running gateway agree.
+//! Cross-reference and value checks that serde cannot express and that need nothing but
+//! the config itself. Checks that need the runtime's builders (certificates, compiled
+//! matches, policies) are in `runtime::check`, which runs beside these.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::{BrokenNames, Config, ConfigIssue, RouteConfig};
-use crate::{router, server, upstream};
+use crate::wire::forward::parse_net;
 
 struct Issues(Vec<ConfigIssue>);
 
@@ -24,9 +25,6 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
     let mut issues = Issues(Vec::new());
     server_section(config, &mut issues);
     upstreams_section(config, &mut issues);
-    for (path, message) in upstream::validate::problems(config) {
-        issues.push(path, message);
-    }
     caches_section(config, &mut issues);
     guards_section(config, &mut issues);
     for (i, route) in config.routes.iter().enumerate() {
@@ -64,14 +62,9 @@ fn server_section(config: &Config, issues: &mut Issues) {
                 "at least one certificate is needed",
             );
         }
-        for (i, cert) in tls.certificates.iter().enumerate() {
-            if let Err(e) = server::tls::load_certificate(cert) {
-                issues.push(format!("server.tls.certificates[{i}]"), e.to_string());
-            }
-        }
     }
     for (i, net) in server.trusted_proxies.iter().enumerate() {
-        if server::parse_net(net).is_none() {
+        if parse_net(net).is_none() {
             issues.push(
                 format!("server.trusted_proxies[{i}]"),
                 format!("invalid address or CIDR range {net:?}"),
@@ -106,9 +99,6 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
             );
         }
         for (i, target) in up.targets.iter().enumerate() {
-            if let Err(e) = upstream::parse_target(target.address()) {
-                issues.push(format!("{path}.targets[{i}]"), e);
-            }
             if target.weight() == 0 {
                 issues.push(
                     format!("{path}.targets[{i}].weight"),
@@ -131,18 +121,8 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
     }
 }
 
-/// `jwt` verifiers and `rate_limits`, checked by the same code that builds them.
+/// Rate limits that a route cannot serve.
 fn guards_section(config: &Config, issues: &mut Issues) {
-    for (name, jwt) in &config.jwt {
-        for (field, message) in crate::auth::check(jwt) {
-            issues.push(format!("jwt.{name}.{field}"), message);
-        }
-    }
-    for (name, limit) in &config.rate_limits {
-        for (field, message) in crate::ratelimit::check(limit) {
-            issues.push(format!("rate_limits.{name}.{field}"), message);
-        }
-    }
     // A claim key on a route without jwt would put every request in the anonymous bucket.
     for (i, route) in config.routes.iter().enumerate() {
         let claim_keyed = route
@@ -205,14 +185,6 @@ fn route_entry(
                     &cfg.upstream,
                     config.upstreams.contains_key(&cfg.upstream),
                 );
-                if let Some(rw) = &cfg.rewrite {
-                    if let Err(e) = router::Rewrite::build(rw) {
-                        issues.push(format!("{path}.split.{side}.rewrite"), e);
-                    }
-                }
-            }
-            for (field, problem) in crate::split::validate(split, route.jwt.is_some()) {
-                issues.push(format!("{path}.split.{field}"), problem);
             }
             if route.rewrite.is_some() {
                 issues.push(
@@ -262,19 +234,6 @@ fn route_entry(
             name,
             config.caches.contains_key(name),
         );
-    }
-    if let Err((field, e)) = router::RouteMatch::build(&route.matcher) {
-        issues.push(format!("{path}.match.{field}"), e);
-    }
-    if let Some(rw) = &route.rewrite {
-        if let Err(e) = router::Rewrite::build(rw) {
-            issues.push(format!("{path}.rewrite"), e);
-        }
-    }
-    if let Some(t) = &route.transform {
-        for (field, message) in crate::transform::check(t) {
-            issues.push(format!("{path}.transform.{field}"), message);
-        }
     }
 }
 

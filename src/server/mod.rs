@@ -7,7 +7,6 @@
 
 mod idle;
 mod stream;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -26,14 +24,6 @@ use crate::context::ConnInfo;
 use crate::control::Control;
 use idle::{Activity, IdleIo};
 use stream::Stream;
-
-/// `10.0.0.0/8` or a single address (`127.0.0.1`, `::1`).
-pub fn parse_net(text: &str) -> Option<IpNet> {
-    let text = text.trim();
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
-}
 
 pub struct Listener {
     pub tcp: TcpListener,

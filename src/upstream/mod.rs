@@ -12,6 +12,7 @@
 mod balancer;
 pub mod breaker;
 pub mod call;
+pub mod discovery;
 pub mod health;
 pub mod limit;
 pub mod outlier;
@@ -35,8 +36,8 @@ use crate::wire::pool::Pool;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 use crate::config::{ConsulConfig, UpstreamConfig};
-use crate::discovery::DiscoveryStatus;
 use crate::observe::{EndpointMetrics, Metrics, Outcome, ResilienceMetrics};
+use crate::upstream::discovery::DiscoveryStatus;
 
 /// Why a call to an upstream failed. The top layer (`error::GatewayError`) gives each its
 /// status; the retry policy (`retries.on`) decides which are worth another try.
@@ -238,7 +239,7 @@ impl Upstream {
         let make = Upstream::assemble(name, config, consul, &metrics.resilience)?;
         let upstream = Arc::new_cyclic(|me| make(me.clone()));
         if let Some(prev) = previous.filter(|p| p.discovery.is_some()) {
-            crate::discovery::carry_over(&upstream, prev);
+            crate::upstream::discovery::carry_over(&upstream, prev);
         }
         upstream.spawn_tasks()?;
         Ok(upstream)
@@ -316,8 +317,8 @@ impl Upstream {
         };
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(discovery), Some(consul)) = (&self.config.discovery, &self.consul) {
-            let client = crate::discovery::consul::ConsulClient::new(consul)?;
-            let watch = crate::discovery::consul::watch(
+            let client = crate::upstream::discovery::consul::ConsulClient::new(consul)?;
+            let watch = crate::upstream::discovery::consul::watch(
                 self.me.clone(),
                 client,
                 discovery.consul.service.clone(),

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::discovery::consul;
+use crate::upstream::discovery::consul;
 
 /// Longest blocking-query wait Consul accepts.
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);

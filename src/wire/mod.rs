@@ -15,3 +15,6 @@ pub mod forward;
 pub mod h1;
 pub mod path;
 pub mod pool;
+
+/// The error type of every body the gateway passes along.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

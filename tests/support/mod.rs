@@ -23,7 +23,7 @@ pub use client::{Client, Reply};
 pub async fn gateway(yaml: &str) -> (GatewayHandle, tempfile_path::TempPath) {
     let file = tempfile_path::TempPath::new("portico", "yaml");
     std::fs::write(file.path(), yaml).expect("write config");
-    let config = config::load_file(file.path()).unwrap_or_else(|e| panic!("config:\n{e}"));
+    let config = portico::check::load_file(file.path()).unwrap_or_else(|e| panic!("config:\n{e}"));
     let handle = Gateway::start(Options {
         config,
         config_path: Some(file.path().to_path_buf()),
@@ -64,7 +64,7 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 
 /// Asserts that the config `yaml` is refused with an issue at `path` (`jwt.a.secret`).
 pub fn assert_refused_at(yaml: &str, path: &str) {
-    let err = portico::config::parse(yaml).expect_err(path);
+    let err = portico::check::parse(yaml).expect_err(path);
     assert!(
         err.issues.iter().any(|i| i.path == path),
         "expected {path}, got {err}"

@@ -31,8 +31,8 @@ mod tests;
 use response::parse_head;
 pub use response::{into_response, Framing, ResponseHead, UpstreamBody};
 
-use super::body::{Body, BoxError};
 use super::pool::Pool;
+use super::BoxError;
 
 /// The largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -107,14 +107,17 @@ impl Conn {
     }
 
     /// Writes the request: head, then the body with the framing its size calls for.
-    pub async fn write_request(
+    pub async fn write_request<B>(
         &mut self,
         method: &Method,
         path_and_query: &PathAndQuery,
         authority: &Authority,
         headers: &HeaderMap,
-        mut body: Body,
-    ) -> Result<(), ExchangeError> {
+        mut body: B,
+    ) -> Result<(), ExchangeError>
+    where
+        B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+    {
         let framing = request_framing(method, &body);
         self.write.clear();
         encode_head(
@@ -276,7 +279,7 @@ enum RequestFraming {
     Chunked,
 }
 
-fn request_framing(method: &Method, body: &Body) -> RequestFraming {
+fn request_framing(method: &Method, body: &impl HttpBody) -> RequestFraming {
     if body.is_end_stream() {
         // RFC 9110 8.6: a body-less POST, PUT or PATCH still says its length is zero.
         return if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {

@@ -1,5 +1,6 @@
 use super::response::*;
 use super::*;
+use crate::wire::body::Body;
 
 fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, ExchangeError> {
     let mut buf = BytesMut::from(text.as_bytes());

@@ -3,6 +3,8 @@
 //! beside the old (reusing upstreams whose definition did not change, so their connection
 //! pools and in-flight counters carry over) and swaps it in whole.
 
+pub mod check;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -135,7 +137,7 @@ impl Runtime {
             .server
             .trusted_proxies
             .iter()
-            .filter_map(|n| crate::server::parse_net(n))
+            .filter_map(|n| crate::wire::forward::parse_net(n))
             .collect();
         let claim_headers = crate::auth::forwarded_headers(config.jwt.values());
         Ok(Runtime {
