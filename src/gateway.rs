@@ -23,6 +23,7 @@ use crate::upstream::call::{upstream_response, UpstreamCall};
 use crate::upstream::{proxy, Upstream};
 use crate::wire::body::Body;
 use crate::wire::forward;
+use crate::wire::headers::content_length;
 use crate::wire::path;
 
 pub async fn handle(
@@ -345,13 +346,6 @@ fn host_without_port(host: Option<&HeaderValue>) -> &str {
             .map_or(text, |h| &text[..h.len() + 1]);
     }
     text.split(':').next().unwrap_or(text)
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {

@@ -26,6 +26,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::JwtConfig;
+use crate::wire::headers::owned;
 use keys::{KeySet, StoredKey};
 
 /// Tokens longer than this are refused before any decoding.
@@ -34,21 +35,6 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MIN_SECRET_BYTES: usize = 32;
 const DEFAULT_LEEWAY_SECS: u64 = 30;
 const MAX_LEEWAY_SECS: u64 = 300;
-
-/// Headers a claim may never be forwarded into: they frame the message or carry the
-/// client's own credentials.
-const RESERVED_HEADERS: [&str; 10] = [
-    "host",
-    "authorization",
-    "connection",
-    "content-length",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "keep-alive",
-    "proxy-authorization",
-];
 
 /// The verified claims of a token.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -318,7 +304,8 @@ impl Settings {
         let mut forward = Vec::new();
         for (claim, name) in &config.forward_claims {
             match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => problems.push((
+                // Every header the gateway owns, whatever the reason.
+                Ok(h) if owned(&h).is_some() => problems.push((
                     "forward_claims",
                     format!("claim {claim:?} cannot be forwarded in {name:?}"),
                 )),

@@ -24,6 +24,7 @@ use crate::upstream::call::{upstream_response, UpstreamCall};
 use crate::upstream::{Endpoint, UpstreamError};
 use crate::wire::body::Body;
 use crate::wire::buffer::{self, Buffered};
+use crate::wire::headers::content_length;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -409,12 +410,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
             return Ok(streamed(transform_body(transform, response).await?));
         }
     };
-    let too_large = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|len| len > cache.max_entry);
+    let too_large = content_length(response.headers()).is_some_and(|len| len > cache.max_entry);
     if too_large {
         leader.land(Landing::NotStored);
         return Ok(streamed(transform_body(transform, response).await?));

@@ -7,19 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::template::Template;
 use crate::config::MessageTransformConfig;
-
-/// Headers no transform may set, add, remove or rename.
-const PROTECTED: [&str; 9] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-];
+use crate::wire::headers::{owned, Owned};
 
 #[derive(Clone, Debug, Default)]
 pub struct HeaderOps {
@@ -42,7 +30,9 @@ fn name(
         problems.push((field.to_string(), format!("invalid header name {text:?}")));
         return None;
     };
-    if PROTECTED.contains(&name.as_str()) {
+    // Hop-by-hop and framing headers belong to the gateway; Host and Authorization may be
+    // written (a transform that injects a service credential is a common use).
+    if matches!(owned(&name), Some(Owned::HopByHop | Owned::Framing)) {
         problems.push((
             field.to_string(),
             format!("{text} is a framing or hop-by-hop header; a transform cannot change it"),

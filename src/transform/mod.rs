@@ -30,6 +30,7 @@ use crate::config::{MessageTransformConfig, TransformConfig};
 use crate::observe::TransformMetrics;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::buffer::{self, Buffered};
+use crate::wire::headers::content_length;
 use headers::{HeaderOps, Problem};
 use json::JsonEdit;
 use template::{Template, Vars};
@@ -374,13 +375,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .trim()
         .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 fn skip_reason(headers: &HeaderMap, edit: &JsonEdit, len: u64) -> Option<Skip> {

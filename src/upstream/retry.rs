@@ -26,6 +26,7 @@ use crate::config::RetriesConfig;
 use crate::observe::{Outcome, ResilienceMetrics};
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::UpstreamBody;
+use crate::wire::headers::content_length;
 
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
@@ -316,10 +317,7 @@ async fn keep_for_replay(
     if http_body::Body::is_end_stream(&body) {
         return Ok(Payload::Replayable(Bytes::new()));
     }
-    let length = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let length = content_length(headers);
     match length {
         Some(n) if n <= max => {
             let limited = http_body_util::Limited::new(body, max as usize);

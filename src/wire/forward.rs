@@ -7,19 +7,11 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::headers::{hop_by_hop_names, is_hop_by_hop};
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
-const HOP_BY_HOP: [&HeaderName; 6] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-];
 
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header and every header
 /// the `Connection` header names.
@@ -47,13 +39,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in hop_by_hop_names() {
         headers.remove(name);
     }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name) || name.as_str().starts_with("proxy-")
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).

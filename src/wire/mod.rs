@@ -13,6 +13,7 @@ pub mod buffer;
 pub mod client;
 pub mod forward;
 pub mod h1;
+pub mod headers;
 pub mod path;
 pub mod pool;
 

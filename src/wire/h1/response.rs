@@ -2,6 +2,7 @@
 //! body decoded straight off the connection (length, chunked or until close).
 
 use super::*;
+use crate::wire::headers::parse_content_length;
 
 /// How the response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub(super) fn parse_head(
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
-            match parse_length(value.as_bytes()) {
+            match parse_content_length(value.as_bytes()) {
                 Some(n) if content_length.is_none_or(|m| m == n) => content_length = Some(n),
                 _ => length_conflict = true,
             }
@@ -116,13 +117,6 @@ pub(super) fn parse_head(
         framing,
         reusable,
     }))
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn last_coding_is_chunked(v: &[u8]) -> bool {
