@@ -45,29 +45,37 @@ impl Claims {
         self.0.get(name)
     }
 
-    /// A claim as text: strings as they are, numbers and booleans printed, arrays of those
-    /// joined with commas. Objects and null have no text.
+    /// The claim `name` as text (`claim_text`).
     pub fn text(&self, name: &str) -> Option<Cow<'_, str>> {
-        fn scalar(v: &Value) -> Option<Cow<'_, str>> {
-            match v {
-                Value::String(s) => Some(Cow::Borrowed(s.as_str())),
-                Value::Number(n) => Some(Cow::Owned(n.to_string())),
-                Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-                _ => None,
-            }
-        }
-        match self.0.get(name)? {
-            Value::Array(items) => {
-                let parts: Option<Vec<Cow<'_, str>>> = items.iter().map(scalar).collect();
-                Some(Cow::Owned(parts?.join(",")))
-            }
-            v => scalar(v),
-        }
+        claim_text(self.0.get(name)?)
     }
 
     /// The `sub` claim, for the access log.
     pub fn subject(&self) -> Option<&str> {
         self.0.get("sub").and_then(Value::as_str)
+    }
+}
+
+/// A claim as text, the one rule for every use (forwarded claim headers, `claim:` rate
+/// limit and split keys, `${claim.X}` templates): strings as they are, numbers and
+/// booleans printed, arrays of those joined with commas (the HTTP list form). Objects,
+/// null and arrays holding either have no text: the header is not set, the template
+/// does not render, the key is anonymous.
+pub fn claim_text(value: &Value) -> Option<Cow<'_, str>> {
+    fn scalar(v: &Value) -> Option<Cow<'_, str>> {
+        match v {
+            Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            _ => None,
+        }
+    }
+    match value {
+        Value::Array(items) => {
+            let parts: Option<Vec<Cow<'_, str>>> = items.iter().map(scalar).collect();
+            Some(Cow::Owned(parts?.join(",")))
+        }
+        v => scalar(v),
     }
 }
 

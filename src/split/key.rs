@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use http::header::{HeaderName, COOKIE};
 use http::{HeaderMap, HeaderValue};
 
+use crate::auth::claim_text;
 use crate::config::ForceConfig;
 
 /// Buckets are 0..BUCKETS; a request is canary when its bucket is below `percent × 100`.
@@ -66,12 +67,9 @@ impl StickyKey {
             StickyKey::Cookie(name) => cookie(headers, name)
                 .filter(|v| !v.is_empty())
                 .map(bucket_of),
-            StickyKey::Claim(name) => match claims?.get(name)? {
-                serde_json::Value::String(s) if !s.is_empty() => Some(bucket_of(s.as_bytes())),
-                serde_json::Value::Number(n) => Some(bucket_of(n.to_string().as_bytes())),
-                serde_json::Value::Bool(b) => Some(bucket_of(if *b { b"true" } else { b"false" })),
-                _ => None,
-            },
+            StickyKey::Claim(name) => claim_text(claims?.get(name)?)
+                .filter(|t| !t.is_empty())
+                .map(|t| bucket_of(t.as_bytes())),
         }
     }
 }

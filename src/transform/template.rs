@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use crate::auth::claim_text;
+
 #[derive(Clone, Debug, PartialEq)]
 enum Segment {
     Literal(String),
@@ -88,14 +90,7 @@ impl Template {
         for segment in &self.segments {
             match segment {
                 Segment::Literal(l) => out.push_str(l),
-                Segment::Claim(name) => match vars.claims?.get(name)? {
-                    Value::String(s) => out.push_str(s),
-                    Value::Null => return None,
-                    // Numbers and booleans as JSON text; objects and arrays too, compactly.
-                    other => {
-                        let _ = write!(out, "{other}");
-                    }
-                },
+                Segment::Claim(name) => out.push_str(&claim_text(vars.claims?.get(name)?)?),
                 Segment::Header(name) => {
                     out.push_str(vars.headers.get(name)?.to_str().ok()?);
                 }
@@ -191,6 +186,22 @@ mod tests {
         let t = Template::compile("${claim.name}").unwrap();
         assert_eq!(t.render(&vars(Some(&claims), &headers, &id)), None);
         let t = Template::compile("${header.x-missing}").unwrap();
+        assert_eq!(t.render(&vars(Some(&claims), &headers, &id)), None);
+    }
+
+    #[test]
+    fn claims_render_by_the_one_claim_text_rule() {
+        let headers = HeaderMap::new();
+        let id = HeaderValue::from_static("r");
+        let mut claims = Map::new();
+        claims.insert("roles".into(), serde_json::json!(["admin", 2, true]));
+        claims.insert("profile".into(), serde_json::json!({"a": 1}));
+        let t = Template::compile("${claim.roles}").unwrap();
+        assert_eq!(
+            t.render(&vars(Some(&claims), &headers, &id)),
+            Some(HeaderValue::from_static("admin,2,true"))
+        );
+        let t = Template::compile("${claim.profile}").unwrap();
         assert_eq!(t.render(&vars(Some(&claims), &headers, &id)), None);
     }
 
