@@ -18,6 +18,7 @@ pub mod split;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
+pub mod window;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -12,7 +12,6 @@ pub mod admin;
 mod key;
 mod ramp;
 mod state;
-mod window;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,10 +20,11 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+pub use crate::window::Tally;
 pub use key::{bucket_of, Force, StickyKey, BUCKETS};
 pub use ramp::RampPlan;
+pub use state::CanaryWindow;
 pub use state::{RollbackInfo, SplitState};
-pub use window::{Tally, Window};
 
 use crate::config::SplitConfig;
 use crate::observe::Metrics;

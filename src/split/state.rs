@@ -19,7 +19,11 @@ use prometheus::{Gauge, IntCounter};
 use tokio::sync::Notify;
 
 use super::ramp::{self, RampPlan};
-use super::window::Window;
+use crate::window::Window;
+
+/// Buckets of the canary's outcome window.
+const BUCKETS: usize = 20;
+pub type CanaryWindow = Window<BUCKETS>;
 use super::Side;
 use crate::observe::access_log::rfc3339_now;
 use crate::observe::Metrics;
@@ -64,7 +68,7 @@ pub struct SplitState {
     paused: AtomicBool,
     rolled_back: AtomicBool,
     requests: [AtomicU64; 2],
-    window: ArcSwap<Window>,
+    window: ArcSwap<CanaryWindow>,
     book: Mutex<Book>,
     wake: Arc<Notify>,
     ramp_task: Mutex<Option<AbortOnDrop>>,
@@ -108,7 +112,7 @@ impl SplitState {
             paused: AtomicBool::new(false),
             rolled_back: AtomicBool::new(false),
             requests: [AtomicU64::new(0), AtomicU64::new(0)],
-            window: ArcSwap::from_pointee(Window::new(window)),
+            window: ArcSwap::from_pointee(CanaryWindow::new(window)),
             book: Mutex::new(Book {
                 start,
                 ramp: None,
@@ -135,7 +139,7 @@ impl SplitState {
         let mut book = self.book();
         book.start = start;
         if self.window.load().span != window {
-            self.window.store(Arc::new(Window::new(window)));
+            self.window.store(Arc::new(CanaryWindow::new(window)));
         }
         if book.ramp != plan {
             book.ramp = plan.clone();
@@ -177,12 +181,12 @@ impl SplitState {
         self.requests[side as usize].load(Ordering::Relaxed)
     }
 
-    pub fn window(&self) -> Arc<Window> {
+    pub fn window(&self) -> Arc<CanaryWindow> {
         self.window.load_full()
     }
 
     /// Records one canary outcome; returns the window so the caller can judge it.
-    pub fn record_canary(&self, error: bool) -> arc_swap::Guard<Arc<Window>> {
+    pub fn record_canary(&self, error: bool) -> arc_swap::Guard<Arc<CanaryWindow>> {
         let window = self.window.load();
         window.record(error);
         window
@@ -270,7 +274,7 @@ impl SplitState {
 
     fn fresh_window(&self) {
         let span = self.window.load().span;
-        self.window.store(Arc::new(Window::new(span)));
+        self.window.store(Arc::new(CanaryWindow::new(span)));
     }
 
     /// When the ramp may take its next step (`None`: it is holding or done).

@@ -1,6 +1,6 @@
 //! Per-upstream circuit breaker over a bucketed time window (as linkerd does).
 //!
-//! Closed: every attempt lands in one of `BUCKETS` buckets of `window / BUCKETS`; once the
+//! Closed: every attempt lands in a `Window` of `BUCKETS` buckets of `window / BUCKETS`; once the
 //! window holds at least `min_requests` attempts and failures reach `error_percent`, the
 //! breaker opens. Open: requests get the fallback (or 503) without touching the upstream
 //! for `open_for`. Half-open: up to `PROBES` requests go through; the first success
@@ -17,6 +17,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::config::CircuitBreakerConfig;
 use crate::observe::ResilienceMetrics;
+use crate::window::{Tally, Window};
 use crate::wire::body::Body;
 
 const BUCKETS: usize = 10;
@@ -52,13 +53,6 @@ pub enum Admit {
     Reject,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tick: AtomicU64,
-    total: AtomicU32,
-    errors: AtomicU32,
-}
-
 pub struct Fallback {
     status: StatusCode,
     body: Bytes,
@@ -70,9 +64,8 @@ pub struct Breaker {
     error_percent: f64,
     min_requests: u32,
     open_for_ms: u64,
-    bucket_ms: u64,
     epoch: Instant,
-    buckets: [Bucket; BUCKETS],
+    window: Window<BUCKETS>,
     state: AtomicU8,
     until_ms: AtomicU64,
     probes: AtomicU32,
@@ -118,13 +111,8 @@ impl Breaker {
             error_percent: c.error_percent.0,
             min_requests: c.min_requests.max(1),
             open_for_ms: c.open_for.0.as_millis() as u64,
-            bucket_ms: (c.window.0.as_millis() as u64 / BUCKETS as u64).max(1),
             epoch: Instant::now(),
-            buckets: std::array::from_fn(|_| Bucket {
-                tick: AtomicU64::new(u64::MAX),
-                total: AtomicU32::new(0),
-                errors: AtomicU32::new(0),
-            }),
+            window: Window::new(c.window.0),
             state: AtomicU8::new(CLOSED),
             until_ms: AtomicU64::new(0),
             probes: AtomicU32::new(0),
@@ -216,53 +204,24 @@ impl Breaker {
                     .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    for b in &self.buckets {
-                        b.tick.store(u64::MAX, Ordering::Release);
-                    }
+                    self.window.clear();
                     self.show(State::Closed);
                     tracing::info!(upstream = %self.upstream, "circuit breaker closed: upstream answers again");
                 }
             }
             OPEN => {} // answers to requests sent before it opened
             _ => {
-                let tick = self.now_ms() / self.bucket_ms;
-                let bucket = &self.buckets[(tick % BUCKETS as u64) as usize];
-                let seen = bucket.tick.load(Ordering::Acquire);
-                if seen != tick
-                    && bucket
-                        .tick
-                        .compare_exchange(seen, tick, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                {
-                    bucket.total.store(0, Ordering::Release);
-                    bucket.errors.store(0, Ordering::Release);
-                }
-                bucket.total.fetch_add(1, Ordering::AcqRel);
+                self.window.record(failed);
                 if failed {
-                    bucket.errors.fetch_add(1, Ordering::AcqRel);
-                    let (total, errors) = self.window(tick);
-                    if total >= self.min_requests
-                        && f64::from(errors) * 100.0 >= self.error_percent * f64::from(total)
+                    let Tally { total, errors } = self.window.tally();
+                    if total >= u64::from(self.min_requests)
+                        && errors as f64 * 100.0 >= self.error_percent * total as f64
                     {
                         self.open(CLOSED);
                     }
                 }
             }
         }
-    }
-
-    /// Attempts and failures in the buckets that are still inside the window.
-    fn window(&self, tick: u64) -> (u32, u32) {
-        let mut total = 0u32;
-        let mut errors = 0u32;
-        for b in &self.buckets {
-            let t = b.tick.load(Ordering::Acquire);
-            if t != u64::MAX && t <= tick && tick - t < BUCKETS as u64 {
-                total = total.saturating_add(b.total.load(Ordering::Acquire));
-                errors = errors.saturating_add(b.errors.load(Ordering::Acquire));
-            }
-        }
-        (total, errors)
     }
 
     fn open(&self, from: u8) {

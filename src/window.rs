@@ -1,15 +1,16 @@
-//! A sliding window of canary outcomes in time buckets (as linkerd's breaker does): the
-//! window is cut into `BUCKETS` slots of `window / BUCKETS` each; a slot is reused when
-//! its tick is older than the window. Recording is a few atomic operations, no lock.
+//! A sliding window of outcomes (total, errors) in time buckets, as linkerd's breaker
+//! counts: the window is cut into `N` slots of `span / N` each; a slot is reused when
+//! its tick is older than the window. Recording is a few atomic operations, no lock. The
+//! circuit breaker (`upstream::breaker`, 10 buckets) and the split's rollback rule
+//! (`split::state`, 20 buckets) both count with it.
 //!
 //! The count is approximate at the edges: the oldest bucket drops out whole, and a
-//! request recorded in the instant a slot is recycled may be lost. Neither matters for
-//! an error-rate threshold.
+//! request recorded in the instant a slot is recycled may be lost; a late write from a
+//! thread still on an older tick is dropped rather than counted into a newer slot.
+//! Neither matters for an error-rate threshold.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-pub const BUCKETS: usize = 20;
 
 #[derive(Debug)]
 struct Bucket {
@@ -20,11 +21,11 @@ struct Bucket {
 }
 
 #[derive(Debug)]
-pub struct Window {
+pub struct Window<const N: usize> {
     pub span: Duration,
     width_nanos: u64,
     start: Instant,
-    buckets: [Bucket; BUCKETS],
+    buckets: [Bucket; N],
 }
 
 /// What the window holds right now.
@@ -44,9 +45,9 @@ impl Tally {
     }
 }
 
-impl Window {
-    pub fn new(span: Duration) -> Window {
-        let width_nanos = (span.as_nanos() / BUCKETS as u128).clamp(1, u64::MAX as u128) as u64;
+impl<const N: usize> Window<N> {
+    pub fn new(span: Duration) -> Window<N> {
+        let width_nanos = (span.as_nanos() / N as u128).clamp(1, u64::MAX as u128) as u64;
         Window {
             span,
             width_nanos,
@@ -70,7 +71,7 @@ impl Window {
 
     fn record_at(&self, now: Instant, error: bool) {
         let tick = self.tick_at(now);
-        let bucket = &self.buckets[(tick % BUCKETS as u64) as usize];
+        let bucket = &self.buckets[(tick % N as u64) as usize];
         loop {
             let seen = bucket.tick.load(Ordering::Acquire);
             if seen == tick {
@@ -96,13 +97,20 @@ impl Window {
         }
     }
 
+    /// Forgets everything recorded so far.
+    pub fn clear(&self) {
+        for bucket in &self.buckets {
+            bucket.tick.store(u64::MAX, Ordering::Release);
+        }
+    }
+
     pub fn tally(&self) -> Tally {
         self.tally_at(Instant::now())
     }
 
     fn tally_at(&self, now: Instant) -> Tally {
         let tick = self.tick_at(now);
-        let oldest = tick.saturating_sub(BUCKETS as u64 - 1);
+        let oldest = tick.saturating_sub(N as u64 - 1);
         let mut tally = Tally::default();
         for bucket in &self.buckets {
             let t = bucket.tick.load(Ordering::Acquire);
@@ -121,7 +129,7 @@ mod tests {
 
     #[test]
     fn counts_within_the_window_and_forgets_after_it() {
-        let w = Window::new(Duration::from_secs(10));
+        let w = Window::<20>::new(Duration::from_secs(10));
         let t0 = w.start;
         for i in 0..100 {
             w.record_at(t0 + Duration::from_millis(i * 50), i % 10 == 0);
@@ -144,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_recycled_slot_starts_from_zero() {
-        let w = Window::new(Duration::from_secs(2));
+        let w = Window::<20>::new(Duration::from_secs(2));
         let t0 = w.start;
         w.record_at(t0, true);
         w.record_at(t0 + Duration::from_secs(2), false);
@@ -156,6 +164,25 @@ mod tests {
                 errors: 0
             }
         );
+    }
+
+    #[test]
+    fn a_late_write_from_an_older_tick_is_dropped() {
+        let w = Window::<4>::new(Duration::from_secs(4));
+        let t0 = w.start;
+        w.record_at(t0 + Duration::from_secs(4), false);
+        // The slot of tick 0 now counts tick 4: a write still on tick 0 must not land there.
+        w.record_at(t0, true);
+        let tally = w.tally_at(t0 + Duration::from_secs(4));
+        assert_eq!(
+            tally,
+            Tally {
+                total: 1,
+                errors: 0
+            }
+        );
+        w.clear();
+        assert_eq!(w.tally_at(t0 + Duration::from_secs(4)), Tally::default());
     }
 
     #[test]
