@@ -25,8 +25,6 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("invalid response from upstream")]
     BadGateway,
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
     #[error("upstream {0} is failing; its circuit breaker is open")]
     CircuitOpen(String),
     #[error("upstream {0} is at its connection limit")]
@@ -48,7 +46,6 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadGateway => StatusCode::BAD_GATEWAY,
-            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::CircuitOpen(_) | GatewayError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -217,10 +217,6 @@ impl Limiter {
         })
     }
 
-    pub fn key_source(&self) -> &KeySource {
-        &self.key
-    }
-
     /// The key of one request.
     pub fn key(&self, input: &KeyInput<'_>) -> Key {
         match &self.key {

@@ -60,7 +60,6 @@ struct Shared {
     fetched: watch::Sender<u64>,
     in_flight: AtomicBool,
     last_on_demand: Mutex<Option<Instant>>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 pub struct Jwks {
@@ -93,7 +92,6 @@ impl Jwks {
             fetched: watch::channel(0).0,
             in_flight: AtomicBool::new(true),
             last_on_demand: Mutex::new(None),
-            fetches: std::sync::atomic::AtomicU64::new(0),
         });
         let wake = Arc::new(Notify::new());
         let task = runtime.spawn(refresh_loop(Arc::downgrade(&shared), wake.clone()));
@@ -103,11 +101,6 @@ impl Jwks {
     /// The current keys, or `None` before the first successful fetch.
     pub fn keys(&self) -> Option<Arc<KeySet>> {
         self.shared.keys.load_full()
-    }
-
-    /// How many fetches were attempted (for tests and the admin API).
-    pub fn fetches(&self) -> u64 {
-        self.shared.fetches.load(Ordering::Relaxed)
     }
 
     /// Whether the refresh task is still running.
@@ -154,7 +147,6 @@ async fn refresh_loop(shared: Weak<Shared>, wake: Arc<Notify>) {
             return;
         };
         state.in_flight.store(true, Ordering::Release);
-        state.fetches.fetch_add(1, Ordering::Relaxed);
         let delay = match fetch(&state).await {
             Ok((keys, max_age)) => {
                 if failures > 0 || state.keys.load().is_none() {

@@ -148,10 +148,6 @@ impl KeySet {
         })
     }
 
-    pub fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
-    }
-
     /// Parses a JWKS document, skipping keys that are unusable here (and saying why in
     /// the debug log). Fails when no key is usable, so a broken document never replaces
     /// good keys.

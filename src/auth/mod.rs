@@ -568,10 +568,6 @@ impl Verifier {
             }
         }
     }
-
-    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.forward.iter().map(|(_, h)| h)
-    }
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).

@@ -68,14 +68,6 @@ impl Flights {
             tx,
         })
     }
-
-    /// True while a leader is fetching this key.
-    pub fn in_flight(&self, key: &Key) -> bool {
-        self.shard(key)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
-    }
 }
 
 impl Leader<'_> {

@@ -123,35 +123,6 @@ impl Entry {
             .saturating_add(grace)
             .max(Duration::from_millis(1))
     }
-
-    /// The entry after a 304: the stored body with the 304's updated headers
-    /// (RFC 9111 §4.3.4), fresh again.
-    pub fn refreshed(
-        &self,
-        not_modified: &HeaderMap,
-        freshness: Freshness,
-        initial_age: Duration,
-    ) -> Entry {
-        let mut headers = self.headers.clone();
-        for name in not_modified.keys() {
-            if name == header::CONTENT_LENGTH || name == header::AGE {
-                continue;
-            }
-            headers.remove(name);
-            for v in not_modified.get_all(name) {
-                headers.append(name.clone(), v.clone());
-            }
-        }
-        Entry::new(
-            self.status,
-            headers,
-            self.body.clone(),
-            initial_age,
-            freshness,
-            self.vary.clone(),
-            self.key.clone(),
-        )
-    }
 }
 
 /// The variants of one URL whose response varies.

@@ -311,17 +311,7 @@ impl Transform {
             m.count(skip);
             return bytes;
         }
-        match edit_bytes(edit, &bytes) {
-            Some(out) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                out
-            }
-            None => {
-                m.count(Skip::InvalidJson);
-                tracing::warn!("upstream sent invalid JSON; passed through unchanged");
-                bytes
-            }
-        }
+        edit_complete(m, edit, headers, bytes).unwrap_or_else(|original| original)
     }
 }
 
@@ -390,6 +380,32 @@ fn skip_reason(headers: &HeaderMap, edit: &JsonEdit, len: u64) -> Option<Skip> {
     (len > edit.max_size).then_some(Skip::TooLarge)
 }
 
+/// The one JSON edit of a whole body in memory, for streamed bodies and the cache's
+/// alike. An empty body passes untouched; otherwise the edited body with its new
+/// `Content-Length`, or, when the body is not JSON after all, the original (as `Err`),
+/// counted and logged.
+fn edit_complete(
+    m: &Message,
+    edit: &JsonEdit,
+    headers: &mut HeaderMap,
+    bytes: Bytes,
+) -> Result<Bytes, Bytes> {
+    if bytes.is_empty() {
+        return Ok(bytes);
+    }
+    match edit_bytes(edit, &bytes) {
+        Some(out) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            Ok(out)
+        }
+        None => {
+            m.count(Skip::InvalidJson);
+            tracing::warn!("body is not valid JSON; the JSON transform passed it unchanged");
+            Err(bytes)
+        }
+    }
+}
+
 fn edit_bytes(edit: &JsonEdit, bytes: &[u8]) -> Option<Bytes> {
     let mut value: Value = serde_json::from_slice(bytes).ok()?;
     edit.apply(&mut value);
@@ -406,16 +422,9 @@ async fn edit_body(m: &Message, edit: &JsonEdit, headers: &mut HeaderMap, body: 
         return Edited::Done(body);
     }
     match buffer::up_to(body, edit.max_size).await {
-        Buffered::Complete(bytes) => match edit_bytes(edit, &bytes) {
-            Some(out) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                Edited::Done(Body::full(out))
-            }
-            None => {
-                m.count(Skip::InvalidJson);
-                tracing::warn!("invalid JSON body; a JSON transform could not apply");
-                Edited::Invalid(bytes)
-            }
+        Buffered::Complete(bytes) => match edit_complete(m, edit, headers, bytes) {
+            Ok(out) => Edited::Done(Body::full(out)),
+            Err(original) => Edited::Invalid(original),
         },
         Buffered::Overflow(body) => {
             m.count(Skip::TooLarge);

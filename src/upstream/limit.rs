@@ -44,10 +44,6 @@ impl Limits {
         }
     }
 
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
-    }
-
     /// A permit for one request to `endpoint` (None when it has no limit); waits in the
     /// bounded queue until `deadline` when the endpoint is busy.
     pub async fn acquire(

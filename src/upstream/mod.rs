@@ -108,23 +108,6 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
-        upstream: &str,
-        address: &str,
-        weight: u32,
-        metrics: &Metrics,
-    ) -> Result<Endpoint, String> {
-        Endpoint::build(
-            upstream,
-            address,
-            weight,
-            Source::Static,
-            None,
-            &crate::config::KeepaliveConfig::default(),
-            &metrics.resilience,
-        )
-    }
-
     pub fn build(
         upstream: &str,
         address: &str,
