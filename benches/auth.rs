@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portico::auth::Verifier;
 use portico::config::{Duration, JwtConfig, RateLimitConfig};
-use portico::ratelimit::{Key, Limiter};
+use portico::ratelimit::{BucketKey, Limiter};
 use serde_json::json;
 
 const SECRET: &str = "a-benchmark-secret-that-is-long-enough-for-hs256";
@@ -100,12 +100,12 @@ fn limiter_check(c: &mut Criterion) {
     };
     // No Tokio runtime here, so no housekeeping task: the keys all stay.
     let one = Limiter::build("one", &config, None).expect("limiter");
-    let key = Key::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let key = BucketKey::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     group.bench_function("1 key", |b| b.iter(|| one.check_key(black_box(&key))));
 
     let many = Limiter::build("many", &config, None).expect("limiter");
-    let keys: Vec<Key> = (0..100_000u32)
-        .map(|i| Key::Ip(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i))))
+    let keys: Vec<BucketKey> = (0..100_000u32)
+        .map(|i| BucketKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i))))
         .collect();
     for k in &keys {
         many.check_key(k);

@@ -13,7 +13,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use portico::cache::flow::{respond, Conditional};
 use portico::cache::policy::Freshness;
-use portico::cache::{Entry, Key, Outcome, ResponseCache};
+use portico::cache::{CacheStatus, Entry, Key, ResponseCache};
 use portico::config::{CacheConfig, Size, TransformConfig};
 use portico::observe::{CacheMetrics, TransformMetrics};
 use portico::transform::{Scope, Transform};
@@ -60,7 +60,7 @@ fn cache_hit(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let entry = cache.store.lookup(black_box(&key), &request).await.unwrap();
-                black_box(respond(&entry, Outcome::Hit, &none, false))
+                black_box(respond(&entry, CacheStatus::Hit, &none, false))
             })
         })
     });

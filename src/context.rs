@@ -52,5 +52,5 @@ pub struct Context {
     /// The side a migration split chose for this request.
     pub split_side: Option<crate::split::Side>,
     /// The rate limit decision, reported in `RateLimit-*` headers on the response.
-    pub rate_limit: Option<crate::ratelimit::Outcome>,
+    pub rate_limit: Option<crate::ratelimit::Decision>,
 }

@@ -228,7 +228,7 @@ async fn upgrade_request(
         .pick()
         .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
     ctx.endpoint = Some(endpoint.clone());
-    let _in_flight = endpoint.start();
+    let _awaiting_head = endpoint.await_head();
     let uri = upstream_uri(&endpoint.authority, call.path_and_query)?;
     let mut builder = Request::builder()
         .method(call.method)

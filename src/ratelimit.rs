@@ -27,13 +27,13 @@ pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-
 pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// Key values longer than this are stored as a digest, so a client cannot make each
+/// BucketKey values longer than this are stored as a digest, so a client cannot make each
 /// entry of the map cost kilobytes.
 const MAX_KEY_BYTES: usize = 128;
 
 /// Where a request's limiter key comes from.
 #[derive(Clone, Debug, PartialEq)]
-pub enum KeySource {
+pub enum KeyRule {
     /// The client address: the socket peer, or the X-Forwarded-For entry a trusted proxy
     /// vouches for (resolved once per request in `forward::client_ip`).
     ClientIp,
@@ -41,20 +41,20 @@ pub enum KeySource {
     Claim(String),
 }
 
-impl KeySource {
+impl KeyRule {
     /// Parses `client_ip`, `header:NAME` or `claim:NAME`.
-    pub fn parse(text: &str) -> Result<KeySource, String> {
+    pub fn parse(text: &str) -> Result<KeyRule, String> {
         let bad =
             || format!("invalid key {text:?} (expected client_ip, header:NAME or claim:NAME)");
         if text == "client_ip" {
-            return Ok(KeySource::ClientIp);
+            return Ok(KeyRule::ClientIp);
         }
         match text.split_once(':') {
             Some(("header", name)) if !name.is_empty() => HeaderName::from_bytes(name.as_bytes())
-                .map(KeySource::Header)
+                .map(KeyRule::Header)
                 .map_err(|_| format!("invalid header name {name:?} in key {text:?}")),
             Some(("claim", name)) if !name.trim().is_empty() => {
-                Ok(KeySource::Claim(name.to_string()))
+                Ok(KeyRule::Claim(name.to_string()))
             }
             _ => Err(bad()),
         }
@@ -64,22 +64,22 @@ impl KeySource {
 /// A limiter key. Requests that lack their key share `Anonymous`: limited together,
 /// never let through unlimited.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Key {
+pub enum BucketKey {
     Anonymous,
     Ip(IpAddr),
     Value(Box<[u8]>),
     Digest([u8; 32]),
 }
 
-impl Key {
-    fn from_bytes(bytes: &[u8]) -> Key {
+impl BucketKey {
+    fn from_bytes(bytes: &[u8]) -> BucketKey {
         if bytes.len() <= MAX_KEY_BYTES {
-            return Key::Value(bytes.into());
+            return BucketKey::Value(bytes.into());
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
         let mut out = [0u8; 32];
         out.copy_from_slice(digest.as_ref());
-        Key::Digest(out)
+        BucketKey::Digest(out)
     }
 }
 
@@ -90,11 +90,16 @@ pub struct KeyInput<'a> {
     pub claims: Option<&'a Claims>,
 }
 
-type Keyed = RateLimiter<Key, DashMapStateStore<Key>, MonotonicClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<
+    BucketKey,
+    DashMapStateStore<BucketKey>,
+    MonotonicClock,
+    StateInformationMiddleware,
+>;
 
 /// The decision for one request, with what the `RateLimit-*` headers report.
 #[derive(Clone, Debug)]
-pub struct Outcome {
+pub struct Decision {
     pub limit: HeaderValue,
     pub policy: HeaderValue,
     pub remaining: u32,
@@ -104,7 +109,7 @@ pub struct Outcome {
     pub retry_after: Option<u64>,
 }
 
-impl Outcome {
+impl Decision {
     pub fn allowed(&self) -> bool {
         self.retry_after.is_none()
     }
@@ -124,7 +129,7 @@ impl Outcome {
 pub struct Limiter {
     pub name: String,
     pub config: RateLimitConfig,
-    key: KeySource,
+    key: KeyRule,
     state: Arc<Keyed>,
     clock: MonotonicClock,
     burst: u32,
@@ -152,7 +157,7 @@ impl Drop for Limiter {
 /// Checks a `rate_limits` entry; returns (field, message) problems.
 pub fn check(config: &RateLimitConfig) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
-    if let Err(e) = KeySource::parse(&config.key) {
+    if let Err(e) = KeyRule::parse(&config.key) {
         problems.push(("key", e));
     }
     if config.limit == 0 {
@@ -180,7 +185,7 @@ impl Limiter {
         if let Some((field, message)) = check(config).into_iter().next() {
             return Err(format!("{field}: {message}"));
         }
-        let key = KeySource::parse(&config.key)?;
+        let key = KeyRule::parse(&config.key)?;
         let limit = NonZeroU32::new(config.limit).ok_or("limit must be at least 1")?;
         let burst = config.burst.and_then(NonZeroU32::new).unwrap_or(limit);
         let interval = config.per.0 / limit.get();
@@ -218,28 +223,29 @@ impl Limiter {
     }
 
     /// The key of one request.
-    pub fn key(&self, input: &KeyInput<'_>) -> Key {
+    pub fn key(&self, input: &KeyInput<'_>) -> BucketKey {
         match &self.key {
-            KeySource::ClientIp => Key::Ip(input.client_ip),
-            KeySource::Header(name) => input
-                .headers
-                .get(name)
-                .map_or(Key::Anonymous, |v| Key::from_bytes(v.as_bytes())),
-            KeySource::Claim(name) => input
+            KeyRule::ClientIp => BucketKey::Ip(input.client_ip),
+            KeyRule::Header(name) => input.headers.get(name).map_or(BucketKey::Anonymous, |v| {
+                BucketKey::from_bytes(v.as_bytes())
+            }),
+            KeyRule::Claim(name) => input
                 .claims
                 .and_then(|c| c.text(name))
-                .map_or(Key::Anonymous, |v| Key::from_bytes(v.as_bytes())),
+                .map_or(BucketKey::Anonymous, |v| {
+                    BucketKey::from_bytes(v.as_bytes())
+                }),
         }
     }
 
     /// Spends one request of `key`'s budget, or says how long to wait.
-    pub fn check_key(&self, key: &Key) -> Outcome {
+    pub fn check_key(&self, key: &BucketKey) -> Decision {
         let ceil_secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
         match self.state.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(self.burst);
                 let used = self.burst - remaining;
-                Outcome {
+                Decision {
                     limit: self.limit.clone(),
                     policy: self.policy.clone(),
                     remaining,
@@ -250,7 +256,7 @@ impl Limiter {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let full = wait + self.interval * (self.burst - 1);
-                Outcome {
+                Decision {
                     limit: self.limit.clone(),
                     policy: self.policy.clone(),
                     remaining: 0,
@@ -261,7 +267,7 @@ impl Limiter {
         }
     }
 
-    pub fn check(&self, input: &KeyInput<'_>) -> Outcome {
+    pub fn check(&self, input: &KeyInput<'_>) -> Decision {
         self.check_key(&self.key(input))
     }
 
@@ -323,17 +329,17 @@ mod tests {
 
     #[test]
     fn keys_parse() {
-        assert_eq!(KeySource::parse("client_ip"), Ok(KeySource::ClientIp));
+        assert_eq!(KeyRule::parse("client_ip"), Ok(KeyRule::ClientIp));
         assert!(matches!(
-            KeySource::parse("header:X-Api-Key"),
-            Ok(KeySource::Header(_))
+            KeyRule::parse("header:X-Api-BucketKey"),
+            Ok(KeyRule::Header(_))
         ));
         assert_eq!(
-            KeySource::parse("claim:sub"),
-            Ok(KeySource::Claim("sub".into()))
+            KeyRule::parse("claim:sub"),
+            Ok(KeyRule::Claim("sub".into()))
         );
         for bad in ["", "ip", "header:", "claim:", "header:bad name", "cookie:x"] {
-            assert!(KeySource::parse(bad).is_err(), "{bad}");
+            assert!(KeyRule::parse(bad).is_err(), "{bad}");
         }
         assert!(!check(&config("client_ip", 0, 1, None)).is_empty());
         assert!(!check(&config("client_ip", 1, 0, None)).is_empty());
@@ -344,7 +350,7 @@ mod tests {
     #[test]
     fn budget_counts_down_then_refuses() {
         let limiter = Limiter::build("t", &config("client_ip", 3, 60, None), None).unwrap();
-        let key = Key::Ip("10.0.0.1".parse().unwrap());
+        let key = BucketKey::Ip("10.0.0.1".parse().unwrap());
         let remaining: Vec<u32> = (0..3).map(|_| limiter.check_key(&key).remaining).collect();
         assert_eq!(remaining, vec![2, 1, 0]);
         let refused = limiter.check_key(&key);
@@ -358,7 +364,7 @@ mod tests {
         );
         // Another key has its own bucket.
         assert!(limiter
-            .check_key(&Key::Ip("10.0.0.2".parse().unwrap()))
+            .check_key(&BucketKey::Ip("10.0.0.2".parse().unwrap()))
             .allowed());
     }
 
@@ -371,7 +377,7 @@ mod tests {
             headers: &headers,
             claims: None,
         };
-        assert_eq!(limiter.key(&input), Key::Anonymous);
+        assert_eq!(limiter.key(&input), BucketKey::Anonymous);
         headers.insert(
             "x-api-key",
             HeaderValue::from_str(&"k".repeat(4000)).unwrap(),
@@ -381,7 +387,7 @@ mod tests {
             headers: &headers,
             claims: None,
         };
-        assert!(matches!(limiter.key(&input), Key::Digest(_)));
+        assert!(matches!(limiter.key(&input), BucketKey::Digest(_)));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portico::config::{Duration as ConfigDuration, RateLimitConfig};
-use portico::ratelimit::{Key, Limiter};
+use portico::ratelimit::{BucketKey, Limiter};
 use serde_json::json;
 use support::{eventually, gateway, Backend, Client, Reply};
 
@@ -238,7 +238,7 @@ async fn two_hundred_thousand_keys_fall_back_after_the_idle_period() {
     };
     let limiter = Limiter::build("flood", &config, Some(Duration::from_millis(100))).unwrap();
     for i in 0..200_000u32 {
-        let key = Key::Ip(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)));
+        let key = BucketKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)));
         assert!(limiter.check_key(&key).allowed());
     }
     let peak = limiter.len();

@@ -171,7 +171,7 @@ impl AuthError {
     }
 }
 
-enum KeySource {
+enum VerifyingKeys {
     Secret(Arc<KeySet>),
     Static(Arc<KeySet>),
     Jwks(jwks::Jwks),
@@ -373,7 +373,7 @@ pub struct Verifier {
     validations: Vec<(Algorithm, Validation)>,
     required: Vec<String>,
     forward: Vec<(String, HeaderName)>,
-    keys: KeySource,
+    keys: VerifyingKeys,
     verified: verified::VerifiedTokens,
 }
 
@@ -408,7 +408,7 @@ impl Verifier {
                 .join("; ")
         })?;
         let keys = match settings.keys {
-            Keys::Secret(secret) => KeySource::Secret(Arc::new(KeySet {
+            Keys::Secret(secret) => VerifyingKeys::Secret(Arc::new(KeySet {
                 keys: vec![StoredKey {
                     kid: None,
                     alg: None,
@@ -417,8 +417,8 @@ impl Verifier {
                     key: DecodingKey::from_secret(&secret),
                 }],
             })),
-            Keys::Static(key) => KeySource::Static(Arc::new(KeySet { keys: vec![key] })),
-            Keys::Jwks(uri) => KeySource::Jwks(jwks::Jwks::start(
+            Keys::Static(key) => VerifyingKeys::Static(Arc::new(KeySet { keys: vec![key] })),
+            Keys::Jwks(uri) => VerifyingKeys::Jwks(jwks::Jwks::start(
                 name,
                 uri,
                 settings.algorithms.clone(),
@@ -446,7 +446,7 @@ impl Verifier {
 
     pub fn jwks(&self) -> Option<&jwks::Jwks> {
         match &self.keys {
-            KeySource::Jwks(j) => Some(j),
+            VerifyingKeys::Jwks(j) => Some(j),
             _ => None,
         }
     }
@@ -470,7 +470,7 @@ impl Verifier {
         }
         let claims = match self.verify_token(token) {
             Err(e @ (AuthError::UnknownKey | AuthError::KeysUnavailable)) => match &self.keys {
-                KeySource::Jwks(jwks) if jwks.refetch().await => {
+                VerifyingKeys::Jwks(jwks) if jwks.refetch().await => {
                     return self.verify_token(token).map(Arc::new)
                 }
                 _ => return Err(e),
@@ -485,16 +485,16 @@ impl Verifier {
 
     fn current_keys(&self) -> Option<Arc<KeySet>> {
         match &self.keys {
-            KeySource::Secret(k) | KeySource::Static(k) => Some(k.clone()),
-            KeySource::Jwks(j) => j.keys(),
+            VerifyingKeys::Secret(k) | VerifyingKeys::Static(k) => Some(k.clone()),
+            VerifyingKeys::Jwks(j) => j.keys(),
         }
     }
 
     pub fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
         let (header, alg) = self.header(token)?;
         let keys = match &self.keys {
-            KeySource::Secret(k) | KeySource::Static(k) => k.clone(),
-            KeySource::Jwks(j) => j.keys().ok_or(AuthError::KeysUnavailable)?,
+            VerifyingKeys::Secret(k) | VerifyingKeys::Static(k) => k.clone(),
+            VerifyingKeys::Jwks(j) => j.keys().ok_or(AuthError::KeysUnavailable)?,
         };
         let validation = self
             .validations

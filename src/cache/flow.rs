@@ -17,7 +17,7 @@ use super::flight::{self, Join, Landing, Leader};
 use super::key::{self, Key};
 use super::policy::{self, CacheControl};
 use super::store::Entry;
-use super::{Outcome, ResponseCache};
+use super::{CacheStatus, ResponseCache};
 use crate::transform::Transform;
 use crate::transform::TransformError;
 use crate::upstream::call::{upstream_response, UpstreamCall};
@@ -134,36 +134,36 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         let stored = cache.store.lookup(&primary, &call.headers).await;
         if let Some(entry) = &stored {
             if !request_cc.no_cache && entry.is_fresh(now) {
-                cache.count(Outcome::Hit);
-                return Ok(respond(entry, Outcome::Hit, &conditional, head));
+                cache.count(CacheStatus::Hit);
+                return Ok(respond(entry, CacheStatus::Hit, &conditional, head));
             }
             if !request_cc.no_cache && entry.within_stale_while_revalidate(now) {
-                cache.count(Outcome::Stale);
+                cache.count(CacheStatus::Stale);
                 refresh_in_background(transform, cache, &call, &primary, entry);
-                return Ok(respond(entry, Outcome::Stale, &conditional, head));
+                return Ok(respond(entry, CacheStatus::Stale, &conditional, head));
             }
         }
         if head {
             // A HEAD is answered from a stored GET, never stored itself.
-            cache.count(Outcome::Miss);
+            cache.count(CacheStatus::Miss);
             let (ep, response) = call.send(call.headers.clone(), body).await?;
             *endpoint = ep;
-            return Ok(tag(upstream_response(response), Outcome::Miss));
+            return Ok(tag(upstream_response(response), CacheStatus::Miss));
         }
         match cache.flights.join(&primary) {
             Join::Waiter(slot) => match flight::wait(slot).await {
                 Some(Landing::Stored(entry))
                     if entry.key == variant_of(&primary, &entry, &call.headers) =>
                 {
-                    cache.count(Outcome::Hit);
-                    return Ok(respond(&entry, Outcome::Hit, &conditional, head));
+                    cache.count(CacheStatus::Hit);
+                    return Ok(respond(&entry, CacheStatus::Hit, &conditional, head));
                 }
                 Some(Landing::NotStored) => {
-                    cache.count(Outcome::Miss);
+                    cache.count(CacheStatus::Miss);
                     let (ep, response) = call.send(call.headers.clone(), body).await?;
                     *endpoint = ep;
                     let response = transform_body(transform, upstream_response(response)).await?;
-                    return Ok(tag(response, Outcome::Miss));
+                    return Ok(tag(response, CacheStatus::Miss));
                 }
                 // Another variant landed, or the leader went away: look again.
                 _ => continue,
@@ -173,8 +173,8 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
                 if stored.is_none() {
                     if let Some(entry) = cache.store.lookup(&primary, &call.headers).await {
                         if entry.is_fresh(Instant::now()) && !request_cc.no_cache {
-                            cache.count(Outcome::Hit);
-                            return Ok(respond(&entry, Outcome::Hit, &conditional, head));
+                            cache.count(CacheStatus::Hit);
+                            return Ok(respond(&entry, CacheStatus::Hit, &conditional, head));
                         }
                     }
                 }
@@ -200,11 +200,11 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
             }
         }
     }
-    cache.count(Outcome::Bypass);
+    cache.count(CacheStatus::Bypass);
     let (ep, response) = call.send(call.headers.clone(), Body::empty()).await?;
     *endpoint = ep;
     let response = transform_body(transform, upstream_response(response)).await?;
-    Ok(tag(response, Outcome::Bypass))
+    Ok(tag(response, CacheStatus::Bypass))
 }
 
 fn variant_of(primary: &Key, entry: &Entry, headers: &HeaderMap) -> Key {
@@ -222,12 +222,12 @@ async fn bypass(
     body: Body,
     endpoint: &mut Option<Arc<Endpoint>>,
 ) -> Result<Response<Body>, CacheError> {
-    cache.count(Outcome::Bypass);
+    cache.count(CacheStatus::Bypass);
     let headers = call.headers.clone();
     let (ep, response) = call.send(headers, body).await?;
     *endpoint = ep;
     let response = transform_body(transform, upstream_response(response)).await?;
-    Ok(tag(response, Outcome::Bypass))
+    Ok(tag(response, CacheStatus::Bypass))
 }
 
 /// RFC 9111 §4.4: a successful unsafe request invalidates the URL, and its `Location`
@@ -240,7 +240,7 @@ async fn unsafe_method(
     endpoint: &mut Option<Arc<Endpoint>>,
     primary: &Key,
 ) -> Result<Response<Body>, CacheError> {
-    cache.count(Outcome::Bypass);
+    cache.count(CacheStatus::Bypass);
     let headers = call.headers.clone();
     let (ep, response) = call.send(headers, body).await?;
     *endpoint = ep;
@@ -261,7 +261,7 @@ async fn unsafe_method(
         }
     }
     let response = transform_body(transform, response).await?;
-    Ok(tag(response, Outcome::Bypass))
+    Ok(tag(response, CacheStatus::Bypass))
 }
 
 /// The path and query of a `Location` on the same host (relative, or absolute with the
@@ -286,7 +286,7 @@ enum Answer {
 
 struct Fetched {
     answer: Answer,
-    outcome: Outcome,
+    outcome: CacheStatus,
     endpoint: Option<Arc<Endpoint>>,
 }
 
@@ -336,7 +336,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
             return match serve_stale(&stale) {
                 Some(entry) => Ok(Fetched {
                     answer: Answer::Entry(entry),
-                    outcome: Outcome::Stale,
+                    outcome: CacheStatus::Stale,
                     endpoint: None,
                 }),
                 None => Err(error.into()),
@@ -374,7 +374,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
             }
             return Ok(Fetched {
                 answer: Answer::Entry(entry),
-                outcome: Outcome::Hit,
+                outcome: CacheStatus::Hit,
                 endpoint,
             });
         }
@@ -382,7 +382,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
             if let Some(entry) = serve_stale(&stale) {
                 return Ok(Fetched {
                     answer: Answer::Entry(entry),
-                    outcome: Outcome::Stale,
+                    outcome: CacheStatus::Stale,
                     endpoint,
                 });
             }
@@ -390,7 +390,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
     }
     let streamed = |response: Response<Body>| Fetched {
         answer: Answer::Streamed(response),
-        outcome: Outcome::Miss,
+        outcome: CacheStatus::Miss,
         endpoint: endpoint.clone(),
     };
     let freshness = match policy::storable(
@@ -446,7 +446,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
             leader.land(Landing::Stored(entry.clone()));
             Ok(Fetched {
                 answer: Answer::Entry(entry),
-                outcome: Outcome::Miss,
+                outcome: CacheStatus::Miss,
                 endpoint,
             })
         }
@@ -529,7 +529,7 @@ async fn transform_body(
     }
 }
 
-fn tag(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
+fn tag(mut response: Response<Body>, outcome: CacheStatus) -> Response<Body> {
     response
         .headers_mut()
         .insert(X_CACHE.clone(), outcome.header());
@@ -540,7 +540,7 @@ fn tag(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
 /// client's own validators match; no body for HEAD.
 pub fn respond(
     entry: &Entry,
-    outcome: Outcome,
+    outcome: CacheStatus,
     conditional: &Conditional,
     head: bool,
 ) -> Response<Body> {

@@ -30,31 +30,36 @@ pub const DEFAULT_MAX_ENTRY: u64 = 1024 * 1024;
 
 /// `X-Cache` values, also the `result` label of `portico_cache_lookups_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CacheStatus {
     Hit,
     Miss,
     Stale,
     Bypass,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [Outcome::Hit, Outcome::Miss, Outcome::Stale, Outcome::Bypass];
+impl CacheStatus {
+    pub const ALL: [CacheStatus; 4] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Stale,
+        CacheStatus::Bypass,
+    ];
 
     pub fn header(self) -> http::HeaderValue {
         http::HeaderValue::from_static(match self {
-            Outcome::Hit => "HIT",
-            Outcome::Miss => "MISS",
-            Outcome::Stale => "STALE",
-            Outcome::Bypass => "BYPASS",
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Bypass => "BYPASS",
         })
     }
 
     fn label(self) -> &'static str {
         match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Stale => "stale",
-            Outcome::Bypass => "bypass",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Bypass => "bypass",
         }
     }
 }
@@ -100,13 +105,14 @@ impl ResponseCache {
                 .unwrap_or(Duration::ZERO),
             store: Store::new(max_size),
             flights: flight::Flights::default(),
-            lookups: Outcome::ALL.map(|o| metrics.lookups.with_label_values(&[name, o.label()])),
+            lookups: CacheStatus::ALL
+                .map(|o| metrics.lookups.with_label_values(&[name, o.label()])),
             entries_gauge,
             bytes_gauge,
         }
     }
 
-    pub fn count(&self, outcome: Outcome) {
+    pub fn count(&self, outcome: CacheStatus) {
         self.lookups[outcome as usize].inc();
     }
 

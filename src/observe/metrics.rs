@@ -275,7 +275,7 @@ impl RouteMetrics {
 
 /// What became of one attempt to an upstream endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     Success,
     ClientError,
     ServerError,
@@ -284,32 +284,32 @@ pub enum Outcome {
     InvalidResponse,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Success,
-        Outcome::ClientError,
-        Outcome::ServerError,
-        Outcome::ConnectFailure,
-        Outcome::Timeout,
-        Outcome::InvalidResponse,
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 6] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::ClientError,
+        AttemptOutcome::ServerError,
+        AttemptOutcome::ConnectFailure,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::InvalidResponse,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Outcome::Success => "success",
-            Outcome::ClientError => "client_error",
-            Outcome::ServerError => "server_error",
-            Outcome::ConnectFailure => "connect_failure",
-            Outcome::Timeout => "timeout",
-            Outcome::InvalidResponse => "invalid_response",
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::ClientError => "client_error",
+            AttemptOutcome::ServerError => "server_error",
+            AttemptOutcome::ConnectFailure => "connect_failure",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::InvalidResponse => "invalid_response",
         }
     }
 
-    pub fn from_status(status: u16) -> Outcome {
+    pub fn from_status(status: u16) -> AttemptOutcome {
         match status {
-            500.. => Outcome::ServerError,
-            400..=499 => Outcome::ClientError,
-            _ => Outcome::Success,
+            500.. => AttemptOutcome::ServerError,
+            400..=499 => AttemptOutcome::ClientError,
+            _ => AttemptOutcome::Success,
         }
     }
 }
@@ -328,7 +328,7 @@ impl std::fmt::Debug for EndpointMetrics {
 }
 
 impl EndpointMetrics {
-    pub fn record(&self, outcome: Outcome) {
+    pub fn record(&self, outcome: AttemptOutcome) {
         self.outcomes[outcome as usize].inc();
     }
 }
@@ -342,7 +342,7 @@ impl EndpointMetrics {
         endpoint: &str,
     ) -> EndpointMetrics {
         EndpointMetrics {
-            outcomes: Outcome::ALL
+            outcomes: AttemptOutcome::ALL
                 .map(|o| family.with_label_values(&[upstream, endpoint, o.label()])),
             connections_opened: connections.with_label_values(&[upstream, endpoint]),
         }

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use access_log::{AccessLog, AccessRecord};
-pub use metrics::{EndpointMetrics, Metrics, Outcome, RouteMetrics};
+pub use metrics::{AttemptOutcome, EndpointMetrics, Metrics, RouteMetrics};
 pub use resilience::ResilienceMetrics;
 pub use stages::{CacheMetrics, TransformMetrics};
 

@@ -120,7 +120,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
+        tracing::warn!(grace = ?grace, "shutdown grace period over; returning with connections still open (they end with the process)");
     }
 }
 

@@ -73,8 +73,8 @@ impl Balancer {
                     b += 1;
                 }
                 let (ea, eb) = (&endpoints[a], &endpoints[b]);
-                let load_a = ea.in_flight() as u64 * u64::from(eb.weight.max(1));
-                let load_b = eb.in_flight() as u64 * u64::from(ea.weight.max(1));
+                let load_a = ea.awaiting_head() as u64 * u64::from(eb.weight.max(1));
+                let load_b = eb.awaiting_head() as u64 * u64::from(ea.weight.max(1));
                 Some(if load_a <= load_b { a } else { b })
             }
         }

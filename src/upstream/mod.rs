@@ -36,7 +36,7 @@ use crate::wire::pool::Pool;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 use crate::config::{ConsulConfig, UpstreamConfig};
-use crate::observe::{EndpointMetrics, Metrics, Outcome, ResilienceMetrics};
+use crate::observe::{AttemptOutcome, EndpointMetrics, Metrics, ResilienceMetrics};
 use crate::upstream::discovery::DiscoveryStatus;
 
 /// Why a call to an upstream failed. The top layer (`error::GatewayError`) gives each its
@@ -97,7 +97,10 @@ pub struct Endpoint {
     pub authority: Authority,
     pub weight: u32,
     pub source: Source,
-    in_flight: AtomicUsize,
+    /// Requests sent to this endpoint whose response head has not arrived yet: what
+    /// `least_request` balances on and `/upstreams` shows as `in_flight`. A response whose
+    /// body is still streaming no longer counts.
+    awaiting_head: AtomicUsize,
     pub metrics: EndpointMetrics,
     pub health: health::HealthState,
     pub outlier: outlier::EndpointOutlier,
@@ -122,7 +125,7 @@ impl Endpoint {
             authority: parse_target(address)?,
             weight,
             source,
-            in_flight: AtomicUsize::new(0),
+            awaiting_head: AtomicUsize::new(0),
             metrics: metrics.endpoint(upstream, address),
             health: health::HealthState::default(),
             outlier: outlier::EndpointOutlier::default(),
@@ -131,14 +134,14 @@ impl Endpoint {
         })
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+    pub fn awaiting_head(&self) -> usize {
+        self.awaiting_head.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as in flight until the guard is dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+    /// Counts a request as awaiting its response head until the guard is dropped.
+    pub fn await_head(self: &Arc<Self>) -> AwaitingHead {
+        self.awaiting_head.fetch_add(1, Ordering::Relaxed);
+        AwaitingHead(self.clone())
     }
 
     /// Listed, passing its checks and not ejected: the one rule for "serves traffic".
@@ -157,11 +160,11 @@ impl Endpoint {
     }
 }
 
-pub struct InFlight(Arc<Endpoint>);
+pub struct AwaitingHead(Arc<Endpoint>);
 
-impl Drop for InFlight {
+impl Drop for AwaitingHead {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.awaiting_head.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -408,7 +411,7 @@ impl Upstream {
     }
 
     /// Feeds one attempt's outcome to outlier detection and the circuit breaker.
-    pub fn observe(&self, endpoint: &Arc<Endpoint>, outcome: Outcome) {
+    pub fn observe(&self, endpoint: &Arc<Endpoint>, outcome: AttemptOutcome) {
         let failed = is_failure(outcome);
         if let Some(policy) = &self.outlier {
             if endpoint.outlier.record(failed) >= policy.consecutive_errors {
@@ -448,7 +451,7 @@ impl Upstream {
                     "ejected": e.outlier.is_ejected(),
                     "ejected_for_ms": e.outlier.remaining(now).map(|d| d.as_millis() as u64),
                     "ejections": e.outlier.ejections(),
-                    "in_flight": e.in_flight(),
+                    "in_flight": e.awaiting_head(),
                 })
             })
             .collect();
@@ -477,8 +480,11 @@ impl Drop for Upstream {
 }
 
 /// An attempt that counts against an endpoint: 5xx, connect failure, timeout, garbage.
-pub fn is_failure(outcome: Outcome) -> bool {
-    !matches!(outcome, Outcome::Success | Outcome::ClientError)
+pub fn is_failure(outcome: AttemptOutcome) -> bool {
+    !matches!(
+        outcome,
+        AttemptOutcome::Success | AttemptOutcome::ClientError
+    )
 }
 
 /// Sweeps the pools of an upstream's endpoints until the upstream is dropped, so idle

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{retry, Endpoint, Upstream, UpstreamError};
-use crate::observe::Outcome;
+use crate::observe::AttemptOutcome;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
 use crate::wire::pool;
@@ -36,26 +36,27 @@ pub async fn send(
         Ok(Ok(response)) => {
             endpoint
                 .metrics
-                .record(Outcome::from_status(response.status().as_u16()));
+                .record(AttemptOutcome::from_status(response.status().as_u16()));
             return Ok(response);
         }
         Ok(Err(e)) => e,
         Err(_) => {
-            endpoint.metrics.record(Outcome::Timeout);
+            endpoint.metrics.record(AttemptOutcome::Timeout);
             return Err(UpstreamError::Timeout);
         }
     };
     let (outcome, error) = match failure {
-        ExchangeError::Connect(_) | ExchangeError::ConnectTimeout => {
-            (Some(Outcome::ConnectFailure), UpstreamError::ConnectFailed)
-        }
+        ExchangeError::Connect(_) | ExchangeError::ConnectTimeout => (
+            Some(AttemptOutcome::ConnectFailure),
+            UpstreamError::ConnectFailed,
+        ),
         // The client's body failed, not the endpoint.
         ExchangeError::RequestBody(e) if is_body_too_large(e.as_ref()) => {
             return Err(UpstreamError::RequestBodyTooLarge)
         }
         ExchangeError::RequestBody(_) => (None, UpstreamError::RequestBodyUnreadable),
         _ => (
-            Some(Outcome::InvalidResponse),
+            Some(AttemptOutcome::InvalidResponse),
             UpstreamError::InvalidResponse,
         ),
     };
@@ -148,11 +149,11 @@ pub async fn upgrade(
         match tokio::time::timeout(upstream.connect_timeout, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(_)) => {
-                endpoint.metrics.record(Outcome::ConnectFailure);
+                endpoint.metrics.record(AttemptOutcome::ConnectFailure);
                 return Err(UpstreamError::ConnectFailed);
             }
             Err(_) => {
-                endpoint.metrics.record(Outcome::ConnectFailure);
+                endpoint.metrics.record(AttemptOutcome::ConnectFailure);
                 return Err(UpstreamError::ConnectFailed);
             }
         };
@@ -167,17 +168,17 @@ pub async fn upgrade(
     let mut response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => {
-            endpoint.metrics.record(Outcome::InvalidResponse);
+            endpoint.metrics.record(AttemptOutcome::InvalidResponse);
             return Err(UpstreamError::InvalidResponse);
         }
         Err(_) => {
-            endpoint.metrics.record(Outcome::Timeout);
+            endpoint.metrics.record(AttemptOutcome::Timeout);
             return Err(UpstreamError::Timeout);
         }
     };
     endpoint
         .metrics
-        .record(Outcome::from_status(response.status().as_u16()));
+        .record(AttemptOutcome::from_status(response.status().as_u16()));
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {

@@ -23,7 +23,7 @@ use super::breaker::Admit;
 pub use super::proxy::Outgoing;
 use super::{proxy, Endpoint, Upstream, UpstreamError};
 use crate::config::RetriesConfig;
-use crate::observe::{Outcome, ResilienceMetrics};
+use crate::observe::{AttemptOutcome, ResilienceMetrics};
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::UpstreamBody;
 use crate::wire::headers::content_length;
@@ -39,7 +39,10 @@ const MILLI: i64 = 1000;
 pub struct Conditions {
     pub connect_failure: bool,
     pub timeout: bool,
-    pub reset: bool,
+    /// `reset` in the config: the connection broke before a complete response head, or
+    /// what came back was not valid HTTP. Both are an `InvalidResponse`: the client
+    /// cannot tell them apart, and neither reached the upstream's application logic.
+    pub invalid_response: bool,
     pub any_5xx: bool,
     pub statuses: Vec<u16>,
 }
@@ -53,7 +56,7 @@ impl Conditions {
             match item.as_str() {
                 "connect_failure" => c.connect_failure = true,
                 "timeout" => c.timeout = true,
-                "reset" => c.reset = true,
+                "reset" => c.invalid_response = true,
                 "5xx" => c.any_5xx = true,
                 "gateway_error" => c.statuses.extend([502, 503, 504]),
                 code => match code.parse::<u16>() {
@@ -77,7 +80,7 @@ impl Conditions {
             }
             Err(UpstreamError::ConnectFailed) => self.connect_failure,
             Err(UpstreamError::Timeout) => self.timeout,
-            Err(UpstreamError::InvalidResponse) => self.reset,
+            Err(UpstreamError::InvalidResponse) => self.invalid_response,
             Err(_) => false,
         }
     }
@@ -253,7 +256,7 @@ pub async fn send(
             Payload::Replayable(bytes) => Body::full(bytes.clone()),
             Payload::Stream(streamed) => streamed.take().unwrap_or_else(Body::empty),
         };
-        let _in_flight = endpoint.start();
+        let _awaiting_head = endpoint.await_head();
         let result = proxy::send(upstream, &endpoint, &out, body, timeout).await;
         if let Some(outcome) = outcome_of(&result) {
             upstream.observe(&endpoint, outcome);
@@ -296,12 +299,12 @@ fn finish(
     })
 }
 
-fn outcome_of(result: &Result<Response<UpstreamBody>, UpstreamError>) -> Option<Outcome> {
+fn outcome_of(result: &Result<Response<UpstreamBody>, UpstreamError>) -> Option<AttemptOutcome> {
     match result {
-        Ok(r) => Some(Outcome::from_status(r.status().as_u16())),
-        Err(UpstreamError::ConnectFailed) => Some(Outcome::ConnectFailure),
-        Err(UpstreamError::Timeout) => Some(Outcome::Timeout),
-        Err(UpstreamError::InvalidResponse) => Some(Outcome::InvalidResponse),
+        Ok(r) => Some(AttemptOutcome::from_status(r.status().as_u16())),
+        Err(UpstreamError::ConnectFailed) => Some(AttemptOutcome::ConnectFailure),
+        Err(UpstreamError::Timeout) => Some(AttemptOutcome::Timeout),
+        Err(UpstreamError::InvalidResponse) => Some(AttemptOutcome::InvalidResponse),
         // The client's fault (body too large), not the endpoint's.
         Err(_) => None,
     }

@@ -95,7 +95,9 @@ fn decode_unreserved(segment: &str) -> Result<String, PathError> {
             }
             i += 3;
         } else {
-            // The URI parser only lets ASCII through, so byte-to-char is exact.
+            // Bytes of 0x80 and above (hyper accepts them in a request target) become the
+            // char of the same value, that is Latin-1, not UTF-8: a known defect, see
+            // the hardening work on non-ASCII paths.
             out.push(bytes[i] as char);
             i += 1;
         }
