@@ -179,6 +179,57 @@ enum Payload {
     Stream(Option<Body>),
 }
 
+impl Payload {
+    /// The body for the next try: a copy of the kept bytes, or the stream (once).
+    fn next_body(&mut self) -> Body {
+        match self {
+            Payload::Replayable(bytes) => Body::full(bytes.clone()),
+            Payload::Stream(streamed) => streamed.take().unwrap_or_else(Body::empty),
+        }
+    }
+}
+
+/// What the tries so far leave for the client when no further try happens.
+enum Kept {
+    Nothing,
+    /// A retryable answer, kept in case the retry cannot be made.
+    Answer(Response<UpstreamBody>),
+    /// A retryable failure.
+    Failure(UpstreamError),
+}
+
+impl Kept {
+    /// The tries stopped with `error` (the deadline passed): a kept answer still wins.
+    fn stopped_by(self, error: UpstreamError) -> Kept {
+        match self {
+            Kept::Answer(response) => Kept::Answer(response),
+            _ => Kept::Failure(error),
+        }
+    }
+}
+
+/// What one try decided.
+enum Step {
+    /// The answer (or failure) the client gets.
+    Done(Result<Response<Body>, UpstreamError>),
+    /// Worth another try, if the budget, the breaker and the time allow one.
+    Again(Kept),
+    /// No further try can be made: the client gets what was kept (or `Some` failure
+    /// that ended the tries).
+    Stop(Option<UpstreamError>),
+}
+
+/// One request's tries: the policy that applies, the body for each try, the endpoints
+/// already tried, the deadline of them all.
+struct Tries<'a> {
+    upstream: &'a Upstream,
+    policy: Option<&'a RetryPolicy>,
+    out: &'a Outgoing,
+    payload: Payload,
+    tried: Vec<Arc<Endpoint>>,
+    deadline: Instant,
+}
+
 /// Sends the request, retrying by the upstream's policy. Sets `endpoint_used` to the
 /// endpoint of the last try.
 pub async fn send(
@@ -192,7 +243,7 @@ pub async fn send(
         .retry
         .as_ref()
         .filter(|p| p.attempts > 1 && p.allows(&out.method));
-    let mut payload = match policy {
+    let payload = match policy {
         Some(p) => Box::pin(keep_for_replay(body, &out.headers, p.max_body)).await?,
         None => Payload::Stream(Some(body)),
     };
@@ -203,89 +254,125 @@ pub async fn send(
         }
         _ => 1,
     };
-    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-    let mut last: Option<(Response<UpstreamBody>, Option<OwnedSemaphorePermit>)> = None;
-    let mut last_error = None;
+    let mut tries = Tries {
+        upstream,
+        policy,
+        out: &out,
+        payload,
+        tried: Vec::new(),
+        deadline,
+    };
+    let mut kept = Kept::Nothing;
     for attempt in 0..attempts {
-        if attempt > 0 {
-            if let Some(p) = policy {
-                if !p.budget.withdraw() {
-                    p.refused.inc();
-                    break;
-                }
-                p.retried.inc();
-            }
-        }
-        match upstream.breaker.as_ref().map(|b| b.admit()) {
-            Some(Admit::Reject) if attempt == 0 => {
-                return match upstream
-                    .breaker
-                    .as_ref()
-                    .and_then(|b| b.fallback_response())
-                {
-                    Some(r) => Ok(r),
-                    None => Err(UpstreamError::CircuitOpen(upstream.name.clone())),
-                }
-            }
-            Some(Admit::Reject) => break,
-            _ => {}
-        }
-        let Some(endpoint) = upstream.pick_excluding(&tried) else {
-            if attempt == 0 {
-                return Err(UpstreamError::NoEndpoint(upstream.name.clone()));
-            }
-            break;
-        };
-        *endpoint_used = Some(endpoint.clone());
-        let permit = match upstream.limits.acquire(&endpoint, deadline).await {
-            Ok(p) => p,
-            Err(e) if attempt == 0 => return Err(e),
-            Err(_) => break,
-        };
-        let now = Instant::now();
-        if now >= deadline {
-            last_error = Some(UpstreamError::Timeout);
-            break;
-        }
-        let remaining = deadline - now;
-        let timeout = policy
-            .and_then(|p| p.per_try_timeout)
-            .map_or(remaining, |t| t.min(remaining));
         let last_try = attempt + 1 == attempts;
-        let body = match &mut payload {
-            Payload::Replayable(bytes) => Body::full(bytes.clone()),
-            Payload::Stream(streamed) => streamed.take().unwrap_or_else(Body::empty),
-        };
-        let _awaiting_head = endpoint.await_head();
-        let result = proxy::send(upstream, &endpoint, &out, body, timeout).await;
-        if let Some(outcome) = outcome_of(&result) {
-            upstream.observe(&endpoint, outcome);
-        }
-        let again = !last_try && policy.is_some_and(|p| p.on.matches(&result));
-        if again {
-            // Only a request that will be retried pays for this list.
-            tried.push(endpoint);
-        }
-        match result {
-            Ok(response) if !again => return Ok(finish(response, permit)),
-            Ok(response) => {
-                // Keep the answer in case no retry happens, but free the endpoint's slot:
-                // the retry may need it (one endpoint, max_connections 1).
-                drop(permit);
-                last = Some((response, None));
-                last_error = None;
-            }
-            Err(e) if !again => return Err(e),
-            Err(e) => {
-                last = None;
-                last_error = Some(e);
+        match tries.one(attempt, last_try, endpoint_used).await {
+            Step::Done(result) => return result,
+            Step::Again(next) => kept = next,
+            Step::Stop(error) => {
+                if let Some(error) = error {
+                    kept = kept.stopped_by(error);
+                }
+                break;
             }
         }
     }
-    match (last, last_error) {
-        (Some((response, permit)), _) => Ok(finish(response, permit)),
-        (None, Some(e)) => Err(e),
-        (None, None) => Err(UpstreamError::NoEndpoint(upstream.name.clone())),
+    match kept {
+        Kept::Answer(response) => Ok(finish(response, None)),
+        Kept::Failure(error) => Err(error),
+        Kept::Nothing => Err(UpstreamError::NoEndpoint(upstream.name.clone())),
+    }
+}
+
+impl Tries<'_> {
+    /// Try number `attempt` (0 is the first): admitted by the budget and the breaker, to
+    /// an endpoint not tried yet when there is one, within the connection limits and the
+    /// time left. The first try reports why it could not be made; a retry that cannot be
+    /// made stops the tries.
+    async fn one(
+        &mut self,
+        attempt: u32,
+        last_try: bool,
+        endpoint_used: &mut Option<Arc<Endpoint>>,
+    ) -> Step {
+        let first = attempt == 0;
+        let upstream = self.upstream;
+        if !first && !self.retry_allowed() {
+            return Step::Stop(None);
+        }
+        if let Some(Admit::Reject) = upstream.breaker.as_ref().map(|b| b.admit()) {
+            if !first {
+                return Step::Stop(None);
+            }
+            let fallback = upstream
+                .breaker
+                .as_ref()
+                .and_then(|b| b.fallback_response());
+            return Step::Done(
+                fallback.ok_or_else(|| UpstreamError::CircuitOpen(upstream.name.clone())),
+            );
+        }
+        let Some(endpoint) = upstream.pick_excluding(&self.tried) else {
+            if !first {
+                return Step::Stop(None);
+            }
+            return Step::Done(Err(UpstreamError::NoEndpoint(upstream.name.clone())));
+        };
+        *endpoint_used = Some(endpoint.clone());
+        let permit = match upstream.limits.acquire(&endpoint, self.deadline).await {
+            Ok(permit) => permit,
+            Err(e) if first => return Step::Done(Err(e)),
+            Err(_) => return Step::Stop(None),
+        };
+        let Some(timeout) = self.time_for_one_try() else {
+            return Step::Stop(Some(UpstreamError::Timeout));
+        };
+        let body = self.payload.next_body();
+        let awaiting_head = endpoint.await_head();
+        let result = proxy::send(upstream, &endpoint, self.out, body, timeout).await;
+        drop(awaiting_head);
+        if let Some(outcome) = outcome_of(&result) {
+            upstream.observe(&endpoint, outcome);
+        }
+        let again = !last_try && self.policy.is_some_and(|p| p.on.matches(&result));
+        if !again {
+            return Step::Done(result.map(|response| finish(response, permit)));
+        }
+        // Only a request that will be retried pays for this list. The endpoint's slot is
+        // freed: the retry may need it (one endpoint, max_connections 1).
+        self.tried.push(endpoint);
+        drop(permit);
+        Step::Again(match result {
+            Ok(response) => Kept::Answer(response),
+            Err(e) => Kept::Failure(e),
+        })
+    }
+
+    /// The retry budget lets one more try through (and counts it).
+    fn retry_allowed(&self) -> bool {
+        let Some(p) = self.policy else {
+            return true;
+        };
+        if !p.budget.withdraw() {
+            p.refused.inc();
+            return false;
+        }
+        p.retried.inc();
+        true
+    }
+
+    /// The bound of the next try: `per_try_timeout` within what is left of the request's
+    /// deadline; None when nothing is left.
+    fn time_for_one_try(&self) -> Option<Duration> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return None;
+        }
+        let remaining = self.deadline - now;
+        Some(
+            self.policy
+                .and_then(|p| p.per_try_timeout)
+                .map_or(remaining, |t| t.min(remaining)),
+        )
     }
 }
 
