@@ -127,84 +127,141 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         return bypass(transform, cache, call, body, endpoint).await;
     }
     let conditional = Conditional::take(&mut call.headers);
-    let head = method == Method::HEAD;
-    let call = Arc::new(call);
+    let lookup = Lookup {
+        cache,
+        call: Arc::new(call),
+        primary,
+        request_cc,
+        conditional,
+        head: method == Method::HEAD,
+        transform,
+    };
     for _ in 0..ATTEMPTS {
+        match lookup.look().await {
+            Look::Answered(response) => return Ok(response),
+            Look::Forward(status) => return lookup.forward(status, body, endpoint).await,
+            Look::Lead(leader, stale) => return lookup.lead(leader, stale, body, endpoint).await,
+            Look::Again => continue,
+        }
+    }
+    lookup.forward(CacheStatus::Bypass, body, endpoint).await
+}
+
+/// A cacheable request (GET or HEAD) and what the cache knows about it.
+struct Lookup<'a> {
+    cache: &'a Arc<ResponseCache>,
+    call: Arc<UpstreamCall>,
+    primary: Key,
+    request_cc: CacheControl,
+    conditional: Conditional,
+    head: bool,
+    transform: &'a Option<Transform>,
+}
+
+/// What one look at the cache decided.
+enum Look<'a> {
+    /// Answered from the store: fresh, or stale while one refresh runs in the background.
+    Answered(Response<Body>),
+    /// Sent upstream without storing: a HEAD that missed (a HEAD is answered from a
+    /// stored GET, never stored itself), or a waiter whose leader could not share.
+    Forward(CacheStatus),
+    /// This request fills the entry; the stale entry, if any, is revalidated.
+    Lead(Leader<'a>, Option<Arc<Entry>>),
+    /// Another variant landed, or the leader went away: look again.
+    Again,
+}
+
+impl Lookup<'_> {
+    async fn look(&self) -> Look<'_> {
         let now = Instant::now();
-        let stored = cache.store.lookup(&primary, &call.headers).await;
+        let stored = self
+            .cache
+            .store
+            .lookup(&self.primary, &self.call.headers)
+            .await;
         if let Some(entry) = &stored {
-            if !request_cc.no_cache && entry.is_fresh(now) {
-                cache.count(CacheStatus::Hit);
-                return Ok(respond(entry, CacheStatus::Hit, &conditional, head));
+            if !self.request_cc.no_cache && entry.is_fresh(now) {
+                return Look::Answered(self.respond(entry, CacheStatus::Hit));
             }
-            if !request_cc.no_cache && entry.within_stale_while_revalidate(now) {
-                cache.count(CacheStatus::Stale);
-                refresh_in_background(transform, cache, &call, &primary, entry);
-                return Ok(respond(entry, CacheStatus::Stale, &conditional, head));
+            if !self.request_cc.no_cache && entry.within_stale_while_revalidate(now) {
+                refresh_in_background(self.transform, self.cache, &self.call, &self.primary, entry);
+                return Look::Answered(self.respond(entry, CacheStatus::Stale));
             }
         }
-        if head {
-            // A HEAD is answered from a stored GET, never stored itself.
-            cache.count(CacheStatus::Miss);
-            let (ep, response) = call.send(call.headers.clone(), body).await?;
-            *endpoint = ep;
-            return Ok(tag(upstream_response(response), CacheStatus::Miss));
+        if self.head {
+            return Look::Forward(CacheStatus::Miss);
         }
-        match cache.flights.join(&primary) {
+        match self.cache.flights.join(&self.primary) {
             Join::Waiter(slot) => match flight::wait(slot).await {
                 Some(Landing::Stored(entry))
-                    if entry.key == variant_of(&primary, &entry, &call.headers) =>
+                    if entry.key == variant_of(&self.primary, &entry, &self.call.headers) =>
                 {
-                    cache.count(CacheStatus::Hit);
-                    return Ok(respond(&entry, CacheStatus::Hit, &conditional, head));
+                    Look::Answered(self.respond(&entry, CacheStatus::Hit))
                 }
-                Some(Landing::NotStored) => {
-                    cache.count(CacheStatus::Miss);
-                    let (ep, response) = call.send(call.headers.clone(), body).await?;
-                    *endpoint = ep;
-                    let response = transform_body(transform, upstream_response(response)).await?;
-                    return Ok(tag(response, CacheStatus::Miss));
-                }
-                // Another variant landed, or the leader went away: look again.
-                _ => continue,
+                Some(Landing::NotStored) => Look::Forward(CacheStatus::Miss),
+                _ => Look::Again,
             },
             Join::Leader(leader) => {
                 // Between our lookup and becoming leader, another leader may have landed.
-                if stored.is_none() {
-                    if let Some(entry) = cache.store.lookup(&primary, &call.headers).await {
-                        if entry.is_fresh(Instant::now()) && !request_cc.no_cache {
-                            cache.count(CacheStatus::Hit);
-                            return Ok(respond(&entry, CacheStatus::Hit, &conditional, head));
-                        }
+                if stored.is_none() && !self.request_cc.no_cache {
+                    let again = self.cache.store.lookup(&self.primary, &self.call.headers);
+                    if let Some(entry) = again.await.filter(|e| e.is_fresh(Instant::now())) {
+                        return Look::Answered(self.respond(&entry, CacheStatus::Hit));
                     }
                 }
-                let fetched = fetch(Fetch {
-                    transform,
-                    cache,
-                    call: &call,
-                    body,
-                    primary: &primary,
-                    stale: stored,
-                    leader,
-                    request_cc: &request_cc,
-                })
-                .await?;
-                cache.count(fetched.outcome);
-                if let Some(ep) = fetched.endpoint {
-                    *endpoint = Some(ep);
-                }
-                return Ok(match fetched.answer {
-                    Answer::Entry(entry) => respond(&entry, fetched.outcome, &conditional, head),
-                    Answer::Streamed(response) => tag(response, fetched.outcome),
-                });
+                Look::Lead(leader, stored)
             }
         }
     }
-    cache.count(CacheStatus::Bypass);
-    let (ep, response) = call.send(call.headers.clone(), Body::empty()).await?;
-    *endpoint = ep;
-    let response = transform_body(transform, upstream_response(response)).await?;
-    Ok(tag(response, CacheStatus::Bypass))
+
+    /// A stored entry as the answer, counted.
+    fn respond(&self, entry: &Entry, status: CacheStatus) -> Response<Body> {
+        self.cache.count(status);
+        respond(entry, status, &self.conditional, self.head)
+    }
+
+    /// Sends the client's request upstream and passes the answer on, unstored.
+    async fn forward(
+        &self,
+        status: CacheStatus,
+        body: Body,
+        endpoint: &mut Option<Arc<Endpoint>>,
+    ) -> Result<Response<Body>, CacheError> {
+        self.cache.count(status);
+        let (ep, response) = self.call.send(self.call.headers.clone(), body).await?;
+        *endpoint = ep;
+        let response = transform_body(self.transform, upstream_response(response)).await?;
+        Ok(tag(response, status))
+    }
+
+    /// Fills (or revalidates) the entry for everyone waiting on it.
+    async fn lead(
+        &self,
+        leader: Leader<'_>,
+        stale: Option<Arc<Entry>>,
+        body: Body,
+        endpoint: &mut Option<Arc<Endpoint>>,
+    ) -> Result<Response<Body>, CacheError> {
+        let fetched = fetch(Fetch {
+            transform: self.transform,
+            cache: self.cache,
+            call: &self.call,
+            body,
+            primary: &self.primary,
+            stale,
+            leader,
+            request_cc: &self.request_cc,
+        })
+        .await?;
+        self.cache.count(fetched.outcome);
+        if let Some(ep) = fetched.endpoint {
+            *endpoint = Some(ep);
+        }
+        Ok(match fetched.answer {
+            Answer::Entry(entry) => respond(&entry, fetched.outcome, &self.conditional, self.head),
+            Answer::Streamed(response) => tag(response, fetched.outcome),
+        })
+    }
 }
 
 fn variant_of(primary: &Key, entry: &Entry, headers: &HeaderMap) -> Key {
