@@ -359,7 +359,8 @@ struct Fetch<'a, 'b> {
 }
 
 /// The leader's work: one upstream request (conditional when a stale entry has
-/// validators), then store, refresh or serve stale, and tell the waiters.
+/// validators), then refresh the stale entry (304), serve it (`stale-if-error`), or store
+/// or pass on the new answer; the waiters are told in every case.
 async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
     let Fetch {
         transform,
@@ -371,64 +372,28 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
         leader,
         request_cc,
     } = f;
-    let mut headers = call.headers.clone();
-    if let Some(entry) = &stale {
-        if let Some(etag) = entry.etag() {
-            headers.insert(header::IF_NONE_MATCH, etag.clone());
-        }
-        if let Some(modified) = entry.last_modified() {
-            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
-        }
-    }
     let has_authorization = call.headers.contains_key(header::AUTHORIZATION);
-    let serve_stale = |stale: &Option<Arc<Entry>>| {
-        stale
-            .as_ref()
-            .filter(|e| e.within_stale_if_error(Instant::now()))
-            .cloned()
-    };
-    let (ep, response) = match call.send(headers, body).await {
+    let headers = with_validators(&call.headers, stale.as_deref());
+    let (endpoint, response) = match call.send(headers, body).await {
         Ok(pair) => pair,
         Err(error) => {
-            return match serve_stale(&stale) {
-                Some(entry) => Ok(Fetched {
-                    answer: Answer::Entry(entry),
-                    outcome: CacheStatus::Stale,
-                    endpoint: None,
-                }),
+            return match stale_if_error(&stale) {
+                Some(entry) => Ok(Fetched::stale(entry, None)),
                 None => Err(error.into()),
-            };
+            }
         }
     };
     let response = upstream_response(response);
     let status = response.status();
-    let endpoint = ep;
     if let Some(old) = &stale {
         if status == StatusCode::NOT_MODIFIED {
-            let merged = merge_headers(&old.headers, response.headers());
-            let fresh = policy::storable(
+            let refresh = Refresh {
+                cache,
+                primary,
                 request_cc,
                 has_authorization,
-                old.status,
-                &merged,
-                cache.default_ttl,
-            );
-            let entry = Arc::new(Entry::new(
-                old.status,
-                merged,
-                old.body.clone(),
-                policy::age_header(response.headers()),
-                fresh.unwrap_or(old.freshness),
-                old.vary.clone(),
-                old.key.clone(),
-            ));
-            if fresh.is_ok() {
-                cache.insert(primary, entry.clone()).await;
-                leader.land(Landing::Stored(entry.clone()));
-            } else {
-                cache.invalidate(primary).await;
-                leader.land(Landing::NotStored);
-            }
+            };
+            let entry = refresh.revalidated(old, response.headers(), leader).await;
             return Ok(Fetched {
                 answer: Answer::Entry(entry),
                 outcome: CacheStatus::Hit,
@@ -436,83 +401,188 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
             });
         }
         if status.is_server_error() {
-            if let Some(entry) = serve_stale(&stale) {
-                return Ok(Fetched {
-                    answer: Answer::Entry(entry),
-                    outcome: CacheStatus::Stale,
-                    endpoint,
-                });
+            if let Some(entry) = stale_if_error(&stale) {
+                return Ok(Fetched::stale(entry, endpoint));
             }
         }
     }
-    let streamed = |response: Response<Body>| Fetched {
-        answer: Answer::Streamed(response),
-        outcome: CacheStatus::Miss,
-        endpoint: endpoint.clone(),
+    let fill = Fill {
+        transform,
+        cache,
+        call,
+        primary,
+        leader,
+        endpoint,
     };
-    let freshness = match policy::storable(
+    let storable = policy::storable(
         request_cc,
         has_authorization,
         status,
         response.headers(),
         cache.default_ttl,
-    ) {
-        Ok(f) => f,
+    );
+    match storable {
+        Ok(freshness) => fill.store(response, freshness).await,
         Err(reason) => {
             tracing::trace!(cache = %cache.name, ?reason, "response not stored");
             if stale.is_some() {
                 cache.invalidate(primary).await;
             }
-            leader.land(Landing::NotStored);
-            return Ok(streamed(transform_body(transform, response).await?));
+            fill.pass_on(response).await
         }
-    };
-    let too_large = content_length(response.headers()).is_some_and(|len| len > cache.max_entry);
-    if too_large {
-        leader.land(Landing::NotStored);
-        return Ok(streamed(transform_body(transform, response).await?));
     }
-    let (mut parts, body) = response.into_parts();
-    match buffer::up_to(body, cache.max_entry).await {
-        Buffered::Complete(bytes) => {
-            let bytes = match transform {
-                Some(t) => t.response_bytes(&mut parts.headers, bytes),
-                None => bytes,
-            };
-            let initial_age = policy::age_header(&parts.headers);
-            parts.headers.remove(header::AGE);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            let vary = key::vary_names(&parts.headers);
-            let variant = if vary.is_empty() {
-                primary.clone()
-            } else {
-                primary.variant(&vary, &call.headers)
-            };
-            let entry = Arc::new(Entry::new(
-                status,
-                parts.headers,
-                bytes,
-                initial_age,
-                freshness,
-                vary,
-                variant,
-            ));
-            cache.insert(primary, entry.clone()).await;
+}
+
+impl Fetched {
+    fn stale(entry: Arc<Entry>, endpoint: Option<Arc<Endpoint>>) -> Fetched {
+        Fetched {
+            answer: Answer::Entry(entry),
+            outcome: CacheStatus::Stale,
+            endpoint,
+        }
+    }
+}
+
+/// The client's headers, plus the stale entry's validators.
+fn with_validators(headers: &HeaderMap, stale: Option<&Entry>) -> HeaderMap {
+    let mut headers = headers.clone();
+    if let Some(entry) = stale {
+        if let Some(etag) = entry.etag() {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = entry.last_modified() {
+            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+    headers
+}
+
+/// The stale entry, while `stale-if-error` still allows serving it.
+fn stale_if_error(stale: &Option<Arc<Entry>>) -> Option<Arc<Entry>> {
+    stale
+        .as_ref()
+        .filter(|e| e.within_stale_if_error(Instant::now()))
+        .cloned()
+}
+
+/// What a 304 needs to refresh the stale entry.
+struct Refresh<'a> {
+    cache: &'a ResponseCache,
+    primary: &'a Key,
+    request_cc: &'a CacheControl,
+    has_authorization: bool,
+}
+
+impl Refresh<'_> {
+    /// The stored body with the 304's headers (RFC 9111 §4.3.4): stored again when the
+    /// merged headers still allow it, otherwise served once and dropped from the store.
+    async fn revalidated(
+        &self,
+        old: &Entry,
+        not_modified: &HeaderMap,
+        leader: Leader<'_>,
+    ) -> Arc<Entry> {
+        let merged = merge_headers(&old.headers, not_modified);
+        let fresh = policy::storable(
+            self.request_cc,
+            self.has_authorization,
+            old.status,
+            &merged,
+            self.cache.default_ttl,
+        );
+        let entry = Arc::new(Entry::new(
+            old.status,
+            merged,
+            old.body.clone(),
+            policy::age_header(not_modified),
+            fresh.unwrap_or(old.freshness),
+            old.vary.clone(),
+            old.key.clone(),
+        ));
+        if fresh.is_ok() {
+            self.cache.insert(self.primary, entry.clone()).await;
             leader.land(Landing::Stored(entry.clone()));
-            Ok(Fetched {
-                answer: Answer::Entry(entry),
-                outcome: CacheStatus::Miss,
-                endpoint,
-            })
-        }
-        Buffered::Overflow(body) => {
+        } else {
+            self.cache.invalidate(self.primary).await;
             leader.land(Landing::NotStored);
-            let response = Response::from_parts(parts, body);
-            Ok(streamed(transform_body(transform, response).await?))
         }
-        Buffered::Failed(_) => Err(CacheError::Upstream(UpstreamError::InvalidResponse)),
+        entry
+    }
+}
+
+/// A new answer on its way to the store or, when it cannot be stored, to the client.
+struct Fill<'a, 'b> {
+    transform: &'a Option<Transform>,
+    cache: &'a ResponseCache,
+    call: &'a UpstreamCall,
+    primary: &'a Key,
+    leader: Leader<'b>,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+impl Fill<'_, '_> {
+    /// Buffers the body up to `max_entry`, applies the route's JSON edit and stores the
+    /// entry under its variant; a larger body streams through unstored.
+    async fn store(
+        self,
+        response: Response<Body>,
+        freshness: policy::Freshness,
+    ) -> Result<Fetched, CacheError> {
+        let cache = self.cache;
+        if content_length(response.headers()).is_some_and(|len| len > cache.max_entry) {
+            return self.pass_on(response).await;
+        }
+        let status = response.status();
+        let (mut parts, body) = response.into_parts();
+        let bytes = match buffer::up_to(body, cache.max_entry).await {
+            Buffered::Complete(bytes) => bytes,
+            Buffered::Overflow(body) => {
+                return self.pass_on(Response::from_parts(parts, body)).await;
+            }
+            // The leader goes away without landing: the waiters look again.
+            Buffered::Failed(_) => return Err(UpstreamError::InvalidResponse.into()),
+        };
+        let bytes = match self.transform {
+            Some(t) => t.response_bytes(&mut parts.headers, bytes),
+            None => bytes,
+        };
+        let initial_age = policy::age_header(&parts.headers);
+        parts.headers.remove(header::AGE);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        let vary = key::vary_names(&parts.headers);
+        let variant = if vary.is_empty() {
+            self.primary.clone()
+        } else {
+            self.primary.variant(&vary, &self.call.headers)
+        };
+        let entry = Arc::new(Entry::new(
+            status,
+            parts.headers,
+            bytes,
+            initial_age,
+            freshness,
+            vary,
+            variant,
+        ));
+        cache.insert(self.primary, entry.clone()).await;
+        self.leader.land(Landing::Stored(entry.clone()));
+        Ok(Fetched {
+            answer: Answer::Entry(entry),
+            outcome: CacheStatus::Miss,
+            endpoint: self.endpoint,
+        })
+    }
+
+    /// Not stored: the waiters fetch for themselves, this answer streams to its client.
+    async fn pass_on(self, response: Response<Body>) -> Result<Fetched, CacheError> {
+        self.leader.land(Landing::NotStored);
+        Ok(Fetched {
+            answer: Answer::Streamed(transform_body(self.transform, response).await?),
+            outcome: CacheStatus::Miss,
+            endpoint: self.endpoint,
+        })
     }
 }
 
