@@ -76,7 +76,9 @@ impl Control {
         if let (Some(store), Some(new)) = (&self.certs, certs) {
             store.store(Arc::new(new));
         }
-        self.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        self.runtime.store(runtime.clone());
+        runtime.activate();
         self.shared
             .metrics
             .config_reloads

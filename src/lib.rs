@@ -124,6 +124,7 @@ impl Gateway {
             options.config_path,
             certs.clone(),
         ));
+        control.runtime.load().activate();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections));
 

@@ -91,13 +91,14 @@ impl Runtime {
                 .and_then(|p| p.upstreams.get(name))
                 .filter(|u| u.same_definition(cfg, config.consul.as_ref()))
                 .cloned();
-            // A rebuilt upstream starts its own background tasks (discovery, health checks).
+            // A rebuilt upstream starts its own background tasks (discovery, health checks)
+            // once this Runtime is in service (`activate`).
             let previous_upstream = previous
                 .and_then(|p| p.upstreams.get(name))
                 .map(|u| u.as_ref());
             let upstream = match reused {
                 Some(u) => u,
-                None => Upstream::start(
+                None => Upstream::prepare(
                     name,
                     cfg,
                     config.consul.as_ref(),
@@ -154,6 +155,21 @@ impl Runtime {
             no_route: metrics.route("none"),
             shared: shared.clone(),
         })
+    }
+}
+
+impl Runtime {
+    /// Starts what a Runtime runs once it is in service, after the swap: the background
+    /// tasks of upstreams built for it, and the splits' new settings (percent, window,
+    /// ramp) on state that may be carried over from the Runtime it replaced. Building
+    /// has no such effects, so a reload that fails changes nothing that serves.
+    pub fn activate(&self) {
+        for upstream in self.upstreams.values() {
+            upstream.start_tasks();
+        }
+        for split in self.splits.values() {
+            split.activate();
+        }
     }
 }
 
@@ -318,4 +334,69 @@ fn attach_guards(
         route.ratelimit_rejected = Some(metrics.ratelimit_rejections(&rc.name));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::AccessLog;
+
+    fn shared() -> Arc<Shared> {
+        let metrics = Metrics::new();
+        let dropped = metrics.access_log_dropped.clone();
+        Arc::new(Shared {
+            metrics,
+            access_log: AccessLog::disabled(dropped),
+        })
+    }
+
+    /// A reload whose Runtime cannot be built leaves the serving split's state alone:
+    /// building has no side effects, `activate` applies the settings after the swap.
+    #[tokio::test]
+    async fn a_failed_build_changes_nothing_that_serves() {
+        let yaml = r#"
+server: { listen: "127.0.0.1:0" }
+upstreams:
+  monolith: { targets: ["127.0.0.1:9"] }
+  orders: { targets: ["127.0.0.1:9"] }
+routes:
+  - name: orders
+    match: { path_prefix: /orders }
+    split:
+      stable: { upstream: monolith }
+      canary: { upstream: orders }
+      percent: 10
+      rollback: { max_error_rate: 90%, window: 60s, min_requests: 1000 }
+"#;
+        let config = crate::check::parse(yaml).expect("valid config");
+        let shared = shared();
+        let live = Runtime::build(config.clone(), &shared, None).expect("builds");
+        live.activate();
+        let state = live.splits["orders"].state.clone();
+        state.record_canary(true);
+        state.record_canary(false);
+        let before = state.window().tally();
+        assert_eq!(before.total, 2);
+
+        // A new rollback window, and a route the runtime cannot build.
+        let mut broken = config;
+        if let Some(rollback) = broken.routes[0]
+            .split
+            .as_mut()
+            .and_then(|s| s.rollback.as_mut())
+        {
+            rollback.window = crate::config::Duration::from_secs(5);
+        }
+        let mut bad_route = broken.routes[0].clone();
+        bad_route.name = "bad".into();
+        bad_route.split = None;
+        bad_route.cache = Some("no-such-cache".into());
+        bad_route.upstream = Some("monolith".into());
+        broken.routes.push(bad_route);
+        assert!(Runtime::build(broken, &shared, Some(&live)).is_err());
+
+        let after = state.window();
+        assert_eq!(after.span, std::time::Duration::from_secs(60));
+        assert_eq!(after.tally(), before);
+    }
 }

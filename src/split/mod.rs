@@ -80,6 +80,30 @@ pub struct Split {
     pub side_header: bool,
     pub rule: Option<RollbackRule>,
     pub state: Arc<SplitState>,
+    /// Applied to `state` by `activate`, once the Runtime holding this split serves.
+    settings: Settings,
+}
+
+/// What a split's config sets on its state: the starting percent, the rollback window,
+/// the ramp.
+#[derive(Debug)]
+struct Settings {
+    start: u32,
+    window: Duration,
+    plan: Option<RampPlan>,
+}
+
+impl Split {
+    /// Applies the config's settings to the state, which may be the live state carried
+    /// over from the Runtime being replaced; called after the swap.
+    pub fn activate(&self) {
+        let Settings {
+            start,
+            window,
+            plan,
+        } = &self.settings;
+        self.state.configure(*start, *window, plan.clone());
+    }
 }
 
 pub fn basis_points(percent: f64) -> u32 {
@@ -173,8 +197,12 @@ impl Split {
             Some(state) => state.clone(),
             None => SplitState::new(route, start, window, metrics),
         };
-        state.configure(start, window, plan);
         Ok(Split {
+            settings: Settings {
+                start,
+                window,
+                plan,
+            },
             stable,
             canary,
             sticky: config

@@ -193,6 +193,8 @@ pub struct Upstream {
     pub discovery: Option<DiscoveryStatus>,
     pub metrics: ResilienceMetrics,
     me: Weak<Upstream>,
+    /// Until `start_tasks` runs: `Some`, holding the Consul client its watch will use.
+    unstarted: Mutex<Option<Option<crate::upstream::discovery::consul::ConsulClient>>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -206,11 +208,13 @@ impl Upstream {
         Ok(Upstream::assemble(name, config, None, &metrics.resilience)?(Weak::new()))
     }
 
-    /// Builds an upstream and starts its background tasks (Consul watch, health checks).
-    /// The tasks stop when the returned `Arc` (and every clone) is dropped.
-    /// `previous` is the upstream of the same name in the Runtime being replaced: when both
-    /// use discovery, its last known endpoints serve until Consul answers the new watch.
-    pub fn start(
+    /// Builds an upstream ready to serve, without starting anything: its background tasks
+    /// (Consul watch, health checks, pool sweeper) start with `start_tasks`, once the
+    /// Runtime that holds it is in service, so a reload that fails leaves nothing running.
+    /// The tasks stop when the returned `Arc` (and every clone) is dropped. `previous` is
+    /// the upstream of the same name in the Runtime being replaced: when both use
+    /// discovery, its last known endpoints serve until Consul answers the new watch.
+    pub fn prepare(
         name: &str,
         config: &UpstreamConfig,
         consul: Option<&ConsulConfig>,
@@ -222,12 +226,16 @@ impl Upstream {
             (Some(_), Some(c)) => Some(c.clone()),
             (Some(_), None) => return Err("discovery needs the consul: section".into()),
         };
+        let consul_client = match (&config.discovery, &consul) {
+            (Some(_), Some(c)) => Some(crate::upstream::discovery::consul::ConsulClient::new(c)?),
+            _ => None,
+        };
         let make = Upstream::assemble(name, config, consul, &metrics.resilience)?;
         let upstream = Arc::new_cyclic(|me| make(me.clone()));
+        *upstream.unstarted.lock().unwrap_or_else(|p| p.into_inner()) = Some(consul_client);
         if let Some(prev) = previous.filter(|p| p.discovery.is_some()) {
             crate::upstream::discovery::carry_over(&upstream, prev);
         }
-        upstream.spawn_tasks()?;
         Ok(upstream)
     }
 
@@ -287,6 +295,7 @@ impl Upstream {
                 consul,
                 metrics,
                 me,
+                unstarted: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
                 name,
                 config,
@@ -296,14 +305,23 @@ impl Upstream {
         })
     }
 
-    fn spawn_tasks(&self) -> Result<(), String> {
+    /// Starts the background tasks of an upstream built by `prepare`; does nothing the
+    /// second time, or for an upstream kept from the previous Runtime.
+    pub fn start_tasks(&self) {
         // `portico check` builds no Runtime; without a tokio runtime there is nothing to run.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return Ok(());
+            return;
+        };
+        let Some(consul_client) = self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
         };
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(discovery), Some(consul)) = (&self.config.discovery, &self.consul) {
-            let client = crate::upstream::discovery::consul::ConsulClient::new(consul)?;
+        if let (Some(discovery), Some(client)) = (&self.config.discovery, consul_client) {
             let watch = crate::upstream::discovery::consul::watch(
                 self.me.clone(),
                 client,
@@ -317,7 +335,6 @@ impl Upstream {
             tasks.push(handle.spawn(checker).abort_handle());
         }
         tasks.push(handle.spawn(sweep_pools(self.me.clone())).abort_handle());
-        Ok(())
     }
 
     /// Whether the definition (and, for discovery, the consul section) is unchanged, so

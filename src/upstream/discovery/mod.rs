@@ -194,7 +194,7 @@ mod tests {
             wait: crate::config::Duration::from_secs(60),
         };
         // No tokio runtime here, so no watch task is started.
-        Upstream::start("orders", &config, Some(&consul), metrics, None).unwrap()
+        Upstream::prepare("orders", &config, Some(&consul), metrics, None).unwrap()
     }
 
     fn instance(address: &str, weight: u32) -> Instance {
