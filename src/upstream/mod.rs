@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 pub use balancer::Balancer;
 
-use crate::wire::pool::Pool;
+use crate::wire::h1::pool::Pool;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 

@@ -10,11 +10,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{retry, Endpoint, Upstream, UpstreamError};
+use super::{Endpoint, Upstream, UpstreamError};
 use crate::observe::AttemptOutcome;
 use crate::wire::body::{is_body_too_large, Body};
+use crate::wire::h1::pool;
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
-use crate::wire::pool;
+use crate::wire::is_idempotent;
 
 /// What goes to the endpoint: the request line's parts and the headers.
 pub struct Outgoing {
@@ -87,7 +88,7 @@ async fn exchange(
                 // a close without an answer might follow a request it acted on.
                 let again = match &e {
                     ExchangeError::Write(_) => replay,
-                    _ => replay.filter(|_| retry::is_idempotent(&out.method)),
+                    _ => replay.filter(|_| is_idempotent(&out.method)),
                 };
                 let Some(again) = again else {
                     return Err(e);

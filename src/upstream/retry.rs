@@ -27,6 +27,7 @@ use crate::observe::{AttemptOutcome, ResilienceMetrics};
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::UpstreamBody;
 use crate::wire::headers::content_length;
+use crate::wire::is_idempotent;
 
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
@@ -119,14 +120,6 @@ impl Budget {
             })
             .is_ok()
     }
-}
-
-/// Methods whose repetition has no further effect (RFC 9110 9.2.2).
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 #[derive(Debug)]

@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+pub mod pool;
 mod response;
 #[cfg(test)]
 mod tests;
@@ -31,8 +32,8 @@ mod tests;
 use response::parse_head;
 pub use response::{into_response, Framing, ResponseHead, UpstreamBody};
 
-use super::pool::Pool;
 use super::BoxError;
+use pool::Pool;
 
 /// The largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;

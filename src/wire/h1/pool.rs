@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 use tokio::net::TcpStream;
 
-use super::h1::{Conn, ExchangeError};
+use super::{Conn, ExchangeError};
 
 const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
 
