@@ -17,6 +17,7 @@ use serde_yaml_ng::Value;
 pub use locate::Locator;
 pub use schema::*;
 pub use units::{Duration, Percent, Size};
+pub use validate::Issues;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq)]

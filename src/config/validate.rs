@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use super::{BrokenNames, Config, ConfigIssue, RouteConfig};
 use crate::wire::forward::parse_net;
 
-struct Issues(Vec<ConfigIssue>);
+/// Problems found so far, each with its YAML path (line and column are added later).
+pub struct Issues(pub Vec<ConfigIssue>);
 
 impl Issues {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path: path.into(),
             message: message.into(),

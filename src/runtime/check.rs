@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::config::{self, BrokenNames, Config, ConfigError, ConfigIssue, RouteConfig};
+use crate::config::{self, BrokenNames, Config, ConfigError, ConfigIssue, Issues, RouteConfig};
 use crate::{auth, ratelimit, router, split, tls, transform, upstream};
 
 /// Reads, substitutes, parses and checks a config file.
@@ -32,19 +32,6 @@ pub fn parse_with_env(
 /// Checks a config built in code (files are checked by `parse`).
 pub fn config(config: &Config) -> Result<(), ConfigError> {
     config::check_with(config, &problems)
-}
-
-struct Issues(Vec<ConfigIssue>);
-
-impl Issues {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            path: path.into(),
-            message: message.into(),
-            line: None,
-            column: None,
-        });
-    }
 }
 
 /// Every problem the runtime's builders find, by YAML path.
