@@ -15,6 +15,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
     #[error("request body is too large")]
     BodyTooLarge,
     #[error("no endpoint available for upstream {0}")]
@@ -40,6 +42,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoEndpoint(_) | GatewayError::ConnectFailed => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{header, HeaderValue, Request, Response, Version};
+use http::uri::{PathAndQuery, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::cache;
+use crate::config::UnderscoreHeaders;
 use crate::context::{ConnInfo, Context};
 use crate::error::GatewayError;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
@@ -25,6 +26,7 @@ use crate::wire::body::Body;
 use crate::wire::forward;
 use crate::wire::headers::content_length;
 use crate::wire::path;
+use crate::wire::{self, host};
 
 pub async fn handle(
     rt: Arc<Runtime>,
@@ -85,15 +87,18 @@ async fn forward_request(
     parts: &mut Parts,
     body: Incoming,
 ) -> Result<Response<Body>, GatewayError> {
+    admit(rt, &parts.method, &mut parts.headers)?;
     // Route on the normalised path; it is also the path that goes upstream.
     let normalised = path::normalize(parts.uri.path())
         .map_err(|_| GatewayError::BadRequest("invalid request path"))?;
-    let host_header = request_host(parts);
+    let host_header = request_host(parts)?;
     let route = rt
         .routes
         .find(&RequestView {
             method: &parts.method,
-            host: host_without_port(host_header.as_ref()),
+            host: host_header
+                .as_ref()
+                .map_or("", |h| host::without_port(h.as_bytes())),
             path: &normalised,
             headers: &parts.headers,
         })
@@ -139,7 +144,6 @@ async fn forward_request(
     };
     let mut headers = std::mem::take(&mut parts.headers);
     forward::strip_hop_by_hop(&mut headers);
-    crate::auth::strip_forwarded(&mut headers, &rt.claim_headers);
     if let (Some(verifier), Some(claims)) = (&route.jwt, &ctx.claims) {
         verifier.forward(claims, &mut headers);
     }
@@ -149,6 +153,12 @@ async fn forward_request(
         ctx.peer_trusted,
         ctx.conn.proto(),
         host_header.as_ref(),
+    );
+    forward::set_real_ip(
+        &mut headers,
+        ctx.peer_trusted,
+        ctx.client_ip,
+        &ctx.conn.peer_header,
     );
     if let Some(host) = host_header {
         headers.insert(header::HOST, host);
@@ -229,13 +239,18 @@ async fn upgrade_request(
         .ok_or_else(|| GatewayError::NoEndpoint(upstream.name.clone()))?;
     ctx.endpoint = Some(endpoint.clone());
     let _awaiting_head = endpoint.await_head();
-    let uri = upstream_uri(&endpoint.authority, call.path_and_query)?;
+    // Origin form, as for every other request: backends route on the exact path.
     let mut builder = Request::builder()
         .method(call.method)
-        .uri(uri)
+        .uri(Uri::from(call.path_and_query))
         .version(Version::HTTP_11);
     if let Some(h) = builder.headers_mut() {
         *h = call.headers;
+        if !h.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                h.insert(header::HOST, host);
+            }
+        }
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, protocol);
     }
@@ -323,29 +338,61 @@ fn rate_limit(
     }
 }
 
-/// The Host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
-fn request_host(parts: &Parts) -> Option<HeaderValue> {
-    if let Some(h) = parts.headers.get(header::HOST) {
-        return Some(h.clone());
+/// What the edge refuses or repairs before anything reads the request: TRACE (unless
+/// `server.allow_trace`), header names with `_` (`server.limits.underscore_headers`),
+/// and the client's own copies of the headers forwarded claims go in, which routing,
+/// rate-limit keys and split stickiness must never see.
+fn admit(rt: &Runtime, method: &Method, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+    if *method == Method::TRACE && !rt.allow_trace {
+        return Err(GatewayError::MethodNotAllowed(
+            "TRACE is refused (server.allow_trace)",
+        ));
     }
-    parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    let [dropped, rejected] = &rt.underscore_counters;
+    let removed = match rt.underscore_headers {
+        UnderscoreHeaders::Drop => wire::headers::remove_underscored(headers, |_| true),
+        UnderscoreHeaders::Reject if wire::headers::has_underscored(headers) => {
+            rejected.inc();
+            return Err(GatewayError::BadRequest("header name with an underscore"));
+        }
+        UnderscoreHeaders::Reject => 0,
+        UnderscoreHeaders::Allow => wire::headers::remove_underscored(headers, |name| {
+            rt.claim_headers
+                .iter()
+                .any(|claim| wire::headers::shadows(name, claim))
+        }),
+    };
+    if removed > 0 {
+        dropped.inc_by(removed as u64);
+    }
+    crate::auth::strip_forwarded(headers, &rt.claim_headers);
+    Ok(())
 }
 
-fn host_without_port(host: Option<&HeaderValue>) -> &str {
-    let Some(text) = host.and_then(|h| h.to_str().ok()) else {
-        return "";
-    };
-    if text.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop the port.
-        return text
-            .split(']')
-            .next()
-            .map_or(text, |h| &text[..h.len() + 1]);
+/// The authority the client asked for, checked: the request target's authority when it
+/// has one (absolute form, or HTTP/2's `:authority`), which wins over `Host` (RFC 9112
+/// §3.2.2); otherwise the one `Host` header. HTTP/1.1 requires exactly one `Host`; a
+/// value that is not `uri-host[:port]` is refused whatever the version.
+fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, GatewayError> {
+    if let Some(authority) = parts.uri.authority() {
+        host::parse(authority.as_str().as_bytes())
+            .map_err(|_| GatewayError::BadRequest("invalid request target authority"))?;
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| GatewayError::BadRequest("invalid request target authority"));
     }
-    text.split(':').next().unwrap_or(text)
+    let mut values = parts.headers.get_all(header::HOST).iter();
+    let Some(value) = values.next() else {
+        if parts.version == Version::HTTP_11 {
+            return Err(GatewayError::BadRequest("missing Host header"));
+        }
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    host::parse(value.as_bytes()).map_err(|_| GatewayError::BadRequest("invalid Host header"))?;
+    Ok(Some(value.clone()))
 }
 
 fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
@@ -360,15 +407,6 @@ fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Gatew
         None => PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(path.as_bytes())),
     };
     result.map_err(|_| GatewayError::BadRequest("invalid request target"))
-}
-
-fn upstream_uri(authority: &Authority, pq: PathAndQuery) -> Result<Uri, GatewayError> {
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("invalid request target"))
 }
 
 fn record(
@@ -408,18 +446,4 @@ fn record(
         bytes_out,
         user: ctx.user.as_deref(),
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_lose_their_port() {
-        let h = HeaderValue::from_static("shop.local:8080");
-        assert_eq!(host_without_port(Some(&h)), "shop.local");
-        let h = HeaderValue::from_static("[::1]:8080");
-        assert_eq!(host_without_port(Some(&h)), "[::1]");
-        assert_eq!(host_without_port(None), "");
-    }
 }

@@ -69,31 +69,66 @@ pub fn load_certificate(config: &CertificateConfig) -> Result<Arc<CertifiedKey>,
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
+/// A `hosts` entry of a certificate: a DNS name, or `*.` and a DNS name, which matches
+/// exactly one more label (`*.example.com` matches `a.example.com`, not `example.com`
+/// nor `a.b.example.com`, as RFC 6125 §6.4.3 has clients match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The parent domain: `example.com` for `*.example.com`.
+    AnyLabelOf(String),
+}
+
+/// Parses a `hosts` entry (lower-cased).
+pub fn host_pattern(text: &str) -> Result<HostPattern, String> {
+    let text = text.to_ascii_lowercase();
+    let bad = || {
+        format!("invalid host {text:?} (expected a DNS name such as shop.example.com, or *.example.com)")
+    };
+    let (wildcard, name) = match text.strip_prefix("*.") {
+        Some(parent) => (true, parent),
+        None => (false, text.as_str()),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(bad());
+    }
+    Ok(if wildcard {
+        HostPattern::AnyLabelOf(name.to_string())
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
 /// Certificates by host name; the first configured one answers unknown or missing SNI.
 #[derive(Debug)]
 pub struct CertStore {
     default: Arc<CertifiedKey>,
     exact: HashMap<String, Arc<CertifiedKey>>,
-    /// `*.example.com` stored as `.example.com`.
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    /// `*.example.com` stored under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl CertStore {
     pub fn build(config: &TlsConfig) -> Result<CertStore, TlsError> {
         let mut default = None;
         let mut exact = HashMap::new();
-        let mut wildcard = Vec::new();
+        let mut wildcard = HashMap::new();
         for cert in &config.certificates {
             let key = load_certificate(cert)?;
             default.get_or_insert_with(|| key.clone());
             for host in &cert.hosts {
-                let host = host.to_ascii_lowercase();
-                match host.strip_prefix('*') {
-                    Some(suffix) => wildcard.push((suffix.to_string(), key.clone())),
-                    None => {
-                        exact.entry(host).or_insert_with(|| key.clone());
-                    }
-                }
+                let table = match host_pattern(host).map_err(TlsError::Setup)? {
+                    HostPattern::Exact(name) => exact.entry(name),
+                    HostPattern::AnyLabelOf(parent) => wildcard.entry(parent),
+                };
+                table.or_insert_with(|| key.clone());
             }
         }
         let default = default.ok_or_else(|| TlsError::Setup("no certificates".into()))?;
@@ -112,10 +147,10 @@ impl CertStore {
         if let Some(key) = self.exact.get(&name) {
             return key.clone();
         }
-        self.wildcard
-            .iter()
-            .find(|(suffix, _)| name.ends_with(suffix.as_str()) && name.len() > suffix.len())
-            .map(|(_, key)| key.clone())
+        name.split_once('.')
+            .filter(|(label, _)| !label.is_empty())
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .cloned()
             .unwrap_or_else(|| self.default.clone())
     }
 }
@@ -138,4 +173,26 @@ pub fn acceptor(store: Arc<ArcSwap<CertStore>>) -> Result<TlsAcceptor, TlsError>
         .with_cert_resolver(Arc::new(SniResolver(store)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_are_a_name_or_one_wildcard_label() {
+        assert_eq!(
+            host_pattern("Shop.Example.com"),
+            Ok(HostPattern::Exact("shop.example.com".into()))
+        );
+        assert_eq!(
+            host_pattern("*.example.com"),
+            Ok(HostPattern::AnyLabelOf("example.com".into()))
+        );
+        for bad in [
+            "*foo.com", "*", "*.", "a.*.com", "**.a.com", "a..com", "-a.com", "a b.com", "",
+        ] {
+            assert!(host_pattern(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -42,6 +42,10 @@ pub struct ServerConfig {
     /// One JSON line per request on stdout.
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// TRACE reflects the request (cookies and credentials included) back: refused with
+    /// 405 unless allowed.
+    #[serde(default)]
+    pub allow_trace: bool,
 }
 
 fn default_true() -> bool {
@@ -57,6 +61,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             shutdown_grace: default_shutdown_grace(),
             access_log: true,
+            allow_trace: false,
         }
     }
 }
@@ -89,6 +94,22 @@ pub struct LimitsConfig {
     pub max_request_body: Size,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Request header fields whose name contains `_`.
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// What happens to a request header whose name contains `_` (`X_User_Id`): CGI- and
+/// WSGI-style backends read it as the same variable as `X-User-Id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before routing, counted.
+    #[default]
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+    /// Forwarded, except one that would read as a forwarded claim header.
+    Allow,
 }
 
 impl Default for LimitsConfig {
@@ -99,6 +120,7 @@ impl Default for LimitsConfig {
             max_request_body: Size(10 * 1024 * 1024),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            underscore_headers: UnderscoreHeaders::Drop,
         }
     }
 }

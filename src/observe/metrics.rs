@@ -17,6 +17,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections_refused: IntCounter,
+    /// Request header fields with `_` in their name, by action (`dropped`, `rejected`).
+    pub underscore_headers: IntCounterVec,
     /// Migration splits (handles resolved per split in `split::SplitState`).
     pub split_requests: IntCounterVec,
     pub split_percent: GaugeVec,
@@ -113,6 +115,17 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         );
+        let underscore_headers = register(
+            &registry,
+            counter(
+                "portico_underscore_headers_total",
+                "Request header fields whose name contains an underscore, by action (dropped, rejected)",
+                &["action"],
+            ),
+        );
+        for action in ["dropped", "rejected"] {
+            underscore_headers.with_label_values(&[action]);
+        }
         let split_requests = register(
             &registry,
             counter(
@@ -173,6 +186,7 @@ impl Metrics {
             config_reloads,
             access_log_dropped,
             connections_refused,
+            underscore_headers,
             split_requests,
             split_percent,
             split_rollbacks,

@@ -42,6 +42,11 @@ pub fn problems(config: &Config, _broken: &BrokenNames) -> Vec<ConfigIssue> {
             if let Err(e) = tls::load_certificate(cert) {
                 issues.push(format!("server.tls.certificates[{i}]"), e.to_string());
             }
+            for (j, host) in cert.hosts.iter().enumerate() {
+                if let Err(e) = tls::host_pattern(host) {
+                    issues.push(format!("server.tls.certificates[{i}].hosts[{j}]"), e);
+                }
+            }
         }
     }
     for (name, up) in &config.upstreams {

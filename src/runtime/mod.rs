@@ -15,7 +15,7 @@ use prometheus::IntCounter;
 
 use crate::auth::{AuthError, Verifier};
 use crate::cache::ResponseCache;
-use crate::config::{Config, ConfigError, RouteConfig};
+use crate::config::{Config, ConfigError, RouteConfig, UnderscoreHeaders};
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::ratelimit::Limiter;
 use crate::router::{Rewrite, RouteMatch, RouteTable};
@@ -73,6 +73,11 @@ pub struct Runtime {
     pub claim_headers: Vec<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
+    /// `server.allow_trace`.
+    pub allow_trace: bool,
+    /// `server.limits.underscore_headers`, and its counters (dropped, rejected).
+    pub underscore_headers: UnderscoreHeaders,
+    pub underscore_counters: [IntCounter; 2],
     /// Metrics of requests that matched no route.
     pub no_route: RouteMetrics,
     pub shared: Arc<Shared>,
@@ -146,6 +151,10 @@ impl Runtime {
             limiters,
             claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
+            allow_trace: config.server.allow_trace,
+            underscore_headers: config.server.limits.underscore_headers,
+            underscore_counters: ["dropped", "rejected"]
+                .map(|action| metrics.underscore_headers.with_label_values(&[action])),
             config: Arc::new(config),
             routes: RouteTable::new(entries),
             upstreams,

@@ -16,13 +16,14 @@ pub mod headers;
 pub mod json;
 pub mod template;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Response};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use prometheus::IntCounter;
 use serde_json::{Map, Value};
 
@@ -95,8 +96,11 @@ pub enum TransformError {
 #[derive(Clone, Debug)]
 struct Message {
     headers: HeaderOps,
+    /// Names percent-encoded, as they are written into the query.
     set_query: Vec<(String, Template)>,
-    remove_query: Vec<String>,
+    /// The names of `remove_query` and `set_query` as written in the config: a client's
+    /// parameter goes when its decoded name is one of them (`%75id` is `uid`).
+    replaced_names: Vec<String>,
     json: Option<JsonEdit>,
     skipped: Vec<IntCounter>,
 }
@@ -125,10 +129,11 @@ impl Message {
                 Err(e) => problems.push((format!("set_query.{k}"), e)),
             }
         }
-        let remove_query = config
+        let replaced_names = config
             .remove_query
             .iter()
-            .map(|k| utf8_percent_encode(k, QUERY_VALUE).to_string())
+            .chain(config.set_query.keys())
+            .cloned()
             .collect();
         let json = match config.json_body.as_ref().map(JsonEdit::build).transpose() {
             Ok(j) => j,
@@ -141,7 +146,7 @@ impl Message {
             Ok(Message {
                 headers,
                 set_query,
-                remove_query,
+                replaced_names,
                 json,
                 skipped: Vec::new(),
             })
@@ -230,7 +235,7 @@ impl Transform {
         let Some(m) = &self.0.request else {
             return Ok(path_and_query);
         };
-        let query_edit = !(m.set_query.is_empty() && m.remove_query.is_empty());
+        let query_edit = !m.replaced_names.is_empty();
         let new_query = query_edit.then(|| {
             let original = &*headers;
             edit_query(path_and_query.query(), m, &scope.vars(original))
@@ -318,7 +323,8 @@ impl Transform {
 fn edit_query(query: Option<&str>, m: &Message, vars: &Vars<'_>) -> String {
     let mut out = String::new();
     let dropped = |name: &str| {
-        m.remove_query.iter().any(|r| r == name) || m.set_query.iter().any(|(k, _)| k == name)
+        let name = decoded_name(name);
+        m.replaced_names.iter().any(|r| *r == *name)
     };
     for param in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let name = param.split_once('=').map_or(param, |(k, _)| k);
@@ -342,6 +348,16 @@ fn edit_query(query: Option<&str>, m: &Message, vars: &Vars<'_>) -> String {
         out.extend(utf8_percent_encode(&value, QUERY_VALUE));
     }
     out
+}
+
+/// A query parameter name as the backend will read it: `+` is a space and
+/// percent-escapes are decoded (invalid UTF-8 replaced, so it matches no configured name).
+fn decoded_name(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['%', '+']) {
+        return Cow::Borrowed(raw);
+    }
+    let spaced = raw.replace('+', " ");
+    Cow::Owned(percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
 }
 
 enum Edited {

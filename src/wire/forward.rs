@@ -12,6 +12,8 @@ use super::headers::{hop_by_hop_names, is_hop_by_hop};
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header and every header
 /// the `Connection` header names.
@@ -44,7 +46,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`).
+/// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: X`), when
+/// it is one the gateway forwards: WebSocket only. Any other (`h2c` above all, which
+/// would open an HTTP/2 tunnel past every route check) is not an upgrade: the request is
+/// answered as plain HTTP/1.1 and the hop-by-hop `Upgrade` is removed like the others.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str()
@@ -54,11 +59,16 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
             })
             .unwrap_or(false)
     });
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !asks {
+        return None;
     }
+    let offers_websocket = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().is_ok_and(|t| {
+            t.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    });
+    offers_websocket.then(|| HeaderValue::from_static("websocket"))
 }
 
 /// A trusted proxy entry: a CIDR range or a single address.
@@ -149,6 +159,28 @@ pub fn set_forwarded(
             }
         }
     }
+}
+
+/// `X-Real-IP` and `Forwarded` (RFC 7239) as the upstream sees them. From an untrusted
+/// peer both are the client's word: `Forwarded` is removed and `X-Real-IP` set to the
+/// client address the gateway decided on (`client_ip`). From a trusted proxy both are
+/// kept, and `X-Real-IP` is added when the proxy sent none.
+pub fn set_real_ip(
+    headers: &mut HeaderMap,
+    peer_trusted: bool,
+    client_ip: IpAddr,
+    peer: &HeaderValue,
+) {
+    if peer_trusted {
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(&X_REAL_IP, peer_header(client_ip));
+        }
+        return;
+    }
+    headers.remove(&FORWARDED);
+    // From an untrusted peer the client address is the peer's, formatted once per
+    // connection.
+    headers.insert(&X_REAL_IP, peer.clone());
 }
 
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {

@@ -22,15 +22,18 @@ pub enum Owned {
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// The settings of an `h2c` upgrade (RFC 7540 §3.2.1): meaningless past this connection.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The fixed entries; `Proxy-*` headers are hop-by-hop by prefix.
-pub static OWNED: [(&HeaderName, Owned); 9] = [
+pub static OWNED: [(&HeaderName, Owned); 10] = [
     (&header::CONNECTION, Owned::HopByHop),
     (&KEEP_ALIVE, Owned::HopByHop),
     (&header::TE, Owned::HopByHop),
     (&header::TRAILER, Owned::HopByHop),
     (&header::TRANSFER_ENCODING, Owned::HopByHop),
     (&header::UPGRADE, Owned::HopByHop),
+    (&HTTP2_SETTINGS, Owned::HopByHop),
     (&header::CONTENT_LENGTH, Owned::Framing),
     (&header::HOST, Owned::Target),
     (&header::AUTHORIZATION, Owned::Credentials),
@@ -57,6 +60,39 @@ pub fn hop_by_hop_names() -> impl Iterator<Item = &'static HeaderName> {
         .iter()
         .filter(|(_, why)| *why == Owned::HopByHop)
         .map(|(name, _)| *name)
+}
+
+/// Whether any field name contains `_`.
+pub fn has_underscored(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| name.as_str().contains('_'))
+}
+
+/// Removes the fields whose name contains `_` and that `remove` selects; returns how
+/// many fields went.
+pub fn remove_underscored(headers: &mut HeaderMap, remove: impl Fn(&HeaderName) -> bool) -> usize {
+    if !has_underscored(headers) {
+        return 0;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_') && remove(name))
+        .cloned()
+        .collect();
+    let mut removed = 0;
+    for name in names {
+        removed += headers.get_all(&name).iter().count();
+        headers.remove(&name);
+    }
+    removed
+}
+
+/// `name` read the CGI way (`_` as `-`) is `other`: `x_user_id` shadows `x-user-id`.
+pub fn shadows(name: &HeaderName, other: &HeaderName) -> bool {
+    let (a, b) = (name.as_str().as_bytes(), other.as_str().as_bytes());
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
 }
 
 /// A `Content-Length` value: 1 to 19 ASCII digits, nothing else (RFC 9110 §8.6). No
@@ -92,7 +128,24 @@ mod tests {
         assert_eq!(owned(&header::CONTENT_LENGTH), Some(Owned::Framing));
         assert_eq!(owned(&header::AUTHORIZATION), Some(Owned::Credentials));
         assert_eq!(owned(&HeaderName::from_static("x-user-id")), None);
-        assert_eq!(hop_by_hop_names().count(), 6);
+        assert_eq!(hop_by_hop_names().count(), 7);
+    }
+
+    #[test]
+    fn underscored_names() {
+        let mut h = HeaderMap::new();
+        h.append("x_user_id", "admin".parse().unwrap());
+        h.append("x_user_id", "root".parse().unwrap());
+        h.append("x-user-id", "alice".parse().unwrap());
+        h.append("x_other", "1".parse().unwrap());
+        assert!(has_underscored(&h));
+        let claim = HeaderName::from_static("x-user-id");
+        assert!(shadows(&HeaderName::from_static("x_user_id"), &claim));
+        assert!(!shadows(&HeaderName::from_static("x_other"), &claim));
+        assert_eq!(remove_underscored(&mut h, |n| shadows(n, &claim)), 2);
+        assert!(h.contains_key("x_other") && h.contains_key("x-user-id"));
+        assert_eq!(remove_underscored(&mut h, |_| true), 1);
+        assert!(!has_underscored(&h));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod client;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod host;
 pub mod path;
 
 /// The error type of every body the gateway passes along.
