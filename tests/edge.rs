@@ -1,0 +1,274 @@
+//! What the gateway refuses or repairs at the edge (docs/security.md), driven with raw
+//! bytes on a socket so nothing between the test and the gateway tidies the request.
+//! The backend is the hand-written HTTP/1.1 server of `support::wire`, which records
+//! exactly what reached it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::wire::{ok, Answer, WireBackend};
+use support::{client, gateway, metric};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn backend() -> WireBackend {
+    WireBackend::start(|_| Answer::Bytes(ok("from-backend"))).await
+}
+
+fn config(server_extra: &str, backend: &WireBackend, top_extra: &str, routes: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\n{server_extra}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  b: {{ targets: [\"{}\"] }}\n{top_extra}\nroutes:\n{routes}",
+        backend.address()
+    )
+}
+
+const ALL: &str = "  - name: all\n    match: { path_prefix: / }\n    upstream: b\n";
+
+/// Sends `head` (a request head without its final blank line) and returns the status.
+async fn status_of(addr: SocketAddr, head: &str) -> u16 {
+    let answer = client::raw(addr, format!("{head}\r\n\r\n").as_bytes(), WAIT).await;
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    let reply = support::Client::new().get(admin, "/metrics").await;
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+#[tokio::test]
+async fn host_must_be_one_valid_authority_and_never_panics() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let addr = gw.http_addr;
+    let refused = [
+        "GET / HTTP/1.1\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: a.local\r\nHost: b.local\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: [\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: [::1\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: a b\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: a/b\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: user@a.local\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: a.local:http\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: a.local:65536\r\nConnection: close",
+        "GET / HTTP/1.1\r\nHost: \r\nConnection: close",
+    ];
+    for head in refused {
+        assert_eq!(status_of(addr, head).await, 400, "{head:?}");
+    }
+    assert!(b.seen().is_empty(), "a refused request reached the backend");
+    // The gateway still serves after every one of them.
+    assert_eq!(
+        status_of(addr, "GET / HTTP/1.1\r\nHost: a.local\r\nConnection: close").await,
+        200
+    );
+    // HTTP/1.0 needs no Host.
+    assert_eq!(status_of(addr, "GET / HTTP/1.0").await, 200);
+    assert_eq!(b.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn the_request_target_authority_wins_over_host() {
+    let shop = backend().await;
+    let other = backend().await;
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\nupstreams:\n  shop: {{ targets: [\"{}\"] }}\n  other: {{ targets: [\"{}\"] }}\nroutes:\n  - name: shop\n    match: {{ host: shop.local }}\n    upstream: shop\n  - name: other\n    match: {{ path_prefix: / }}\n    upstream: other\n",
+        shop.address(),
+        other.address()
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let head = "GET http://shop.local/items?x=1 HTTP/1.1\r\nHost: other.local\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    assert!(other.seen().is_empty(), "routed on the Host header");
+    let seen = shop.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].path(),
+        "/items?x=1",
+        "not origin form: {}",
+        seen[0].head
+    );
+    assert_eq!(seen[0].header("host").as_deref(), Some("shop.local"));
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_answered_as_plain_http1_and_never_forwarded() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let head = "GET /x HTTP/1.1\r\nHost: a.local\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Keep: 1";
+    let answer = client::raw(
+        gw.http_addr,
+        format!("{head}\r\n\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("from-backend"), "{answer}");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    for name in ["upgrade", "http2-settings"] {
+        assert_eq!(
+            seen[0].header(name),
+            None,
+            "{name} forwarded: {}",
+            seen[0].head
+        );
+    }
+    assert_ne!(seen[0].header("connection").as_deref(), Some("Upgrade"));
+    assert_eq!(seen[0].header("x-keep").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_goes_upstream_in_origin_form() {
+    let b = WireBackend::start(|_| {
+        Answer::BytesThenClose(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".to_vec())
+    })
+    .await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let head = "GET /ws/chat?room=1 HTTP/1.1\r\nHost: a.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    assert_eq!(status_of(gw.http_addr, head).await, 403);
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path(), "/ws/chat?room=1", "{}", seen[0].head);
+    assert_eq!(seen[0].header("host").as_deref(), Some("a.local"));
+    assert_eq!(seen[0].header("upgrade").as_deref(), Some("websocket"));
+}
+
+#[tokio::test]
+async fn real_ip_and_forwarded_come_only_from_trusted_proxies() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let head = "GET / HTTP/1.1\r\nHost: a.local\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    let seen = &b.seen()[0];
+    assert_eq!(seen.header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(seen.header("forwarded"), None);
+
+    let trusting = backend().await;
+    let yaml = config("  trusted_proxies: [127.0.0.1/32]", &trusting, "", ALL);
+    let (gw, _f) = gateway(&yaml).await;
+    let head = "GET / HTTP/1.1\r\nHost: a.local\r\nX-Forwarded-For: 5.5.5.5\r\nForwarded: for=5.5.5.5\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    let seen = &trusting.seen()[0];
+    assert_eq!(seen.header("forwarded").as_deref(), Some("for=5.5.5.5"));
+    // No X-Real-IP from the proxy: the client address the gateway decided on.
+    assert_eq!(seen.header("x-real-ip").as_deref(), Some("5.5.5.5"));
+}
+
+const CLAIMS: &str = "jwt:\n  idp:\n    algorithms: [HS256]\n    secret: \"0123456789abcdef0123456789abcdef\"\n    forward_claims: { sub: X-User-Id }\n";
+
+#[tokio::test]
+async fn underscore_header_names_are_dropped_counted_rejected_or_never_shadow_a_claim() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let admin = gw.admin_addr.expect("admin");
+    let before = metric(
+        &metrics(admin).await,
+        "portico_underscore_headers_total{action=\"dropped\"}",
+    );
+    let head = "GET / HTTP/1.1\r\nHost: a.local\r\nX_User_Id: admin\r\nX_Other: 1\r\nX-Fine: 1\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    let seen = &b.seen()[0];
+    assert_eq!(seen.header("x_user_id"), None, "{}", seen.head);
+    assert_eq!(seen.header("x_other"), None);
+    assert_eq!(seen.header("x-fine").as_deref(), Some("1"));
+    let after = metric(
+        &metrics(admin).await,
+        "portico_underscore_headers_total{action=\"dropped\"}",
+    );
+    assert_eq!(after - before, 2.0);
+
+    let strict = backend().await;
+    let yaml = config("  limits: { underscore_headers: reject }", &strict, "", ALL);
+    let (gw, _f) = gateway(&yaml).await;
+    assert_eq!(status_of(gw.http_addr, head).await, 400);
+    assert!(strict.seen().is_empty());
+
+    let lenient = backend().await;
+    let yaml = config(
+        "  limits: { underscore_headers: allow }",
+        &lenient,
+        CLAIMS,
+        ALL,
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let head = "GET / HTTP/1.1\r\nHost: a.local\r\nX_User_Id: admin\r\nX-User-Id: admin\r\nX_Other: 1\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    let seen = &lenient.seen()[0];
+    assert_eq!(
+        seen.header("x_user_id"),
+        None,
+        "a claim header was shadowed: {}",
+        seen.head
+    );
+    assert_eq!(
+        seen.header("x-user-id"),
+        None,
+        "a forged claim header was forwarded"
+    );
+    assert_eq!(seen.header("x_other").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn forged_claim_headers_are_gone_before_routing() {
+    let admin_backend = backend().await;
+    let b = backend().await;
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\nupstreams:\n  admin: {{ targets: [\"{}\"] }}\n  b: {{ targets: [\"{}\"] }}\n{CLAIMS}routes:\n  - name: admins\n    match: {{ path_prefix: /, headers: {{ x-user-id: admin }} }}\n    upstream: admin\n{ALL}",
+        admin_backend.address(),
+        b.address()
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let head = "GET / HTTP/1.1\r\nHost: a.local\r\nX-User-Id: admin\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    assert!(
+        admin_backend.seen().is_empty(),
+        "routed on a forged claim header"
+    );
+    assert_eq!(b.seen()[0].header("x-user-id"), None);
+}
+
+#[tokio::test]
+async fn trace_is_refused_unless_allowed() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let head = "TRACE / HTTP/1.1\r\nHost: a.local\r\nCookie: session=secret\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 405);
+    assert!(b.seen().is_empty());
+
+    let open = backend().await;
+    let (gw, _f) = gateway(&config("  allow_trace: true", &open, "", ALL)).await;
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    assert_eq!(open.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn query_edits_compare_decoded_names() {
+    let b = backend().await;
+    let routes = "  - name: all\n    match: { path_prefix: / }\n    upstream: b\n    transform:\n      request: { set_query: { uid: gw }, remove_query: [debug] }\n";
+    let (gw, _f) = gateway(&config("", &b, "", routes)).await;
+    let head = "GET /q?%75id=victim&%64ebug=1&debu%67=2&de+bug=3&keep=1 HTTP/1.1\r\nHost: a.local\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    let path = b.seen()[0].path().to_string();
+    assert!(!path.contains("victim"), "{path}");
+    assert!(
+        !path.contains("ebug=1") && !path.contains("debu%67"),
+        "{path}"
+    );
+    assert!(
+        path.contains("de+bug=3"),
+        "a different name went too: {path}"
+    );
+    assert!(path.contains("keep=1") && path.contains("uid=gw"), "{path}");
+}
+
+#[test]
+fn certificate_host_patterns_are_checked() {
+    let yaml = "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n      - { cert: /nonexistent.pem, key: /nonexistent-key.pem, hosts: [\"*foo.com\"] }\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - name: all\n    match: { path_prefix: / }\n    upstream: b\n";
+    support::assert_refused_at(yaml, "server.tls.certificates[0].hosts[0]");
+}
