@@ -213,6 +213,13 @@ impl GatewayHandle {
         for task in self.background {
             task.abort();
         }
+        // Every request has been answered (or the grace is over): their log lines are
+        // queued, and are written before the process may exit.
+        self.control
+            .shared
+            .access_log
+            .flush(std::time::Duration::from_secs(5))
+            .await;
     }
 }
 

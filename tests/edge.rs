@@ -272,3 +272,18 @@ fn certificate_host_patterns_are_checked() {
     let yaml = "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    certificates:\n      - { cert: /nonexistent.pem, key: /nonexistent-key.pem, hosts: [\"*foo.com\"] }\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - name: all\n    match: { path_prefix: / }\n    upstream: b\n";
     support::assert_refused_at(yaml, "server.tls.certificates[0].hosts[0]");
 }
+
+#[test]
+fn check_reports_an_unknown_key_and_the_bad_value_beside_it() {
+    let yaml = "server:\n  listen: 127.0.0.1:0\n  trusted_proxie: [10.0.0.0/8]\n  trusted_proxies: [10.0.0.0/33]\n  limits: { max_conections: 5, max_connections: 0 }\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - name: all\n    match: { path_prefix: / }\n    upstream: b\n";
+    let err = portico::check::parse(yaml).expect_err("refused");
+    let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+    for expected in [
+        "server.trusted_proxie",
+        "server.trusted_proxies[0]",
+        "server.limits.max_conections",
+        "server.limits.max_connections",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {err}");
+    }
+}

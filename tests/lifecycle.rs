@@ -185,6 +185,68 @@ async fn the_binary_drains_and_exits_zero_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Every request answered across a SIGTERM has its access log line: the writer is
+/// drained and flushed before the process exits.
+#[tokio::test]
+async fn every_request_answered_across_sigterm_is_logged() {
+    let be = Backend::start("be").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  access_log: true\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
+        be.address()
+    );
+    let file = support::tempfile_path::TempPath::new("portico-log", "yaml");
+    std::fs::write(file.path(), yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["run", "-c"])
+        .arg(file.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portico");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let up = eventually(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(up, "portico did not start listening");
+    let client = Client::new();
+    let in_flight: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get(addr, "/slow/800").await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(10), || async { be.hits() == 20 }).await);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    for request in in_flight {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        (child.wait(), text)
+    })
+    .await
+    .unwrap();
+    assert!(status.expect("wait").success());
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["route"] == "all")
+        .collect();
+    assert_eq!(lines.len(), 20, "access log:\n{text}");
+    assert!(lines.iter().all(|l| l["status"] == 200));
+}
+
 #[test]
 fn check_accepts_every_shipped_config() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

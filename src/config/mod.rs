@@ -193,28 +193,73 @@ fn deserialize_sections(
 
 fn section<T: DeserializeOwned>(
     path: &str,
-    value: Value,
+    mut value: Value,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut full = path.to_string();
-            for segment in e.path().iter() {
-                match segment {
-                    serde_path_to_error::Segment::Seq { index } => {
-                        full.push_str(&format!("[{index}]"))
-                    }
-                    serde_path_to_error::Segment::Map { key } => {
-                        full.push('.');
-                        full.push_str(key);
-                    }
-                    _ => {}
+    // An unknown key is reported and taken out, and the section read again, so the
+    // section's other problems (a bad value beside the typo) are reported too. The
+    // config is refused all the same: the unknown key is an issue.
+    for _ in 0..MAX_UNKNOWN_KEYS_PER_SECTION {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let segments: Vec<serde_path_to_error::Segment> =
+                    e.path().iter().cloned().collect();
+                let full = full_path(path, &segments);
+                let message = e.into_inner().to_string();
+                let unknown = message.starts_with("unknown field");
+                issues.push(issue(&full, message));
+                if !unknown || !remove_key(&mut value, &segments) {
+                    return None;
                 }
             }
-            issues.push(issue(&full, e.into_inner().to_string()));
-            None
         }
+    }
+    None
+}
+
+/// How many unknown keys one section may carry before the rest of it goes unread.
+const MAX_UNKNOWN_KEYS_PER_SECTION: usize = 16;
+
+fn full_path(path: &str, segments: &[serde_path_to_error::Segment]) -> String {
+    let mut full = path.to_string();
+    for segment in segments {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => full.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key } => {
+                full.push('.');
+                full.push_str(key);
+            }
+            _ => {}
+        }
+    }
+    full
+}
+
+/// Removes the key the last segment names from the mapping the others lead to.
+fn remove_key(value: &mut Value, segments: &[serde_path_to_error::Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for segment in parents {
+        let next = match (segment, current) {
+            (serde_path_to_error::Segment::Map { key }, Value::Mapping(m)) => {
+                m.get_mut(key.as_str())
+            }
+            (serde_path_to_error::Segment::Seq { index }, Value::Sequence(items)) => {
+                items.get_mut(*index)
+            }
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        current = next;
+    }
+    match (last, current) {
+        (serde_path_to_error::Segment::Map { key }, Value::Mapping(m)) => {
+            m.remove(key.as_str()).is_some()
+        }
+        _ => false,
     }
 }
 

@@ -1,20 +1,28 @@
 //! The JSON access log: one line per request on stdout. Lines are handed to a writer task
 //! through a bounded channel; when stdout cannot keep up, lines are dropped and counted
-//! (`portico_access_log_dropped_total`) rather than slowing requests down.
+//! (`portico_access_log_dropped_total`) rather than slowing requests down. At shutdown
+//! `flush` waits until every line queued so far is written, so a graceful stop loses none.
 
 use std::time::SystemTime;
 
 use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 const QUEUE: usize = 16 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::Sender<Message>>,
     dropped: IntCounter,
+}
+
+#[derive(Debug)]
+enum Message {
+    Line(Vec<u8>),
+    /// Write and flush everything before this, then answer.
+    Flush(oneshot::Sender<()>),
 }
 
 #[derive(Serialize)]
@@ -38,20 +46,28 @@ pub struct AccessRecord<'a> {
 impl AccessLog {
     /// A log that writes to stdout from a background task (needs a Tokio runtime).
     pub fn stdout(dropped: IntCounter) -> AccessLog {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
         tokio::spawn(async move {
             let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
-            while let Some(line) = rx.recv().await {
-                if out.write_all(&line).await.is_err() {
-                    return;
-                }
-                while let Ok(line) = rx.try_recv() {
-                    if out.write_all(&line).await.is_err() {
-                        return;
+            let mut waiting = Vec::new();
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                // Everything queued is written before one flush.
+                while let Some(message) = next.take().or_else(|| rx.try_recv().ok()) {
+                    match message {
+                        Message::Line(line) => {
+                            if out.write_all(&line).await.is_err() {
+                                return;
+                            }
+                        }
+                        Message::Flush(done) => waiting.push(done),
                     }
                 }
                 if out.flush().await.is_err() {
                     return;
+                }
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
                 }
             }
         });
@@ -76,8 +92,24 @@ impl AccessLog {
             return;
         }
         line.push(b'\n');
-        if tx.try_send(line).is_err() {
+        if tx.try_send(Message::Line(line)).is_err() {
             self.dropped.inc();
+        }
+    }
+}
+
+impl AccessLog {
+    /// Waits until every line written before this call is on stdout (at most `within`).
+    pub async fn flush(&self, within: std::time::Duration) {
+        let Some(tx) = &self.tx else { return };
+        let (done, flushed) = oneshot::channel();
+        let wait = async {
+            if tx.send(Message::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        };
+        if tokio::time::timeout(within, wait).await.is_err() {
+            tracing::warn!("access log not flushed within {within:?} at shutdown");
         }
     }
 }
