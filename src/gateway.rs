@@ -89,7 +89,7 @@ async fn forward_request(
 ) -> Result<Response<Body>, GatewayError> {
     admit(rt, &parts.method, &mut parts.headers)?;
     // Route on the normalised path; it is also the path that goes upstream.
-    let normalised = path::normalize(parts.uri.path())
+    let normalised = path::normalize_with(parts.uri.path(), rt.encoded_slash)
         .map_err(|_| GatewayError::BadRequest("invalid request path"))?;
     let host_header = request_host(parts)?;
     let route = rt

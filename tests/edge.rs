@@ -287,3 +287,55 @@ fn check_reports_an_unknown_key_and_the_bad_value_beside_it() {
         assert!(paths.contains(&expected), "missing {expected} in {err}");
     }
 }
+
+#[tokio::test]
+async fn path_forms_backends_resolve_differently_never_escape_their_route() {
+    let api = backend().await;
+    let admin = backend().await;
+    let routes = "  - name: admin\n    match: { path_prefix: /admin }\n    upstream: admin\n  - name: api\n    match: { path_prefix: /api }\n    upstream: api\n";
+    let yaml = |server: &str| {
+        format!(
+            "server:\n  listen: 127.0.0.1:0\n  access_log: false\n{server}\nupstreams:\n  api: {{ targets: [\"{}\"] }}\n  admin: {{ targets: [\"{}\"] }}\nroutes:\n{routes}",
+            api.address(),
+            admin.address()
+        )
+    };
+    let (gw, _f) = gateway(&yaml("")).await;
+    let hostile = [
+        "/api/users/..;/admin",
+        "/api/users/.;/admin",
+        "/api\\..\\admin",
+        "/api/%5C../admin",
+        "/api/%5c..%5cadmin",
+        "/api/..%2Fadmin",
+        "/api/x%2F..%2F..%2Fadmin",
+        "/api/%2e%2e%2fadmin",
+        "/api/a%00/../admin",
+        "/api/%252e%252e/admin",
+        "/api/%C0%AE%C0%AE/admin",
+    ];
+    for path in hostile {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a.local\r\nConnection: close");
+        assert_eq!(status_of(gw.http_addr, &head).await, 400, "{path}");
+    }
+    assert!(
+        admin.seen().is_empty(),
+        "an /api path reached the admin route"
+    );
+    assert!(api.seen().is_empty(), "a refused path was forwarded");
+
+    // Non-ASCII bytes stay UTF-8 when the path is normalised.
+    let head = "GET /api//caf\u{e9} HTTP/1.1\r\nHost: a.local\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    assert_eq!(api.seen()[0].path(), "/api/caf\u{e9}");
+
+    // An encoded slash: kept by default, refused or decoded by choice.
+    let head = "GET /api/a%2Fb HTTP/1.1\r\nHost: a.local\r\nConnection: close";
+    assert_eq!(status_of(gw.http_addr, head).await, 200);
+    assert_eq!(api.seen()[1].path(), "/api/a%2Fb");
+    let (strict, _f) = gateway(&yaml("  path: { encoded_slash: reject }")).await;
+    assert_eq!(status_of(strict.http_addr, head).await, 400);
+    let (decoding, _f) = gateway(&yaml("  path: { encoded_slash: decode }")).await;
+    assert_eq!(status_of(decoding.http_addr, head).await, 200);
+    assert_eq!(api.seen()[2].path(), "/api/a/b");
+}

@@ -46,6 +46,15 @@ pub struct ServerConfig {
     /// 405 unless allowed.
     #[serde(default)]
     pub allow_trace: bool,
+    #[serde(default)]
+    pub path: PathConfig,
+}
+
+/// How request paths are read (`server.path`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathConfig {
+    pub encoded_slash: crate::wire::path::EncodedSlash,
 }
 
 fn default_true() -> bool {
@@ -62,6 +71,7 @@ impl Default for ServerConfig {
             shutdown_grace: default_shutdown_grace(),
             access_log: true,
             allow_trace: false,
+            path: PathConfig::default(),
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct Runtime {
     pub max_request_body: u64,
     /// `server.allow_trace`.
     pub allow_trace: bool,
+    /// `server.path.encoded_slash`.
+    pub encoded_slash: crate::wire::path::EncodedSlash,
     /// `server.limits.underscore_headers`, and its counters (dropped, rejected).
     pub underscore_headers: UnderscoreHeaders,
     pub underscore_counters: [IntCounter; 2],
@@ -152,6 +154,7 @@ impl Runtime {
             claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
             allow_trace: config.server.allow_trace,
+            encoded_slash: config.server.path.encoded_slash,
             underscore_headers: config.server.limits.underscore_headers,
             underscore_counters: ["dropped", "rejected"]
                 .map(|action| metrics.underscore_headers.with_label_values(&[action])),

@@ -1,10 +1,13 @@
 //! Request path normalisation (RFC 3986 §6.2.2): percent-encoded unreserved characters
 //! are decoded, remaining escapes upper-cased, `//` collapsed and dot-segments resolved.
-//! An encoded `/` (`%2F`) stays encoded, so it can never create a segment boundary.
+//! An encoded `/` (`%2F`) stays encoded (unless `server.path.encoded_slash` says
+//! otherwise), so it can never create a segment boundary.
 //! Routes match the normalised path and it is what goes upstream, so a path can never
 //! reach a route it did not match (`/api/public/../admin`).
 
 use std::borrow::Cow;
+
+use percent_encoding::percent_decode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -14,18 +17,68 @@ pub enum PathError {
     BadEscape,
     #[error("path must start with /")]
     NotAbsolute,
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path has a parameter on a dot segment")]
+    DotSegmentParameter,
+    #[error("path has a dot segment next to an encoded slash")]
+    EncodedSlashDotSegment,
+    #[error("path has a dot segment encoded twice")]
+    DoubleEncodedDotSegment,
+    #[error("path has percent-encoded bytes that are not UTF-8")]
+    NotUtf8,
+    #[error("path has an encoded slash")]
+    EncodedSlash,
 }
 
+/// What an encoded slash (`%2F`) in a request path becomes: `server.path.encoded_slash`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlash {
+    /// The request is refused (400).
+    Reject,
+    /// It stays `%2F` inside its segment and goes upstream so.
+    #[default]
+    Keep,
+    /// It is a `/`: the path is split (and its dot segments resolved) at it.
+    Decode,
+}
+
+/// Normalises with encoded slashes kept (`EncodedSlash::Keep`).
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    normalize_with(path, EncodedSlash::Keep)
+}
+
+/// Normalises `path`, refusing the forms that backends resolve differently from the
+/// route match: NUL, a backslash (raw or `%5C`), a parameter on a dot segment (`..;`),
+/// a dot segment beside an encoded slash (`..%2F`), a dot segment encoded twice
+/// (`%252e%252e`), percent-encoded bytes that are not UTF-8 (the overlong `%C0%AE`).
+pub fn normalize_with(path: &str, slash: EncodedSlash) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     if !needs_work(path) {
         return Ok(Cow::Borrowed(path));
     }
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
+    let slashes_decoded;
+    let path = match slash {
+        EncodedSlash::Keep => path,
+        EncodedSlash::Reject if has_encoded_slash(path) => return Err(PathError::EncodedSlash),
+        EncodedSlash::Reject => path,
+        EncodedSlash::Decode => {
+            slashes_decoded = path.replace("%2F", "/").replace("%2f", "/");
+            slashes_decoded.as_str()
+        }
+    };
     let mut segments: Vec<String> = Vec::new();
     let mut trailing_slash = path.ends_with('/');
     for raw in path[1..].split('/') {
+        refuse_hostile(raw)?;
         let segment = decode_unreserved(raw)?;
         match segment.as_str() {
             "" => {}
@@ -57,7 +110,48 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 fn needs_work(path: &str) -> bool {
     let bytes = path.as_bytes();
-    bytes.contains(&b'%') || bytes.windows(2).any(|w| w == b"//" || w == b"/.")
+    bytes.contains(&b'%')
+        || bytes.contains(&b'\\')
+        || bytes.windows(2).any(|w| w == b"//" || w == b"/.")
+}
+
+fn has_encoded_slash(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+}
+
+fn is_dot_segment(text: &str) -> bool {
+    text == "." || text == ".."
+}
+
+/// The checks of one raw segment (between slashes, still encoded).
+fn refuse_hostile(raw: &str) -> Result<(), PathError> {
+    if !raw.contains(['%', ';']) {
+        return Ok(());
+    }
+    let decoded: Cow<'_, [u8]> = percent_decode(raw.as_bytes()).into();
+    if decoded.contains(&0) {
+        return Err(PathError::Nul);
+    }
+    if decoded.contains(&b'\\') {
+        return Err(PathError::Backslash);
+    }
+    let text = std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
+    if text.contains(';') && text.split(';').next().is_some_and(is_dot_segment) {
+        return Err(PathError::DotSegmentParameter);
+    }
+    if text.contains('/') && text.split('/').any(is_dot_segment) {
+        return Err(PathError::EncodedSlashDotSegment);
+    }
+    if text.contains('%') {
+        let twice: Cow<'_, [u8]> = percent_decode(text.as_bytes()).into();
+        let twice = String::from_utf8_lossy(&twice);
+        if twice.split(['/', ';', '\\']).any(is_dot_segment) {
+            return Err(PathError::DoubleEncodedDotSegment);
+        }
+    }
+    Ok(())
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -95,11 +189,13 @@ fn decode_unreserved(segment: &str) -> Result<String, PathError> {
             }
             i += 3;
         } else {
-            // Bytes of 0x80 and above (hyper accepts them in a request target) become the
-            // char of the same value, that is Latin-1, not UTF-8: a known defect, see
-            // the hardening work on non-ASCII paths.
-            out.push(bytes[i] as char);
-            i += 1;
+            // Characters outside ASCII (the URI parser hands over valid UTF-8) are kept
+            // as they are, byte for byte.
+            let Some(ch) = segment[i..].chars().next() else {
+                break;
+            };
+            out.push(ch);
+            i += ch.len_utf8();
         }
     }
     Ok(out)
@@ -135,6 +231,50 @@ mod tests {
         assert_eq!(n("/a/%2e%2e/b").unwrap(), "/b");
         assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(n("/a%2"), Err(PathError::BadEscape));
+    }
+
+    #[test]
+    fn forms_backends_resolve_differently_are_refused() {
+        for (path, error) in [
+            ("/api/users/..;/admin", PathError::DotSegmentParameter),
+            ("/api/users/.;x/admin", PathError::DotSegmentParameter),
+            ("/api/users/%2e%2e;/admin", PathError::DotSegmentParameter),
+            ("/api\\..\\admin", PathError::Backslash),
+            ("/api/%5C../admin", PathError::Backslash),
+            ("/api/%5c", PathError::Backslash),
+            ("/api/..%2Fadmin", PathError::EncodedSlashDotSegment),
+            ("/api/x%2F..", PathError::EncodedSlashDotSegment),
+            ("/api/%2e%2e%2fadmin", PathError::EncodedSlashDotSegment),
+            ("/api/a%00b", PathError::Nul),
+            ("/api/%252e%252e/admin", PathError::DoubleEncodedDotSegment),
+            ("/api/%252E./admin", PathError::DoubleEncodedDotSegment),
+            ("/api/%C0%AE%C0%AE/admin", PathError::NotUtf8),
+            ("/api/%E9t%E9", PathError::NotUtf8),
+        ] {
+            assert_eq!(n(path), Err(error), "{path}");
+        }
+        // What stays legal.
+        assert_eq!(n("/a;jsessionid=1/b").unwrap(), "/a;jsessionid=1/b");
+        assert_eq!(n("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(n("/a%2Fb").unwrap(), "/a%2Fb");
+        assert_eq!(n("/a%25b").unwrap(), "/a%25b");
+    }
+
+    #[test]
+    fn encoded_slash_policies() {
+        let with = |p: &str, s| normalize_with(p, s).map(Cow::into_owned);
+        assert_eq!(with("/a%2Fb", EncodedSlash::Keep).unwrap(), "/a%2Fb");
+        assert_eq!(
+            with("/a%2fb", EncodedSlash::Reject),
+            Err(PathError::EncodedSlash)
+        );
+        assert_eq!(with("/a%2Fb/../c", EncodedSlash::Decode).unwrap(), "/a/c");
+    }
+
+    #[test]
+    fn non_ascii_paths_keep_their_utf8() {
+        assert_eq!(n("/api//café").unwrap(), "/api/café");
+        assert_eq!(n("/api/./日本").unwrap(), "/api/日本");
     }
 
     #[test]
