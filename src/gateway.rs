@@ -338,11 +338,19 @@ fn rate_limit(
     }
 }
 
+/// Longest method token accepted (longer: 400).
+const MAX_METHOD_LEN: usize = 32;
+
 /// What the edge refuses or repairs before anything reads the request: TRACE (unless
 /// `server.allow_trace`), header names with `_` (`server.limits.underscore_headers`),
 /// and the client's own copies of the headers forwarded claims go in, which routing,
 /// rate-limit keys and split stickiness must never see.
 fn admit(rt: &Runtime, method: &Method, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+    // The longest registered method (RFC 9110 and the IANA registry) has 17 bytes; a
+    // longer token is no method a backend implements, only a way to smuggle bytes.
+    if method.as_str().len() > MAX_METHOD_LEN {
+        return Err(GatewayError::BadRequest("method token too long"));
+    }
     if *method == Method::TRACE && !rt.allow_trace {
         return Err(GatewayError::MethodNotAllowed(
             "TRACE is refused (server.allow_trace)",

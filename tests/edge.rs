@@ -339,3 +339,18 @@ async fn path_forms_backends_resolve_differently_never_escape_their_route() {
     assert_eq!(status_of(decoding.http_addr, head).await, 200);
     assert_eq!(api.seen()[2].path(), "/api/a/b");
 }
+
+#[tokio::test]
+async fn an_overlong_method_is_refused() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
+    let method = "X".repeat(4096);
+    let head = format!("{method} / HTTP/1.1\r\nHost: a.local\r\nConnection: close");
+    assert_eq!(status_of(gw.http_addr, &head).await, 400);
+    let head = format!(
+        "{} / HTTP/1.1\r\nHost: a.local\r\nConnection: close",
+        "X".repeat(32)
+    );
+    assert_eq!(status_of(gw.http_addr, &head).await, 200);
+    assert_eq!(b.seen().len(), 1);
+}
