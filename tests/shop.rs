@@ -254,3 +254,107 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
     gw.shutdown().await;
     fleet.stop().await;
 }
+
+/// `scripts/demo monolith`: the monolith, the new orders service reading users, products
+/// and payments from the monolith, and Portico on config/monolith-sidecar.yaml. An order
+/// sent to the canary is placed by the orders service (not the monolith) and takes its
+/// stock from the monolith's catalogue; a stable one is the monolith's.
+#[tokio::test]
+async fn the_demo_monolith_mode_serves_orders_from_both_sides() {
+    let any_port = || Options {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        ..Options::default()
+    };
+    let monolith = shop_backends::spawn(Service::Monolith, any_port())
+        .await
+        .expect("monolith starts");
+    let api = format!("{}/api", monolith.url());
+    let orders = shop_backends::spawn(
+        Service::Orders,
+        Options {
+            users_url: api.clone(),
+            products_url: api.clone(),
+            payments_url: api.clone(),
+            notifications_url: None,
+            ..any_port()
+        },
+    )
+    .await
+    .expect("orders service starts");
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/monolith-sidecar.yaml"
+    ))
+    .expect("config/monolith-sidecar.yaml")
+    .replace("127.0.0.1:3000", &monolith.addr.to_string())
+    .replace("127.0.0.1:3003", &orders.addr.to_string())
+    .replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 127.0.0.1:0\n  access_log: false",
+    )
+    .replace("listen: 127.0.0.1:9901", "listen: 127.0.0.1:0");
+    let (gw, _file) = gateway(&yaml).await;
+    let addr = gw.http_addr;
+    let client = Client::new();
+
+    let user = client
+        .send(json_post(
+            addr,
+            "/api/users",
+            serde_json::json!({"username": "moira", "email": "moira@example.com", "password": "correct horse"}),
+        ))
+        .await;
+    assert_eq!(user.status, 201, "{:?}", user.body);
+    let user_id = user.json()["id"].clone();
+    let stock_of = |product: u64| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(addr, &format!("/api/products/{product}/stock"))
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["stock"].as_i64().expect("stock")
+        }
+    };
+    let before = stock_of(3).await;
+
+    let mut canary = json_post(
+        addr,
+        "/api/orders",
+        serde_json::json!({"userId": user_id, "productId": 3, "quantity": 1}),
+    );
+    canary
+        .headers_mut()
+        .insert("x-canary", http::HeaderValue::from_static("1"));
+    let placed = client.send(canary).await;
+    assert_eq!(
+        placed.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&placed.body)
+    );
+    let order_id = placed.json()["id"].clone();
+    // The orders service has it; the monolith does not.
+    let at_service = client
+        .get(orders.addr, &format!("/orders/{order_id}"))
+        .await;
+    assert_eq!(at_service.status, 200, "not placed by the orders service");
+    assert_eq!(at_service.json()["productId"], 3);
+    let at_monolith = client
+        .get(monolith.addr, &format!("/api/orders?userId={user_id}"))
+        .await;
+    assert_eq!(at_monolith.status, 200);
+    assert!(
+        !String::from_utf8_lossy(&at_monolith.body).contains("\"productId\":3"),
+        "the monolith placed the canary order too: {}",
+        String::from_utf8_lossy(&at_monolith.body)
+    );
+    assert_eq!(
+        stock_of(3).await,
+        before - 1,
+        "stock not taken from the monolith"
+    );
+    gw.shutdown().await;
+    orders.stop().await;
+    monolith.stop().await;
+}
