@@ -1,68 +1,41 @@
-//! The admin listener: metrics, health, readiness, the effective config, routes,
-//! upstreams and reload. When `admin.token` is set, every write needs
-//! `Authorization: Bearer <token>`.
-
-use std::convert::Infallible;
-use std::sync::Arc;
+//! The admin API: metrics, health, readiness, the effective config, routes, upstreams,
+//! splits, cache purges and reload. Connections are handled by `server` like the main
+//! listener's (header timeout, idle cut-off, a connection cap). When `admin.token` is
+//! set, everything but `/healthz`, `/readyz` and `/metrics` needs
+//! `Authorization: Bearer <token>`; a `POST` must also be a request a browser sends only
+//! after a CORS preflight (an `Authorization` header or `Content-Type: application/json`),
+//! so a page on the same host cannot reload the gateway behind the operator's back.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config;
 use crate::control::Control;
 use crate::split;
 use crate::wire::body::Body;
 
-pub async fn serve(
-    listener: TcpListener,
-    control: Arc<Control>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let control = control.clone();
-        let service = service_fn(move |req| {
-            let control = control.clone();
-            async move { Ok::<_, Infallible>(handle(&control, req).await) }
-        });
-        let conn = auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = watched.await;
-        });
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown()).await;
-}
+/// Endpoints open without the token: probes and scrapers carry none.
+const OPEN: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
-    if method != Method::GET && method != Method::HEAD && !authorized(control, &req) {
+    let path = req.uri().path().to_string();
+    let read = method == Method::GET || method == Method::HEAD;
+    let open = read && OPEN.contains(&path.as_str());
+    if !open && !authorized(control, &req) {
         return json(
             StatusCode::UNAUTHORIZED,
             json!({"error": "admin token required", "status": 401}),
         );
     }
-    let path = req.uri().path().to_string();
+    if method == Method::POST && !preflighted(&req) {
+        return json(
+            StatusCode::FORBIDDEN,
+            json!({"error": "admin writes need an Authorization header or Content-Type: application/json", "status": 403}),
+        );
+    }
     match (method, path.as_str()) {
         (Method::GET, "/metrics") => {
             let mut r = Response::new(Body::full(control.shared.metrics.render()));
@@ -194,11 +167,28 @@ fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
+/// Compares SHA-256 digests, so neither the time taken nor an early length check tells
+/// anything about the token.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use aws_lc_rs::digest::{digest, SHA256};
+    let (a, b) = (digest(&SHA256, a), digest(&SHA256, b));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// A request no browser sends across origins without a CORS preflight (which this API
+/// never answers): it carries `Authorization`, or a JSON content type.
+fn preflighted(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(header::AUTHORIZATION)
+        || headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn readyz(control: &Control) -> Response<Body> {

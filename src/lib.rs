@@ -132,6 +132,7 @@ impl Gateway {
             server::Listener {
                 tcp: http,
                 tls: None,
+                role: server::Role::Proxy,
             },
             control.clone(),
             connections.clone(),
@@ -144,6 +145,7 @@ impl Gateway {
                 server::Listener {
                     tcp,
                     tls: Some(tls::acceptor(store)?),
+                    role: server::Role::Proxy,
                 },
                 control.clone(),
                 connections,
@@ -154,9 +156,14 @@ impl Gateway {
         let mut admin_addr = None;
         if let Some((tcp, addr)) = admin {
             admin_addr = Some(addr);
-            background.push(tokio::spawn(admin::serve(
-                tcp,
+            background.push(tokio::spawn(server::serve(
+                server::Listener {
+                    tcp,
+                    tls: None,
+                    role: server::Role::Admin,
+                },
                 control.clone(),
+                Arc::new(Semaphore::new(server::ADMIN_MAX_CONNECTIONS)),
                 shutdown_rx.clone(),
             )));
         }

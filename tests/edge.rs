@@ -354,3 +354,101 @@ async fn an_overlong_method_is_refused() {
     assert_eq!(status_of(gw.http_addr, &head).await, 200);
     assert_eq!(b.seen().len(), 1);
 }
+
+fn admin_config(backend: &WireBackend, admin: &str, server_extra: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\n{server_extra}\nadmin:\n  listen: 127.0.0.1:0\n{admin}\nupstreams:\n  b: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    match: {{ path_prefix: /, headers: {{ x-internal-key: hunter2 }} }}\n    upstream: b\n    transform:\n      request: {{ set_headers: {{ X-Api-Key: upstream-secret }} }}\n  - name: split\n    match: {{ path_prefix: /s }}\n    split:\n      stable: {{ upstream: b }}\n      canary: {{ upstream: b }}\n      force_canary: {{ cookie: {{ tester: let-me-in }} }}\n",
+        backend.address()
+    )
+}
+
+#[tokio::test]
+async fn with_a_token_the_admin_api_opens_only_probes_and_metrics_and_hides_secrets() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&admin_config(&b, "  token: s3cret", "")).await;
+    let admin = gw.admin_addr.expect("admin");
+    let get = |path: &'static str, token: bool| async move {
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close");
+        if token {
+            head.push_str("\r\nAuthorization: Bearer s3cret");
+        }
+        client::raw(admin, format!("{head}\r\n\r\n").as_bytes(), WAIT).await
+    };
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert!(get(open, false).await.starts_with("HTTP/1.1 200"), "{open}");
+    }
+    for closed in ["/config", "/routes", "/upstreams", "/splits"] {
+        assert!(
+            get(closed, false).await.starts_with("HTTP/1.1 401"),
+            "{closed}"
+        );
+    }
+    let config = get("/config", true).await;
+    assert!(config.starts_with("HTTP/1.1 200"), "{config}");
+    for secret in ["s3cret", "hunter2", "upstream-secret", "let-me-in"] {
+        assert!(!config.contains(secret), "{secret} in /config: {config}");
+    }
+    assert!(config.contains("x-internal-key") && config.contains("tester"));
+}
+
+#[tokio::test]
+async fn admin_writes_must_not_be_simple_cross_origin_requests() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&admin_config(&b, "", "")).await;
+    let admin = gw.admin_addr.expect("admin");
+    // What a form or a no-cors fetch from a page on the same host can send.
+    for simple in [
+        "POST /reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0",
+        "POST /reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 0",
+        "POST /reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0",
+    ] {
+        assert_eq!(status_of(admin, simple).await, 403, "{simple}");
+    }
+    let json = "POST /reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 0";
+    assert_eq!(status_of(admin, json).await, 200);
+}
+
+#[test]
+fn a_public_admin_listener_needs_a_token() {
+    let yaml = "server:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 0.0.0.0:9901\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - name: all\n    match: { path_prefix: / }\n    upstream: b\n";
+    support::assert_refused_at(yaml, "admin.token");
+    let with_token = yaml.replace(
+        "  listen: 0.0.0.0:9901\n",
+        "  listen: 0.0.0.0:9901\n  token: s3cret\n",
+    );
+    assert!(portico::check::parse(&with_token).is_ok());
+}
+
+#[tokio::test]
+async fn the_admin_listener_cuts_slow_clients_and_caps_connections() {
+    let b = backend().await;
+    let yaml = admin_config(&b, "", "  limits: { header_read_timeout: 500ms }");
+    let (gw, _f) = gateway(&yaml).await;
+    let admin = gw.admin_addr.expect("admin");
+    // A head that never ends is cut off after the header-read timeout, not held open.
+    let started = std::time::Instant::now();
+    let answer = client::raw(admin, b"GET /healthz HTTP/1.1\r\nHost: a", WAIT).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}: {answer:?}"
+    );
+    // Past the cap, a new connection is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..portico::server::ADMIN_MAX_CONNECTIONS {
+        held.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = client::raw(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(refused.is_empty(), "served past the cap: {refused}");
+    drop(held);
+}

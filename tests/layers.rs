@@ -19,7 +19,8 @@ const ROWS: &[&[&str]] = &[
     &["context", "error"],
     &["gateway"],
     &["control"],
-    &["server", "admin"],
+    &["admin"],
+    &["server"],
 ];
 
 fn row(module: &str) -> Option<usize> {

@@ -463,6 +463,7 @@ async fn failing_canary_is_rolled_back_gets_no_more_traffic_and_reloads_keep_it_
     let r = client
         .send(
             Request::post(format!("http://{admin}/reload"))
+                .header("content-type", "application/json")
                 .body(Full::default())
                 .unwrap(),
         )

@@ -350,5 +350,38 @@ pub fn redacted(config: &Config) -> Config {
             jwt.secret = Some("<redacted>".into());
         }
     }
+    // Header values a route matches on, sets or forces a split with are often shared
+    // secrets (an internal API key, a tester's cookie): names stay, values go.
+    let hide = |values: &mut std::collections::BTreeMap<String, String>| {
+        for v in values.values_mut() {
+            *v = "<redacted>".into();
+        }
+    };
+    for route in &mut config.routes {
+        for value in route.matcher.headers.values_mut() {
+            if let HeaderMatchConfig::Exact(v) = value {
+                *v = "<redacted>".into();
+            }
+        }
+        if let Some(t) = route.transform.as_mut() {
+            for m in [t.request.as_mut(), t.response.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                hide(&mut m.set_headers);
+                hide(&mut m.add_headers);
+                hide(&mut m.set_query);
+            }
+        }
+        if let Some(split) = route.split.as_mut() {
+            for force in [split.force_canary.as_mut(), split.force_stable.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                hide(&mut force.header);
+                hide(&mut force.cookie);
+            }
+        }
+    }
     config
 }

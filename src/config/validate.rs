@@ -87,6 +87,16 @@ fn server_section(config: &Config, issues: &mut Issues) {
     }
     if let Some(admin) = &config.admin {
         listen_address("admin.listen", &admin.listen, issues);
+        let public = admin
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if public && admin.token.as_deref().is_none_or(str::is_empty) {
+            issues.push(
+                "admin.token",
+                "required when admin.listen is not a loopback address (the admin API reloads and changes the gateway); set it, e.g. from ${PORTICO_ADMIN_TOKEN}",
+            );
+        }
     }
 }
 

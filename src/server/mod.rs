@@ -28,7 +28,21 @@ use stream::Stream;
 pub struct Listener {
     pub tcp: TcpListener,
     pub tls: Option<TlsAcceptor>,
+    pub role: Role,
 }
+
+/// What a listener's connections are for. Both get the same connection handling:
+/// header-read timeout, idle cut-off, connection cap, graceful drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Client traffic: `gateway::handle`.
+    Proxy,
+    /// The admin API: `admin::handle`.
+    Admin,
+}
+
+/// Connections the admin listener serves at once; more are closed at accept.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Accepts connections until shutdown, then drains them.
 pub async fn serve(
@@ -64,6 +78,7 @@ pub async fn serve(
         let builder = connection_builder(&limits);
         let control = control.clone();
         let tls = listener.tls.clone();
+        let role = listener.role;
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
@@ -71,11 +86,17 @@ pub async fn serve(
             let service = {
                 let activity = activity.clone();
                 service_fn(move |request| {
-                    let runtime = control.runtime.load_full();
+                    let control = control.clone();
                     let guard = activity.request_started();
                     let conn = conn.clone();
                     async move {
-                        let response = crate::gateway::handle(runtime, conn, request).await;
+                        let response = match role {
+                            Role::Proxy => {
+                                let runtime = control.runtime.load_full();
+                                crate::gateway::handle(runtime, conn, request).await
+                            }
+                            Role::Admin => crate::admin::handle(&control, request).await,
+                        };
                         drop(guard);
                         Ok::<_, std::convert::Infallible>(response)
                     }
