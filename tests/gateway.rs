@@ -562,11 +562,21 @@ async fn admin_endpoints_and_token() {
     assert!(metrics.contains("portico_request_duration_seconds_bucket{route=\"all\""));
     assert!(metrics.contains("portico_upstream_requests_total{endpoint="));
     assert!(metrics.contains(r#"portico_upstream_endpoints{state="healthy",upstream="be"} 1"#));
-    let config = client.get(admin, "/config").await.json();
+    // Everything but probes and metrics needs the token.
+    assert_eq!(client.get(admin, "/config").await.status, 401);
+    let authorized = |path: &str| {
+        client.send(
+            Request::get(format!("http://{admin}{path}"))
+                .header("authorization", "Bearer s3cret")
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
+    let config = authorized("/config").await.json();
     assert_eq!(config["admin"]["token"], "<redacted>");
-    let routes = client.get(admin, "/routes").await.json();
+    let routes = authorized("/routes").await.json();
     assert_eq!(routes["routes"][0]["name"], "all");
-    let ups = client.get(admin, "/upstreams").await.json();
+    let ups = authorized("/upstreams").await.json();
     assert_eq!(
         ups["upstreams"]["be"]["endpoints"][0]["address"],
         be.address()
