@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::config;
+use std::sync::Arc;
+
 use crate::control::Control;
 use crate::split;
 use crate::wire::body::Body;
@@ -19,7 +21,7 @@ use crate::wire::body::Body;
 /// Endpoints open without the token: probes and scrapers carry none.
 const OPEN: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-pub async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(control: &Arc<Control>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let read = method == Method::GET || method == Method::HEAD;
@@ -63,7 +65,7 @@ pub async fn handle(control: &Control, req: Request<Incoming>) -> Response<Body>
             put_split(control, &p["/splits/".len()..], req).await
         }
         (Method::GET, "/upstreams") => upstreams(control),
-        (Method::POST, "/reload") => match control.reload() {
+        (Method::POST, "/reload") => match control.reload_off_thread().await {
             Ok(()) => json(StatusCode::OK, json!({"status": "reloaded"})),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -44,7 +44,9 @@ impl Control {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::single("", "no config file to reload from"));
         };
-        let result = check::load_file(path).and_then(|c| self.apply(c));
+        // `load_file` has run every check already: build without checking again (which
+        // would open every certificate file one more time).
+        let result = check::load_file(path).and_then(|c| self.swap_in(c));
         if let Err(e) = &result {
             self.shared
                 .metrics
@@ -58,9 +60,24 @@ impl Control {
         result
     }
 
+    /// Re-reads the config file and applies it on a blocking thread: reading files,
+    /// parsing YAML and building a Runtime never hold up a thread that serves requests
+    /// (with `--threads 1` there is only one).
+    pub async fn reload_off_thread(self: &Arc<Self>) -> Result<(), ConfigError> {
+        let control = self.clone();
+        tokio::task::spawn_blocking(move || control.reload())
+            .await
+            .unwrap_or_else(|_| Err(ConfigError::single("", "the reload task failed")))
+    }
+
     /// Validates `config`, builds a Runtime from it and swaps it in.
     pub fn apply(&self, config: Config) -> Result<(), ConfigError> {
         check::config(&config)?;
+        self.swap_in(config)
+    }
+
+    /// Builds a Runtime from a config already checked, and swaps it in.
+    fn swap_in(&self, config: Config) -> Result<(), ConfigError> {
         // One reload at a time, so two reloads cannot interleave their reuse decisions.
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load_full();

@@ -198,6 +198,11 @@ impl GatewayHandle {
         self.control.reload()
     }
 
+    /// `reload` on a blocking thread, so the threads serving requests go on serving.
+    pub async fn reload_off_thread(&self) -> Result<(), ConfigError> {
+        self.control.reload_off_thread().await
+    }
+
     /// Applies a config directly.
     pub fn apply(&self, config: Config) -> Result<(), ConfigError> {
         self.control.apply(config)
@@ -238,13 +243,23 @@ async fn watch_file(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last = std::fs::read(&path).ok();
+    // File reads run on a blocking thread: a stalled filesystem must not stall a worker.
+    let read = |path: &PathBuf| {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || std::fs::read(path).ok())
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let mut last = read(&path).await;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let Ok(content) = std::fs::read(&path) else {
+        let Some(content) = read(&path).await else {
             continue;
         };
         if last.as_deref() == Some(content.as_slice()) {
@@ -252,6 +267,6 @@ async fn watch_file(
         }
         last = Some(content);
         tracing::info!(path = %path.display(), "config file changed; reloading");
-        let _ = control.reload();
+        let _ = control.reload_off_thread().await;
     }
 }

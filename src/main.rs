@@ -117,8 +117,6 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyhow::Result<()> {
-    let config = portico::check::load_file(&path)
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     // One worker thread: a current-thread runtime, without the work-stealing
     // scheduler's cross-thread bookkeeping (measured in docs/benchmarks.md).
     let mut builder = match threads {
@@ -136,13 +134,25 @@ fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyho
         .build()
         .context("starting the Tokio runtime")?;
     runtime.block_on(async move {
+        // Signal handlers first: a SIGTERM or SIGHUP that arrives while the config loads
+        // and the listeners bind is acted on once the gateway runs, instead of killing
+        // the process with the default action.
+        let mut signals = Signals::install()?;
+        let load = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || portico::check::load_file(&path))
+        };
+        let config = load
+            .await
+            .context("loading the config")?
+            .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
         let handle = Gateway::start(Options {
             config,
             config_path: Some(path),
             watch_interval: (!watch_interval.is_zero()).then_some(watch_interval),
         })
         .await?;
-        wait_for_signals(&handle).await?;
+        signals.wait(&handle).await;
         tracing::info!("shutting down: draining in-flight requests");
         handle.shutdown().await;
         tracing::info!("stopped");
@@ -150,26 +160,50 @@ fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyho
     })
 }
 
+/// SIGTERM and SIGINT stop the gateway; SIGHUP reloads its config.
 #[cfg(unix)]
-async fn wait_for_signals(handle: &portico::GatewayHandle) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading config");
-                let _ = handle.reload();
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+
+    /// Returns at SIGTERM or SIGINT; reloads at each SIGHUP meanwhile.
+    async fn wait(&mut self, handle: &portico::GatewayHandle) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    let _ = handle.reload_off_thread().await;
+                }
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_handle: &portico::GatewayHandle) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
-    Ok(())
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn wait(&mut self, _handle: &portico::GatewayHandle) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
