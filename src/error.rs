@@ -19,6 +19,8 @@ pub enum GatewayError {
     MethodNotAllowed(&'static str),
     #[error("request body is too large")]
     BodyTooLarge,
+    #[error("request body not received in time")]
+    RequestTimeout,
     #[error("no endpoint available for upstream {0}")]
     NoEndpoint(String),
     #[error("upstream connection failed")]
@@ -44,6 +46,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoEndpoint(_) | GatewayError::ConnectFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -89,6 +92,7 @@ impl From<UpstreamError> for GatewayError {
             UpstreamError::CircuitOpen(name) => GatewayError::CircuitOpen(name),
             UpstreamError::Overloaded(name) => GatewayError::Overloaded(name),
             UpstreamError::RequestBodyTooLarge => GatewayError::BodyTooLarge,
+            UpstreamError::RequestBodyTimeout => GatewayError::RequestTimeout,
             UpstreamError::RequestBodyUnreadable => {
                 GatewayError::BadRequest("could not read the request body")
             }

@@ -170,7 +170,11 @@ async fn forward_request(
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);
         path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
-        body = Box::pin(transform.request_body(&mut headers, body)).await?;
+        // Read into memory while no watchdog runs: bounded by `idle_timeout`.
+        let edit = Box::pin(transform.request_body(&mut headers, body));
+        body = tokio::time::timeout(rt.body_read_timeout, edit)
+            .await
+            .map_err(|_| GatewayError::RequestTimeout)??;
     }
     let call = UpstreamCall {
         upstream: upstream.clone(),
@@ -221,7 +225,13 @@ async fn uncached(
     ctx.endpoint = endpoint;
     let response = upstream_response(response);
     match &route.transform {
-        Some(t) if t.edits_response_body() => Ok(Box::pin(t.response_body(response)).await?),
+        // Read into memory: bounded like the rest of the upstream call.
+        Some(t) if t.edits_response_body() => {
+            let edit = Box::pin(t.response_body(response));
+            Ok(tokio::time::timeout(call.upstream.request_timeout, edit)
+                .await
+                .map_err(|_| GatewayError::UpstreamTimeout)??)
+        }
         _ => Ok(response),
     }
 }

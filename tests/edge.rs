@@ -452,3 +452,95 @@ async fn the_admin_listener_cuts_slow_clients_and_caps_connections() {
     assert!(refused.is_empty(), "served past the cap: {refused}");
     drop(held);
 }
+
+/// Sends a request head, then its body one byte every `every`, and returns the status
+/// and how long the answer took.
+async fn trickle(addr: SocketAddr, head: &str, body: &[u8], every: Duration) -> (u16, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("{head}\r\n\r\n").as_bytes())
+        .await
+        .expect("write head");
+    let (mut read, mut write) = stream.into_split();
+    let body = body.to_vec();
+    let writer = tokio::spawn(async move {
+        for b in body {
+            tokio::time::sleep(every).await;
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, read.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap_or(0);
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer[..n]).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn bodies_read_into_memory_have_a_deadline() {
+    let b = backend().await;
+    let routes = "  - name: json\n    match: { path_prefix: /json }\n    upstream: b\n    transform:\n      request: { json_body: { set: { edited: true } } }\n  - name: replay\n    match: { path_prefix: /replay }\n    upstream: r\n";
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\n  limits: {{ idle_timeout: 1s }}\nupstreams:\n  b: {{ targets: [\"{0}\"] }}\n  r: {{ targets: [\"{0}\"], timeouts: {{ request: 1s }}, retries: {{ attempts: 2 }} }}\nroutes:\n{routes}",
+        b.address()
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let body = br#"{"a": "a slow client sends this one byte at a time"}"#;
+    for path in ["/json", "/replay"] {
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: a.local\r\nContent-Type: application/json\r\nContent-Length: {}",
+            body.len()
+        );
+        let (status, took) = trickle(gw.http_addr, &head, body, Duration::from_millis(200)).await;
+        assert_eq!(status, 408, "{path}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{path}: answered after {took:?}"
+        );
+    }
+    assert!(
+        b.seen().is_empty(),
+        "a body that never arrived was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn a_cache_fill_from_an_upstream_that_stalls_ends_at_its_deadline() {
+    // Half a body, then nothing: the connection stays open.
+    let stalled = WireBackend::start(|_| {
+        Answer::Bytes(
+            b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 100\r\n\r\nhalf"
+                .to_vec(),
+        )
+    })
+    .await;
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\nupstreams:\n  s: {{ targets: [\"{}\"], timeouts: {{ request: 1s }} }}\ncaches:\n  c: {{ max_size: 1MiB }}\nroutes:\n  - name: cached\n    match: {{ path_prefix: / }}\n    upstream: s\n    cache: c\n",
+        stalled.address()
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let started = std::time::Instant::now();
+    let status = status_of(
+        gw.http_addr,
+        "GET /x HTTP/1.1\r\nHost: a.local\r\nConnection: close",
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+}

@@ -192,15 +192,22 @@ impl Lookup<'_> {
             return Look::Forward(CacheStatus::Miss);
         }
         match self.cache.flights.join(&self.primary) {
-            Join::Waiter(slot) => match flight::wait(slot).await {
-                Some(Landing::Stored(entry))
-                    if entry.key == variant_of(&self.primary, &entry, &self.call.headers) =>
+            // A leader that hangs does not hold its waiters past the upstream's deadline:
+            // they fetch for themselves.
+            Join::Waiter(slot) => {
+                match tokio::time::timeout(self.call.upstream.request_timeout, flight::wait(slot))
+                    .await
+                    .unwrap_or(Some(Landing::NotStored))
                 {
-                    Look::Answered(self.respond(&entry, CacheStatus::Hit))
+                    Some(Landing::Stored(entry))
+                        if entry.key == variant_of(&self.primary, &entry, &self.call.headers) =>
+                    {
+                        Look::Answered(self.respond(&entry, CacheStatus::Hit))
+                    }
+                    Some(Landing::NotStored) => Look::Forward(CacheStatus::Miss),
+                    _ => Look::Again,
                 }
-                Some(Landing::NotStored) => Look::Forward(CacheStatus::Miss),
-                _ => Look::Again,
-            },
+            }
             Join::Leader(leader) => {
                 // Between our lookup and becoming leader, another leader may have landed.
                 if stored.is_none() && !self.request_cc.no_cache {
@@ -230,7 +237,12 @@ impl Lookup<'_> {
         self.cache.count(status);
         let (ep, response) = self.call.send(self.call.headers.clone(), body).await?;
         *endpoint = ep;
-        let response = transform_body(self.transform, upstream_response(response)).await?;
+        let response = transform_body(
+            self.transform,
+            upstream_response(response),
+            self.call.upstream.request_timeout,
+        )
+        .await?;
         Ok(tag(response, status))
     }
 
@@ -283,7 +295,12 @@ async fn bypass(
     let headers = call.headers.clone();
     let (ep, response) = call.send(headers, body).await?;
     *endpoint = ep;
-    let response = transform_body(transform, upstream_response(response)).await?;
+    let response = transform_body(
+        transform,
+        upstream_response(response),
+        call.upstream.request_timeout,
+    )
+    .await?;
     Ok(tag(response, CacheStatus::Bypass))
 }
 
@@ -317,7 +334,7 @@ async fn unsafe_method(
             }
         }
     }
-    let response = transform_body(transform, response).await?;
+    let response = transform_body(transform, response, call.upstream.request_timeout).await?;
     Ok(tag(response, CacheStatus::Bypass))
 }
 
@@ -534,7 +551,11 @@ impl Fill<'_, '_> {
         }
         let status = response.status();
         let (mut parts, body) = response.into_parts();
-        let bytes = match buffer::up_to(body, cache.max_entry).await {
+        let fill = buffer::up_to(body, cache.max_entry);
+        let buffered = tokio::time::timeout(self.call.upstream.request_timeout, fill)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?;
+        let bytes = match buffered {
             Buffered::Complete(bytes) => bytes,
             Buffered::Overflow(body) => {
                 return self.pass_on(Response::from_parts(parts, body)).await;
@@ -579,7 +600,10 @@ impl Fill<'_, '_> {
     async fn pass_on(self, response: Response<Body>) -> Result<Fetched, CacheError> {
         self.leader.land(Landing::NotStored);
         Ok(Fetched {
-            answer: Answer::Streamed(transform_body(self.transform, response).await?),
+            answer: Answer::Streamed(
+                transform_body(self.transform, response, self.call.upstream.request_timeout)
+                    .await?,
+            ),
             outcome: CacheStatus::Miss,
             endpoint: self.endpoint,
         })
@@ -649,9 +673,15 @@ fn refresh_in_background(
 async fn transform_body(
     transform: &Option<Transform>,
     response: Response<Body>,
+    read_within: std::time::Duration,
 ) -> Result<Response<Body>, CacheError> {
     match transform {
-        Some(t) if t.edits_response_body() => Ok(t.response_body(response).await?),
+        // Read into memory: bounded like the upstream call that produced it.
+        Some(t) if t.edits_response_body() => {
+            Ok(tokio::time::timeout(read_within, t.response_body(response))
+                .await
+                .map_err(|_| UpstreamError::Timeout)??)
+        }
         _ => Ok(response),
     }
 }

@@ -73,6 +73,9 @@ pub struct Runtime {
     pub claim_headers: Vec<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
+    /// How long a request body read into memory (a JSON request edit) may take:
+    /// `server.limits.idle_timeout`.
+    pub body_read_timeout: std::time::Duration,
     /// `server.allow_trace`.
     pub allow_trace: bool,
     /// `server.path.encoded_slash`.
@@ -154,6 +157,7 @@ impl Runtime {
             claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
             allow_trace: config.server.allow_trace,
+            body_read_timeout: config.server.limits.idle_timeout.0,
             encoded_slash: config.server.path.encoded_slash,
             underscore_headers: config.server.limits.underscore_headers,
             underscore_counters: ["dropped", "rejected"]

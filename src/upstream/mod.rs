@@ -61,6 +61,10 @@ pub enum UpstreamError {
     RequestBodyTooLarge,
     #[error("could not read the request body")]
     RequestBodyUnreadable,
+    /// The client's body, kept in memory for a replay, did not arrive within the
+    /// request's deadline.
+    #[error("request body not received in time")]
+    RequestBodyTimeout,
     #[error("invalid request target")]
     InvalidTarget,
 }

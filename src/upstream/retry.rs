@@ -237,7 +237,15 @@ pub async fn send(
         .as_ref()
         .filter(|p| p.attempts > 1 && p.allows(&out.method));
     let payload = match policy {
-        Some(p) => Box::pin(keep_for_replay(body, &out.headers, p.max_body)).await?,
+        // The body is read into memory here: the request's deadline bounds it, so a
+        // client trickling its body cannot hold the task (the idle watchdog is off while
+        // a request is in flight).
+        Some(p) => tokio::time::timeout_at(
+            deadline,
+            Box::pin(keep_for_replay(body, &out.headers, p.max_body)),
+        )
+        .await
+        .map_err(|_| UpstreamError::RequestBodyTimeout)??,
         None => Payload::Stream(Some(body)),
     };
     let attempts = match (&payload, policy) {
