@@ -544,3 +544,44 @@ async fn a_cache_fill_from_an_upstream_that_stalls_ends_at_its_deadline() {
         "answered after {took:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http2_client_that_never_finishes_a_request_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backend().await;
+    let yaml = config(
+        "  limits: { header_read_timeout: 500ms, idle_timeout: 1s }",
+        &b,
+        "",
+        ALL,
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let started = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(gw.http_addr)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    // h2c prior knowledge: the preface and an empty SETTINGS frame, then the 9-byte head
+    // of a HEADERS frame, one byte every 100 ms, and its payload never.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    write.write_all(&hello).await.expect("preface");
+    let trickler = tokio::spawn(async move {
+        for byte in [0u8, 0, 40, 1, 4, 0, 0, 0, 1].into_iter().cycle().take(200) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(&[byte]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(WAIT, read.read_to_end(&mut sink)).await;
+    let took = started.elapsed();
+    trickler.abort();
+    assert!(closed.is_ok(), "still open after {took:?}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    assert!(b.seen().is_empty());
+}

@@ -1,5 +1,9 @@
-//! Idle connections: every read and write on a client connection marks it active; a
-//! watchdog closes it once nothing moved for `idle_timeout` and no request is in flight.
+//! Idle connections: every write to a client connection, and every request it starts,
+//! marks it active; a watchdog closes it once nothing moved for `idle_timeout` and no
+//! request is in flight. Bytes the client sends do not count: a client that trickles
+//! bytes which never become a request (slowloris, over HTTP/2 too, where hyper has no
+//! header-read timeout) is cut off like an idle one. A connection must also start its
+//! first request within `header_read_timeout` (`first_request`).
 //!
 //! Marking is a counter increment, not a clock read: the watchdog looks at the counter
 //! four times per `idle_timeout` and closes the connection when it has not moved for a
@@ -19,6 +23,7 @@ const CHECKS_PER_TIMEOUT: u32 = 4;
 pub struct Activity {
     moves: AtomicU64,
     in_flight: AtomicUsize,
+    started: AtomicU64,
 }
 
 impl Activity {
@@ -26,6 +31,7 @@ impl Activity {
         Activity {
             moves: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
         }
     }
 
@@ -35,6 +41,7 @@ impl Activity {
 
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 }
@@ -45,6 +52,15 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+    }
+}
+
+/// Resolves when the connection has started no request `within` its start; never once
+/// it has.
+pub async fn first_request(activity: Arc<Activity>, within: Duration) {
+    tokio::time::sleep(within).await;
+    if activity.started.load(Ordering::Relaxed) > 0 {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -85,12 +101,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

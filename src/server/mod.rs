@@ -41,6 +41,9 @@ pub enum Role {
     Admin,
 }
 
+/// How long an HTTP/2 keepalive PING may go unanswered before the connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Connections the admin listener serves at once; more are closed at accept.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
@@ -103,6 +106,7 @@ pub async fn serve(
                 })
             };
             let idle_timeout = limits.idle_timeout.0;
+            let header_read_timeout = limits.header_read_timeout.0;
             let stream = match tls {
                 None => Stream::Plain(stream),
                 Some(acceptor) => {
@@ -131,7 +135,10 @@ pub async fn serve(
             tokio::select! {
                 biased;
                 _ = served => {}
-                _ = idle::watchdog(activity, idle_timeout) => {}
+                _ = idle::watchdog(activity.clone(), idle_timeout) => {}
+                _ = idle::first_request(activity, header_read_timeout) => {
+                    tracing::debug!(%peer, "no request within header_read_timeout");
+                }
             }
         });
     }
@@ -154,11 +161,16 @@ fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<Tok
         .header_read_timeout(limits.header_read_timeout.0)
         .max_buf_size(max_headers)
         .keep_alive(true);
+    // PING only a connection that has been quiet for twice the idle timeout: an idle one
+    // is closed before that, so pings find dead peers under long requests and never
+    // keep an idle connection open.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_headers as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(limits.idle_timeout.0.saturating_mul(2)))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
 
