@@ -97,6 +97,7 @@ fn limiter_check(c: &mut Criterion) {
         limit: 1_000_000_000,
         per: Duration::from_secs(1),
         burst: None,
+        max_keys: None,
     };
     // No Tokio runtime here, so no housekeeping task: the keys all stay.
     let one = Limiter::build("one", &config, None).expect("limiter");

@@ -235,6 +235,7 @@ async fn two_hundred_thousand_keys_fall_back_after_the_idle_period() {
         limit: 10,
         per: ConfigDuration::from_secs(1),
         burst: None,
+        max_keys: Some(300_000),
     };
     let limiter = Limiter::build("flood", &config, Some(Duration::from_millis(100))).unwrap();
     for i in 0..200_000u32 {
@@ -249,6 +250,39 @@ async fn two_hundred_thousand_keys_fall_back_after_the_idle_period() {
         "idle keys were not dropped: {} left of {peak}",
         limiter.len()
     );
+}
+
+/// A flood of distinct keys holds at most `max_keys` of them; the rest are evicted and
+/// counted, and the keys in steady use keep their buckets.
+#[tokio::test]
+async fn a_key_flood_is_bounded_by_max_keys() {
+    let config = RateLimitConfig {
+        key: "client_ip".into(),
+        limit: 2,
+        per: ConfigDuration::from_secs(60),
+        burst: None,
+        max_keys: Some(1_000),
+    };
+    let limiter = Limiter::build("flood", &config, None).unwrap();
+    let regular = BucketKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    assert!(limiter.check_key(&regular).allowed());
+    for i in 0..50_000u32 {
+        let key = BucketKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)));
+        assert!(limiter.check_key(&key).allowed());
+        if i % 1_000 == 0 {
+            // The regular client keeps coming back: it is not the one that goes.
+            let _ = limiter.check_key(&regular);
+        }
+    }
+    let held = limiter.len();
+    assert!(held <= 1_000, "{held} keys held, max_keys is 1000");
+    assert!(
+        limiter.evicted() >= 48_000,
+        "{} evictions counted",
+        limiter.evicted()
+    );
+    // Its budget (2 per minute) was spent and remembered: refused.
+    assert!(!limiter.check_key(&regular).allowed());
 }
 
 #[tokio::test]

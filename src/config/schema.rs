@@ -366,6 +366,9 @@ pub struct RateLimitConfig {
     pub per: Duration,
     #[serde(default)]
     pub burst: Option<u32>,
+    /// Keys held at most (default 100 000); past it the least recently used go.
+    #[serde(default)]
+    pub max_keys: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

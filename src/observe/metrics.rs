@@ -29,6 +29,8 @@ pub struct Metrics {
     pub transform: super::TransformMetrics,
     jwt_rejected: IntCounterVec,
     ratelimit_rejected: IntCounterVec,
+    /// Keys a limiter evicted because it held `max_keys`, by limit.
+    pub ratelimit_evicted: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,6 +173,14 @@ impl Metrics {
                 &["route"],
             ),
         );
+        let ratelimit_evicted = register(
+            &registry,
+            counter(
+                "portico_ratelimit_keys_evicted_total",
+                "Rate-limit keys evicted because the limit held max_keys, by limit",
+                &["limit"],
+            ),
+        );
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -193,6 +203,7 @@ impl Metrics {
             resilience,
             jwt_rejected,
             ratelimit_rejected,
+            ratelimit_evicted,
         }
     }
 

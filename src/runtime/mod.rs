@@ -120,7 +120,7 @@ impl Runtime {
             upstreams.insert(name.clone(), upstream);
         }
         let caches = build_caches(&config, previous, metrics);
-        let (verifiers, limiters) = build_guards(&config, previous)?;
+        let (verifiers, limiters) = build_guards(&config, previous, metrics)?;
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
@@ -284,7 +284,11 @@ type Guards = (
 
 /// Builds each named verifier and limiter once, reusing the previous Runtime's when the
 /// definition is unchanged (JWKS keys already fetched, limiter buckets kept).
-fn build_guards(config: &Config, previous: Option<&Runtime>) -> Result<Guards, ConfigError> {
+fn build_guards(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> Result<Guards, ConfigError> {
     let mut verifiers = BTreeMap::new();
     for (name, cfg) in &config.jwt {
         let reused = previous
@@ -313,6 +317,7 @@ fn build_guards(config: &Config, previous: Option<&Runtime>) -> Result<Guards, C
                     .map_err(|e| ConfigError::single(format!("rate_limits.{name}"), e))?,
             ),
         };
+        limiter.report_evictions_to(metrics.ratelimit_evicted.with_label_values(&[name]));
         limiters.insert(name.clone(), limiter);
     }
     Ok((verifiers, limiters))

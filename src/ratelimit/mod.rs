@@ -5,8 +5,9 @@
 //! Lifecycle: `Limiter::build` creates the keyed state and, when a Tokio runtime is
 //! running, a housekeeping task that calls `retain_recent` on a timer so idle keys (whose
 //! bucket is full again, indistinguishable from a fresh one) are dropped and memory stays
-//! bounded by the number of *active* clients. The task holds only a `Weak` reference and
-//! is aborted when the `Limiter` is dropped.
+//! bounded by the number of *active* clients, and never more than `max_keys` keys
+//! (`store.rs`: the least recently used go first, counted). The task holds only a `Weak`
+//! reference and is aborted when the `Limiter` is dropped.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -15,7 +16,6 @@ use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -27,7 +27,14 @@ pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-
 pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// BucketKey values longer than this are stored as a digest, so a client cannot make each
+mod store;
+
+use store::{BoundedStore, Evictions};
+
+/// Keys a limiter holds at most, unless `max_keys` says otherwise.
+pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+
+/// Key values longer than this are stored as a digest, so a client cannot make each
 /// entry of the map cost kilobytes.
 const MAX_KEY_BYTES: usize = 128;
 
@@ -90,12 +97,7 @@ pub struct KeyInput<'a> {
     pub claims: Option<&'a Claims>,
 }
 
-type Keyed = RateLimiter<
-    BucketKey,
-    DashMapStateStore<BucketKey>,
-    MonotonicClock,
-    StateInformationMiddleware,
->;
+type Keyed = RateLimiter<BucketKey, BoundedStore, MonotonicClock, StateInformationMiddleware>;
 
 /// The decision for one request, with what the `RateLimit-*` headers report.
 #[derive(Clone, Debug)]
@@ -138,6 +140,7 @@ pub struct Limiter {
     limit: HeaderValue,
     policy: HeaderValue,
     housekeeping: Option<tokio::task::JoinHandle<()>>,
+    evictions: Arc<Evictions>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -171,6 +174,9 @@ pub fn check(config: &RateLimitConfig) -> Vec<(&'static str, String)> {
     if config.burst == Some(0) {
         problems.push(("burst", "must be at least 1".to_string()));
     }
+    if config.max_keys == Some(0) {
+        problems.push(("max_keys", "must be at least 1".to_string()));
+    }
     problems
 }
 
@@ -193,11 +199,10 @@ impl Limiter {
             .ok_or("the period is too short")?
             .allow_burst(burst);
         let clock = MonotonicClock;
-        let state: Arc<Keyed> = Arc::new(RateLimiter::new(
-            quota,
-            DashMapStateStore::default(),
-            clock.clone(),
-        ));
+        let max_keys = config.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        let store = BoundedStore::new(max_keys);
+        let evictions = store.evictions();
+        let state: Arc<Keyed> = Arc::new(RateLimiter::new(quota, store, clock.clone()));
         let every = housekeeping.unwrap_or_else(|| {
             config
                 .per
@@ -219,6 +224,7 @@ impl Limiter {
             limit: HeaderValue::from(burst.get()),
             policy: HeaderValue::from_str(&policy).map_err(|_| "invalid policy")?,
             housekeeping,
+            evictions,
         })
     }
 
@@ -280,6 +286,16 @@ impl Limiter {
         self.state.is_empty()
     }
 
+    /// Keys evicted so far because the limiter held `max_keys`.
+    pub fn evicted(&self) -> u64 {
+        self.evictions.count()
+    }
+
+    /// Counts evictions in `counter` from now on (`portico_ratelimit_keys_evicted_total`).
+    pub fn report_evictions_to(&self, counter: prometheus::IntCounter) {
+        self.evictions.report_to(counter);
+    }
+
     /// Drops idle keys now (the housekeeping task does this on its timer).
     pub fn retain_recent(&self) {
         self.state.retain_recent();
@@ -324,6 +340,7 @@ mod tests {
             limit,
             per: ConfigDuration::from_secs(per),
             burst,
+            max_keys: None,
         }
     }
 
