@@ -137,6 +137,9 @@ async fn forward_request(
     } else {
         None
     };
+    // Who asked, before hop-by-hop stripping or a transform can remove `Authorization`:
+    // the cache shares an authenticated request's answer only when the origin allows it.
+    let authenticated = route.jwt.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
     let mut headers = std::mem::take(&mut parts.headers);
     forward::strip_hop_by_hop(&mut headers);
     crate::auth::strip_forwarded(&mut headers, &rt.claim_headers);
@@ -177,6 +180,7 @@ async fn forward_request(
             cache,
             call,
             body,
+            authenticated,
             endpoint: &mut ctx.endpoint,
         }))
         .await

@@ -200,7 +200,7 @@ async fn private_responses_are_not_shared_between_users() {
         assert_ne!(a.body, b.body, "{path}");
         assert_eq!(backend.hits(&format!("/products/{path}")), 2, "{path}");
     }
-    // Authorization without public/s-maxage/must-revalidate: not stored.
+    // Authorization without public or s-maxage: not stored.
     let alice = get(
         &client,
         gw.http_addr,

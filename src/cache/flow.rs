@@ -88,6 +88,11 @@ pub struct Request<'a> {
     pub cache: &'a Arc<ResponseCache>,
     pub call: UpstreamCall,
     pub body: Body,
+    /// Whether the client's request was authenticated: the route has `jwt:` or the client
+    /// sent `Authorization`. Decided on the original request, because a transform or a
+    /// `Connection: authorization` may take the header off before it goes upstream, while
+    /// the upstream still knows the user (from forwarded claims, say).
+    pub authenticated: bool,
     /// The endpoint that answered, for the access log (none for a HIT).
     pub endpoint: &'a mut Option<Arc<Endpoint>>,
 }
@@ -98,6 +103,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         cache,
         mut call,
         body,
+        authenticated,
         endpoint,
     } = req;
     let host = call
@@ -134,6 +140,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         request_cc,
         conditional,
         head: method == Method::HEAD,
+        authenticated,
         transform,
     };
     for _ in 0..ATTEMPTS {
@@ -155,6 +162,7 @@ struct Lookup<'a> {
     request_cc: CacheControl,
     conditional: Conditional,
     head: bool,
+    authenticated: bool,
     transform: &'a Option<Transform>,
 }
 
@@ -184,7 +192,7 @@ impl Lookup<'_> {
                 return Look::Answered(self.respond(entry, CacheStatus::Hit));
             }
             if !self.request_cc.no_cache && entry.within_stale_while_revalidate(now) {
-                refresh_in_background(self.transform, self.cache, &self.call, &self.primary, entry);
+                refresh_in_background(self, entry);
                 return Look::Answered(self.respond(entry, CacheStatus::Stale));
             }
         }
@@ -251,6 +259,7 @@ impl Lookup<'_> {
             stale,
             leader,
             request_cc: &self.request_cc,
+            authenticated: self.authenticated,
         })
         .await?;
         self.cache.count(fetched.outcome);
@@ -356,6 +365,7 @@ struct Fetch<'a, 'b> {
     stale: Option<Arc<Entry>>,
     leader: Leader<'b>,
     request_cc: &'a CacheControl,
+    authenticated: bool,
 }
 
 /// The leader's work: one upstream request (conditional when a stale entry has
@@ -371,8 +381,8 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
         stale,
         leader,
         request_cc,
+        authenticated,
     } = f;
-    let has_authorization = call.headers.contains_key(header::AUTHORIZATION);
     let headers = with_validators(&call.headers, stale.as_deref());
     let (endpoint, response) = match call.send(headers, body).await {
         Ok(pair) => pair,
@@ -391,7 +401,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
                 cache,
                 primary,
                 request_cc,
-                has_authorization,
+                authenticated,
             };
             let entry = refresh.revalidated(old, response.headers(), leader).await;
             return Ok(Fetched {
@@ -416,7 +426,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
     };
     let storable = policy::storable(
         request_cc,
-        has_authorization,
+        authenticated,
         status,
         response.headers(),
         cache.default_ttl,
@@ -470,7 +480,7 @@ struct Refresh<'a> {
     cache: &'a ResponseCache,
     primary: &'a Key,
     request_cc: &'a CacheControl,
-    has_authorization: bool,
+    authenticated: bool,
 }
 
 impl Refresh<'_> {
@@ -485,7 +495,7 @@ impl Refresh<'_> {
         let merged = merge_headers(&old.headers, not_modified);
         let fresh = policy::storable(
             self.request_cc,
-            self.has_authorization,
+            self.authenticated,
             old.status,
             &merged,
             self.cache.default_ttl,
@@ -603,13 +613,7 @@ fn merge_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
 }
 
 /// One background revalidation per stale entry (`stale-while-revalidate`).
-fn refresh_in_background(
-    transform: &Option<Transform>,
-    cache: &Arc<ResponseCache>,
-    call: &Arc<UpstreamCall>,
-    primary: &Key,
-    entry: &Arc<Entry>,
-) {
+fn refresh_in_background(lookup: &Lookup<'_>, entry: &Arc<Entry>) {
     if entry
         .refreshing
         .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -617,12 +621,13 @@ fn refresh_in_background(
         return;
     }
     let (transform, cache, call, primary, entry) = (
-        transform.clone(),
-        cache.clone(),
-        call.clone(),
-        primary.clone(),
+        lookup.transform.clone(),
+        lookup.cache.clone(),
+        lookup.call.clone(),
+        lookup.primary.clone(),
         entry.clone(),
     );
+    let authenticated = lookup.authenticated;
     tokio::spawn(async move {
         if let Join::Leader(leader) = cache.flights.join(&primary) {
             let result = fetch(Fetch {
@@ -634,6 +639,7 @@ fn refresh_in_background(
                 stale: Some(entry.clone()),
                 leader,
                 request_cc: &CacheControl::default(),
+                authenticated,
             })
             .await;
             if let Err(e) = result {

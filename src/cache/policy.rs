@@ -115,7 +115,8 @@ pub enum NotStorable {
     Private,
     SetCookie,
     VaryStar,
-    Authorization,
+    /// A response to an authenticated request that does not say it may be shared.
+    Authenticated,
     Status,
     NoFreshness,
 }
@@ -123,9 +124,15 @@ pub enum NotStorable {
 /// Decides whether a response to a GET may be stored by a shared cache (RFC 9111 §3),
 /// and its freshness (§4.2.1): `s-maxage`, then `max-age`, then `Expires`, then the
 /// cache's default TTL for heuristically cacheable statuses.
+///
+/// `authenticated` is about who asked (the route has `jwt:` or the client sent
+/// `Authorization`), not about the request as forwarded. Such a response is stored only
+/// with `public` or `s-maxage` (RFC 9111 §3.5). §3.5 also lists `must-revalidate`; it
+/// is not enough here, because origins send it on per-user answers (`max-age=0,
+/// must-revalidate`) and it says when to revalidate, not who may share the answer.
 pub fn storable(
     request_cc: &CacheControl,
-    request_has_authorization: bool,
+    authenticated: bool,
     status: StatusCode,
     response: &HeaderMap,
     default_ttl: Duration,
@@ -146,8 +153,8 @@ pub fn storable(
     if vary_star(response) {
         return Err(NotStorable::VaryStar);
     }
-    if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
-        return Err(NotStorable::Authorization);
+    if authenticated && !(cc.public || cc.s_maxage.is_some()) {
+        return Err(NotStorable::Authenticated);
     }
     if status.is_informational()
         || status == StatusCode::PARTIAL_CONTENT
@@ -320,7 +327,16 @@ mod tests {
         );
         assert_eq!(
             store(&[], true, 200, &[("cache-control", "max-age=9")]),
-            Err(NotStorable::Authorization)
+            Err(NotStorable::Authenticated)
+        );
+        assert_eq!(
+            store(
+                &[],
+                true,
+                200,
+                &[("cache-control", "max-age=9, must-revalidate")]
+            ),
+            Err(NotStorable::Authenticated)
         );
         assert!(store(&[], true, 200, &[("cache-control", "public, max-age=9")]).is_ok());
         assert!(store(&[], true, 200, &[("cache-control", "s-maxage=9")]).is_ok());

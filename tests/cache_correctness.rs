@@ -1,0 +1,177 @@
+//! End-to-end tests of what the cache may share and under which key: authenticated
+//! answers, routes and schemes that share a cache, Vary variants, and hostile `Age`
+//! values. A real gateway in front of the scripted echo backend (`support::CacheBackend`),
+//! whose default answer is `max-age=60` with a JSON echo of the request it received.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::{gateway, CacheBackend, Client, Reply, Script};
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+fn token(sub: &str) -> String {
+    let claims = json!({ "sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 300 });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+async fn get(client: &Client, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    client
+        .send(req.body(Full::<Bytes>::default()).unwrap())
+        .await
+}
+
+async fn as_user(
+    client: &Client,
+    addr: SocketAddr,
+    path: &str,
+    user: &str,
+    extra: &[(&str, &str)],
+) -> Reply {
+    let bearer = format!("Bearer {}", token(user));
+    let mut headers = vec![("authorization", bearer.as_str())];
+    headers.extend_from_slice(extra);
+    get(client, addr, path, &headers).await
+}
+
+fn x_cache(r: &Reply) -> &str {
+    r.header("x-cache").unwrap_or("")
+}
+
+/// The user the backend saw, from the forwarded claim header it echoed.
+fn user_seen(r: &Reply) -> String {
+    r.json()["headers"]["x-user-id"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+fn jwt_yaml(backend: &CacheBackend) -> String {
+    format!(
+        r#"server: {{ listen: 127.0.0.1:0, access_log: false }}
+jwt:
+  users:
+    algorithms: [HS256]
+    secret: {SECRET}
+    forward_claims: {{ sub: X-User-Id }}
+caches:
+  c: {{ max_size: 8MiB }}
+upstreams:
+  u: {{ targets: ["{}"] }}
+routes:
+  - name: stripped
+    match: {{ path_prefix: /stripped }}
+    jwt: users
+    transform: {{ request: {{ remove_headers: [Authorization] }} }}
+    cache: c
+    upstream: u
+  - name: me
+    match: {{ path_prefix: /me }}
+    jwt: users
+    cache: c
+    upstream: u
+  - name: open
+    match: {{ path_prefix: /open }}
+    cache: c
+    upstream: u
+"#,
+        backend.address()
+    )
+}
+
+/// A per-user answer with a plain `max-age` (the upstream knows the user from the
+/// forwarded claim header, which is not in the key) is never served to another user,
+/// however the Authorization header got lost on the way upstream; `public` is shared.
+#[tokio::test]
+async fn authenticated_answers_are_shared_only_when_the_origin_says_so() {
+    let backend = CacheBackend::start().await;
+    let (gw, _f) = gateway(&jwt_yaml(&backend)).await;
+    let client = Client::new();
+    let addr = gw.http_addr;
+
+    // Authorization forwarded as is.
+    let a = as_user(&client, addr, "/me/profile", "alice", &[]).await;
+    let b = as_user(&client, addr, "/me/profile", "bob", &[]).await;
+    assert_eq!(user_seen(&a), "alice");
+    assert_eq!(user_seen(&b), "bob", "bob was served alice's profile");
+
+    // A request transform removes Authorization before the upstream sees it.
+    let a = as_user(&client, addr, "/stripped/profile", "alice", &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(a.json()["headers"]["authorization"].is_null());
+    let b = as_user(&client, addr, "/stripped/profile", "bob", &[]).await;
+    assert_eq!(user_seen(&a), "alice");
+    assert_eq!(
+        user_seen(&b),
+        "bob",
+        "transform: bob was served alice's profile"
+    );
+    assert_eq!(x_cache(&b), "MISS");
+
+    // The client names Authorization as hop-by-hop: JWT reads it, then it is stripped.
+    let hop = [("connection", "authorization")];
+    let a = as_user(&client, addr, "/me/settings", "alice", &hop).await;
+    assert_eq!(a.status, 200);
+    assert!(a.json()["headers"]["authorization"].is_null());
+    let b = as_user(&client, addr, "/me/settings", "bob", &hop).await;
+    assert_eq!(user_seen(&a), "alice");
+    assert_eq!(
+        user_seen(&b),
+        "bob",
+        "Connection: bob was served alice's profile"
+    );
+    assert_eq!(backend.hits("/me/settings"), 2);
+
+    // No jwt on the route, but the client sent credentials that go no further.
+    let a = get(
+        &client,
+        addr,
+        "/open/inbox",
+        &[
+            ("authorization", "Bearer alice"),
+            ("connection", "authorization"),
+        ],
+    )
+    .await;
+    let b = get(
+        &client,
+        addr,
+        "/open/inbox",
+        &[
+            ("authorization", "Bearer bob"),
+            ("connection", "authorization"),
+        ],
+    )
+    .await;
+    assert_eq!(x_cache(&b), "MISS");
+    assert_ne!(a.json()["n"], b.json()["n"]);
+    assert_eq!(backend.hits("/open/inbox"), 2);
+
+    // The origin says the answer is the same for everyone: shared.
+    for (path, cc) in [
+        ("/me/catalog", "public, max-age=60"),
+        ("/stripped/catalog", "s-maxage=60"),
+    ] {
+        backend.script(path, Script::ok(&[("cache-control", cc)]));
+        let a = as_user(&client, addr, path, "alice", &hop).await;
+        let b = as_user(&client, addr, path, "bob", &hop).await;
+        assert_eq!(x_cache(&b), "HIT", "{path}");
+        assert_eq!(b.body, a.body, "{path}");
+        assert_eq!(backend.hits(path), 1, "{path}");
+    }
+}
