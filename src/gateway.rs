@@ -176,6 +176,8 @@ async fn forward_request(
         Box::pin(upgrade_request(ctx, parts, call, protocol)).await
     } else if let Some(cache) = &route.cache {
         Box::pin(cache::serve(cache::flow::Request {
+            route: &route.name,
+            scheme: ctx.conn.proto(),
             transform: &route.transform,
             cache,
             call,

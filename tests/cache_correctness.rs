@@ -12,7 +12,7 @@ use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{gateway, CacheBackend, Client, Reply, Script};
+use support::{client, gateway, CacheBackend, Client, Reply, Script};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -174,4 +174,97 @@ async fn authenticated_answers_are_shared_only_when_the_origin_says_so() {
         assert_eq!(b.body, a.body, "{path}");
         assert_eq!(backend.hits(path), 1, "{path}");
     }
+}
+
+fn two_routes_yaml(backend: &CacheBackend, tls: &str) -> String {
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  access_log: false
+{tls}
+caches:
+  c: {{ max_size: 8MiB }}
+upstreams:
+  u: {{ targets: ["{}"] }}
+routes:
+  - name: edited
+    match: {{ path_prefix: /edited }}
+    rewrite: {{ replace_prefix: {{ from: /edited, to: /items }} }}
+    transform: {{ response: {{ json_body: {{ set: {{ edited: true }}, remove: [headers] }} }} }}
+    cache: c
+    upstream: u
+  - name: plain
+    match: {{ path_prefix: /plain }}
+    rewrite: {{ replace_prefix: {{ from: /plain, to: /items }} }}
+    cache: c
+    upstream: u
+"#,
+        backend.address()
+    )
+}
+
+/// Stored bodies are already edited by the storing route's JSON transform: a second
+/// route on the same cache, upstream and path gets its own entry.
+#[tokio::test]
+async fn routes_sharing_a_cache_upstream_and_path_keep_their_own_answers() {
+    let backend = CacheBackend::start().await;
+    let (gw, _f) = gateway(&two_routes_yaml(&backend, "")).await;
+    let client = Client::new();
+    let addr = gw.http_addr;
+    let edited = get(&client, addr, "/edited/1", &[]).await;
+    assert_eq!(edited.json()["edited"], true);
+    let plain = get(&client, addr, "/plain/1", &[]).await;
+    assert_eq!(x_cache(&plain), "MISS", "plain was served the edited entry");
+    assert!(plain.json()["edited"].is_null());
+    assert_eq!(plain.json()["path"], "/items/1");
+    // Each route still hits its own entry.
+    let edited2 = get(&client, addr, "/edited/1", &[]).await;
+    let plain2 = get(&client, addr, "/plain/1", &[]).await;
+    assert_eq!((x_cache(&edited2), x_cache(&plain2)), ("HIT", "HIT"));
+    assert_eq!(edited2.json()["edited"], true);
+    assert!(plain2.json()["edited"].is_null());
+    assert_eq!(backend.hits("/items/1"), 2);
+
+    // An unsafe request through one route invalidates the URL for every route.
+    let post = Request::post(format!("http://{addr}/plain/1"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(client.send(post).await.status, 200);
+    assert_eq!(x_cache(&get(&client, addr, "/edited/1", &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&client, addr, "/plain/1", &[]).await), "MISS");
+}
+
+/// http and https answers do not mix: the upstream may answer each differently (here it
+/// echoes `X-Forwarded-Proto`).
+#[tokio::test]
+async fn http_and_https_answers_are_stored_apart() {
+    let backend = CacheBackend::start().await;
+    let dir = support::tempfile_path::TempPath::new("portico-certs", "d");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+    let cert = dir.path().join("shop.pem");
+    let key = dir.path().join("shop-key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "  tls:\n    listen: 127.0.0.1:0\n    certificates:\n      - {{ cert: \"{}\", key: \"{}\", hosts: [shop.test] }}\n",
+        cert.display(),
+        key.display()
+    );
+    let (gw, _f) = gateway(&two_routes_yaml(&backend, &tls)).await;
+    let client = Client::new();
+    let https = gw.https_addr.expect("https listener");
+    let roots = [ck.cert.der().to_vec()];
+
+    let plain = get(&client, gw.http_addr, "/plain/2", &[("host", "shop.test")]).await;
+    assert_eq!(plain.json()["headers"]["x-forwarded-proto"], "http");
+    let (secure, _) = client::tls_get(https, "shop.test", &roots, false, "/plain/2").await;
+    assert_eq!(secure.status, 200);
+    assert_eq!(x_cache(&secure), "MISS", "https was served the http entry");
+    assert_eq!(secure.json()["headers"]["x-forwarded-proto"], "https");
+    let (again, _) = client::tls_get(https, "shop.test", &roots, false, "/plain/2").await;
+    assert_eq!(x_cache(&again), "HIT");
+    assert_eq!(again.json()["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(backend.hits("/items/2"), 2);
+    let _ = std::fs::remove_dir_all(dir.path());
 }

@@ -84,6 +84,10 @@ pub enum CacheError {
 
 /// What `serve` needs from the request beyond the upstream call.
 pub struct Request<'a> {
+    /// The route's name and the client's scheme (`http` / `https`): both are part of
+    /// the key.
+    pub route: &'a str,
+    pub scheme: &'static str,
     pub transform: &'a Option<Transform>,
     pub cache: &'a Arc<ResponseCache>,
     pub call: UpstreamCall,
@@ -99,6 +103,8 @@ pub struct Request<'a> {
 
 pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
     let Request {
+        route,
+        scheme,
         transform,
         cache,
         mut call,
@@ -112,7 +118,9 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let primary = Key::primary(
+        scheme,
         host,
+        route,
         &call.upstream.name,
         call.path_and_query.path(),
         call.path_and_query.query(),
@@ -313,7 +321,8 @@ async fn unsafe_method(
     let response = upstream_response(response);
     let status = response.status();
     if status.is_success() || status.is_redirection() {
-        cache.invalidate(primary).await;
+        // The resource changed for every route and scheme that stored it, not only ours.
+        cache.invalidate_url(primary).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = response
                 .headers()
@@ -321,8 +330,15 @@ async fn unsafe_method(
                 .and_then(|v| same_origin(v, &primary.host))
             {
                 let (path, query) = target;
-                let key = Key::primary(&primary.host, &primary.upstream, &path, query.as_deref());
-                cache.invalidate(&key).await;
+                let key = Key::primary(
+                    primary.scheme,
+                    &primary.host,
+                    &primary.route,
+                    &primary.upstream,
+                    &path,
+                    query.as_deref(),
+                );
+                cache.invalidate_url(&key).await;
             }
         }
     }

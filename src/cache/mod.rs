@@ -134,6 +134,12 @@ impl ResponseCache {
         self.update_gauges();
     }
 
+    /// Removes the URL under every route and scheme that stored into this cache.
+    pub async fn invalidate_url(&self, primary: &Key) {
+        self.store.invalidate_url(primary).await;
+        self.update_gauges();
+    }
+
     /// Admin purge: everything, or every entry for one upstream path.
     pub async fn purge(&self, path: Option<&str>) -> Result<(), String> {
         match path {

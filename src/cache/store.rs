@@ -170,6 +170,10 @@ impl Expiry<Key, Node> for NodeExpiry {
 
 pub struct Store {
     cache: moka::future::Cache<Key, Node>,
+    /// Every (scheme, route) that stored here, so an unsafe request can invalidate its URL
+    /// under each. Route names come from the config, so this stays as small as the route
+    /// table (times two schemes), whatever clients send.
+    namespaces: Mutex<Vec<(&'static str, Box<str>)>>,
     /// Bytes held, counted from inserts and removal notifications.
     bytes: Arc<AtomicI64>,
 }
@@ -187,7 +191,11 @@ impl Store {
                 counter.fetch_sub(i64::from(v.weight(&k)), Ordering::Relaxed);
             })
             .build();
-        Store { cache, bytes }
+        Store {
+            cache,
+            namespaces: Mutex::new(Vec::new()),
+            bytes,
+        }
     }
 
     /// The stored response for this request, following a Vary index when there is one.
@@ -206,6 +214,15 @@ impl Store {
     }
 
     pub async fn insert(&self, primary: &Key, entry: Arc<Entry>) {
+        {
+            let mut namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            if !namespaces
+                .iter()
+                .any(|(s, r)| *s == primary.scheme && *r == primary.route)
+            {
+                namespaces.push((primary.scheme, primary.route.clone()));
+            }
+        }
         if entry.vary.is_empty() {
             self.put(primary.clone(), Node::Response(entry)).await;
         } else {
@@ -254,6 +271,24 @@ impl Store {
     pub async fn invalidate(&self, primary: &Key) {
         if let Some(Node::Vary(index)) = self.cache.remove(primary).await {
             self.drop_variants(&index).await;
+        }
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Removes every stored variant of one URL under every route and scheme that stored
+    /// into this cache.
+    pub async fn invalidate_url(&self, primary: &Key) {
+        let keys: Vec<Key> = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(scheme, route)| primary.under(*scheme, route))
+            .collect();
+        for key in &keys {
+            if let Some(Node::Vary(index)) = self.cache.remove(key).await {
+                self.drop_variants(&index).await;
+            }
         }
         self.cache.run_pending_tasks().await;
     }
