@@ -12,7 +12,7 @@ use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{client, gateway, CacheBackend, Client, Reply, Script};
+use support::{client, gateway, metric, CacheBackend, Client, Reply, Script};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -267,4 +267,56 @@ async fn http_and_https_answers_are_stored_apart() {
     assert_eq!(again.json()["headers"]["x-forwarded-proto"], "https");
     assert_eq!(backend.hits("/items/2"), 2);
     let _ = std::fs::remove_dir_all(dir.path());
+}
+
+fn simple_yaml(backend: &CacheBackend) -> String {
+    format!(
+        r#"server: {{ listen: 127.0.0.1:0, access_log: false }}
+caches:
+  c: {{ max_size: 8MiB }}
+upstreams:
+  u: {{ targets: ["{}"] }}
+routes:
+  - name: r
+    cache: c
+    upstream: u
+"#,
+        backend.address()
+    )
+}
+
+/// One URL with `Vary: Accept-Language` and a new language on every request: the
+/// variants stay capped (oldest out), and the gateway keeps answering each request with
+/// its own variant.
+#[tokio::test]
+async fn vary_variants_of_one_url_stay_bounded() {
+    let backend = CacheBackend::start().await;
+    backend.script(
+        "/v",
+        Script::ok(&[("cache-control", "max-age=60"), ("vary", "Accept-Language")]),
+    );
+    let (gw, _f) = gateway(&simple_yaml(&backend)).await;
+    let client = Client::new();
+    let addr = gw.http_addr;
+    let langs: Vec<String> = (0..200).map(|i| format!("x-{i:03}")).collect();
+    for lang in &langs {
+        let r = get(&client, addr, "/v", &[("accept-language", lang)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["accept-language"], lang.as_str());
+    }
+    let entries = metric(&gw.metrics(), r#"portico_cache_entries{cache="c"}"#);
+    // 32 variants plus the URL's index.
+    assert!(entries <= 33.0, "{entries} entries for one URL");
+    // The newest variants are still served; the oldest were evicted and are fetched again.
+    let newest = get(&client, addr, "/v", &[("accept-language", "x-199")]).await;
+    assert_eq!(x_cache(&newest), "HIT");
+    assert_eq!(newest.json()["headers"]["accept-language"], "x-199");
+    let oldest = get(&client, addr, "/v", &[("accept-language", "x-000")]).await;
+    assert_eq!(x_cache(&oldest), "MISS");
+    assert_eq!(oldest.json()["headers"]["accept-language"], "x-000");
+    let evicted = metric(
+        &gw.metrics(),
+        r#"portico_cache_variant_evictions_total{cache="c"}"#,
+    );
+    assert!(evicted >= 168.0, "{evicted} variant evictions");
 }

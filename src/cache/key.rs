@@ -1,7 +1,10 @@
 //! Cache keys. The primary key names a resource as the client and the upstream see it,
 //! through one route: scheme, host, route, upstream, path and normalised query (GET and
 //! HEAD share it: a HEAD is answered from a stored GET). A response with `Vary` is stored
-//! under a secondary key that adds the values of the request headers it names.
+//! under a secondary key that adds a hash of the values of the request headers it names.
+
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderName};
 
@@ -21,8 +24,11 @@ pub struct Key {
     pub path: Box<str>,
     /// The query with its parameters sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry.
     pub query: Box<str>,
-    /// Empty for the primary key; `name=value` lines of the Vary'd headers otherwise.
-    pub variant: Box<str>,
+    /// `None` for the primary key; otherwise a hash of the Vary'd headers' values, so a
+    /// variant key (and a URL's index of them) has a fixed size however long the values
+    /// a client sends. The hash is SipHash with a key drawn once per process, so clients
+    /// cannot aim for collisions.
+    pub variant: Option<u64>,
 }
 
 impl Key {
@@ -41,14 +47,21 @@ impl Key {
             upstream: upstream.into(),
             path: path.into(),
             query: normalise_query(query.unwrap_or("")).into_boxed_str(),
-            variant: Box::from(""),
+            variant: None,
         }
     }
 
     /// The secondary key for the request `headers` under the response's Vary `names`.
     pub fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> Key {
+        static HASHER: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let hasher = HASHER.get_or_init(Default::default);
+        self.with_variant(hasher.hash_one(variant_text(names, headers)))
+    }
+
+    /// The secondary key with this variant hash (from a URL's index).
+    pub fn with_variant(&self, hash: u64) -> Key {
         Key {
-            variant: variant_text(names, headers).into_boxed_str(),
+            variant: Some(hash),
             ..self.clone()
         }
     }
@@ -59,7 +72,7 @@ impl Key {
         Key {
             scheme,
             route: route.into(),
-            variant: Box::from(""),
+            variant: None,
             ..self.clone()
         }
     }
@@ -72,7 +85,7 @@ impl Key {
             + self.upstream.len()
             + self.path.len()
             + self.query.len()
-            + self.variant.len()
+            + std::mem::size_of::<Option<u64>>()
     }
 }
 
@@ -184,5 +197,13 @@ mod tests {
             }
         }
         assert_ne!(keys[0], key);
+        // The same values give the same key; a long value does not make a longer key.
+        assert_eq!(key.variant(&names, &a), keys[0]);
+        let mut long = HeaderMap::new();
+        long.insert(
+            "accept-language",
+            HeaderValue::from_str(&"x".repeat(4096)).unwrap(),
+        );
+        assert_eq!(key.variant(&names, &long).weight(), keys[0].weight());
     }
 }
