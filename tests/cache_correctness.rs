@@ -320,3 +320,52 @@ async fn vary_variants_of_one_url_stay_bounded() {
     );
     assert!(evicted >= 168.0, "{evicted} variant evictions");
 }
+
+/// `Age: 2^64-1` on a storable answer: clamped, not an overflow; every request answers.
+/// The sum of that Age and the time in the cache overflows once the entry is a second
+/// old, so the second round waits that long; the ETag and the grace keep the entries.
+#[tokio::test]
+async fn a_huge_age_is_clamped_instead_of_overflowing() {
+    let backend = CacheBackend::start().await;
+    let huge = "18446744073709551615";
+    backend.script(
+        "/age",
+        Script {
+            etag: Some("\"a1\"".into()),
+            ..Script::ok(&[("cache-control", "max-age=60"), ("age", huge)])
+        },
+    );
+    backend.script(
+        "/age-grace",
+        Script::ok(&[
+            (
+                "cache-control",
+                "max-age=60, stale-while-revalidate=18446744073709551615, stale-if-error=99999999999999999999",
+            ),
+            ("age", huge),
+        ]),
+    );
+    let (gw, _f) = gateway(&simple_yaml(&backend)).await;
+    let client = Client::new();
+    for round in 0..3 {
+        if round == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        for path in ["/age", "/age-grace"] {
+            let req = Request::get(format!("http://{}{path}", gw.http_addr))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let reply = client.try_send(req).await;
+            let reply = reply.unwrap_or_else(|e| panic!("{path}, round {round}: {e}"));
+            assert_eq!(reply.status, 200, "{path}");
+            let age: u64 = reply
+                .header("age")
+                .and_then(|a| a.parse().ok())
+                .expect("Age");
+            // RFC 9111 §5.1: an age that large is sent as 2^31.
+            assert_eq!(age, 1 << 31, "{path}");
+        }
+    }
+    // Already older than its lifetime: revalidated with its ETag, not served as fresh.
+    assert!(backend.not_modified() >= 1);
+}

@@ -693,7 +693,11 @@ pub fn respond(
     conditional: &Conditional,
     head: bool,
 ) -> Response<Body> {
-    let age = entry.age(Instant::now()).as_secs();
+    // RFC 9111 §5.1: an age past what can be represented is sent as 2^31.
+    let age = entry
+        .age(Instant::now())
+        .as_secs()
+        .min(policy::MAX_DELTA_SECONDS);
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(X_CACHE.clone(), outcome.header());

@@ -78,8 +78,11 @@ impl Entry {
         self.weight
     }
 
+    /// The upstream's `Age` plus the time in the cache. Saturating: the sum must never
+    /// panic, whatever `Age` an upstream sent (`policy::age_header` clamps it too).
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.stored_at))
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -449,6 +452,44 @@ mod tests {
         store.invalidate(&primary).await;
         assert_eq!(store.entries(), 0);
         assert_eq!(store.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_any_age_is_stale_and_never_overflows() {
+        let primary = Key::primary("http", "h", "r", "u", "/age", None);
+        let freshness = Freshness {
+            lifetime: Duration::from_secs(60),
+            stale_while_revalidate: Duration::MAX,
+            stale_if_error: Duration::MAX,
+            no_cache: false,
+            must_revalidate: false,
+        };
+        for initial_age in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(crate::cache::policy::MAX_DELTA_SECONDS),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ETAG, HeaderValue::from_static("\"1\""));
+            let entry = Entry::new(
+                StatusCode::OK,
+                headers,
+                Bytes::from_static(b"x"),
+                initial_age,
+                freshness,
+                Vec::new(),
+                primary.clone(),
+            );
+            let later = Instant::now() + Duration::from_secs(3600);
+            assert!(entry.age(later) >= initial_age);
+            assert!(!entry.is_fresh(later));
+            assert!(entry.within_stale_while_revalidate(later));
+            assert!(entry.retention() >= Duration::from_millis(1));
+            let store = Store::new(1024 * 1024);
+            store.insert(&primary, Arc::new(entry)).await;
+            let found = store.lookup(&primary, &HeaderMap::new()).await;
+            assert!(found.is_some_and(|e| !e.is_fresh(Instant::now())));
+        }
     }
 
     #[tokio::test]
