@@ -337,7 +337,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(scheme, route)| primary.under(*scheme, route))
+            .map(|(scheme, route)| primary.under(scheme, route))
             .collect();
         for key in &keys {
             if let Some(Node::Vary(index)) = self.cache.remove(key).await {
