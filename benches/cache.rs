@@ -29,7 +29,14 @@ fn cache_hit(c: &mut Criterion) {
         default_ttl: None,
     };
     let cache = ResponseCache::build("bench", &config, &CacheMetrics::register(&Registry::new()));
-    let key = Key::primary("shop.local", "products", "/products/7", Some("limit=2"));
+    let key = Key::primary(
+        "http",
+        "shop.local",
+        "products",
+        "products",
+        "/products/7",
+        Some("limit=2"),
+    );
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert(

@@ -142,6 +142,9 @@ async fn forward_request(
     } else {
         None
     };
+    // Who asked, before hop-by-hop stripping or a transform can remove `Authorization`:
+    // the cache shares an authenticated request's answer only when the origin allows it.
+    let authenticated = route.jwt.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
     let mut headers = std::mem::take(&mut parts.headers);
     forward::strip_hop_by_hop(&mut headers);
     if let (Some(verifier), Some(claims)) = (&route.jwt, &ctx.claims) {
@@ -187,10 +190,13 @@ async fn forward_request(
         Box::pin(upgrade_request(ctx, parts, call, protocol)).await
     } else if let Some(cache) = &route.cache {
         Box::pin(cache::serve(cache::flow::Request {
+            route: &route.name,
+            scheme: ctx.conn.proto(),
             transform: &route.transform,
             cache,
             call,
             body,
+            authenticated,
             endpoint: &mut ctx.endpoint,
         }))
         .await

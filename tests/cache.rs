@@ -200,7 +200,7 @@ async fn private_responses_are_not_shared_between_users() {
         assert_ne!(a.body, b.body, "{path}");
         assert_eq!(backend.hits(&format!("/products/{path}")), 2, "{path}");
     }
-    // Authorization without public/s-maxage/must-revalidate: not stored.
+    // Authorization without public or s-maxage: not stored.
     let alice = get(
         &client,
         gw.http_addr,
@@ -595,13 +595,24 @@ async fn the_cache_survives_a_reload_when_unchanged() {
     let client = Client::new();
     get(&client, gw.http_addr, "/api/products/1", &[]).await;
     let before = Arc::as_ptr(&gw.runtime().caches["catalog"]);
+    // Another route changes the config, not the cache: its entries stay.
     let mut config = portico::check::parse(&text).unwrap();
-    config.routes[0].name = "products-renamed".into();
+    let mut extra = config.routes[0].clone();
+    extra.name = "products-too".into();
+    config.routes.push(extra);
     gw.apply(config.clone()).unwrap();
     assert_eq!(Arc::as_ptr(&gw.runtime().caches["catalog"]), before);
     assert_eq!(
         x_cache(&get(&client, gw.http_addr, "/api/products/1", &[]).await),
         "HIT"
+    );
+    // The route's name is part of the key: a renamed route starts with no entries.
+    config.routes[0].name = "products-renamed".into();
+    gw.apply(config.clone()).unwrap();
+    assert_eq!(Arc::as_ptr(&gw.runtime().caches["catalog"]), before);
+    assert_eq!(
+        x_cache(&get(&client, gw.http_addr, "/api/products/1", &[]).await),
+        "MISS"
     );
     config.caches.get_mut("catalog").unwrap().default_ttl =
         Some(portico::config::Duration::from_secs(5));

@@ -84,20 +84,32 @@ pub enum CacheError {
 
 /// What `serve` needs from the request beyond the upstream call.
 pub struct Request<'a> {
+    /// The route's name and the client's scheme (`http` / `https`): both are part of
+    /// the key.
+    pub route: &'a str,
+    pub scheme: &'static str,
     pub transform: &'a Option<Transform>,
     pub cache: &'a Arc<ResponseCache>,
     pub call: UpstreamCall,
     pub body: Body,
+    /// Whether the client's request was authenticated: the route has `jwt:` or the client
+    /// sent `Authorization`. Decided on the original request, because a transform or a
+    /// `Connection: authorization` may take the header off before it goes upstream, while
+    /// the upstream still knows the user (from forwarded claims, say).
+    pub authenticated: bool,
     /// The endpoint that answered, for the access log (none for a HIT).
     pub endpoint: &'a mut Option<Arc<Endpoint>>,
 }
 
 pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
     let Request {
+        route,
+        scheme,
         transform,
         cache,
         mut call,
         body,
+        authenticated,
         endpoint,
     } = req;
     let host = call
@@ -106,7 +118,9 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let primary = Key::primary(
+        scheme,
         host,
+        route,
         &call.upstream.name,
         call.path_and_query.path(),
         call.path_and_query.query(),
@@ -134,6 +148,7 @@ pub async fn serve(req: Request<'_>) -> Result<Response<Body>, CacheError> {
         request_cc,
         conditional,
         head: method == Method::HEAD,
+        authenticated,
         transform,
     };
     for _ in 0..ATTEMPTS {
@@ -155,6 +170,7 @@ struct Lookup<'a> {
     request_cc: CacheControl,
     conditional: Conditional,
     head: bool,
+    authenticated: bool,
     transform: &'a Option<Transform>,
 }
 
@@ -184,7 +200,7 @@ impl Lookup<'_> {
                 return Look::Answered(self.respond(entry, CacheStatus::Hit));
             }
             if !self.request_cc.no_cache && entry.within_stale_while_revalidate(now) {
-                refresh_in_background(self.transform, self.cache, &self.call, &self.primary, entry);
+                refresh_in_background(self, entry);
                 return Look::Answered(self.respond(entry, CacheStatus::Stale));
             }
         }
@@ -263,6 +279,7 @@ impl Lookup<'_> {
             stale,
             leader,
             request_cc: &self.request_cc,
+            authenticated: self.authenticated,
         })
         .await?;
         self.cache.count(fetched.outcome);
@@ -321,7 +338,8 @@ async fn unsafe_method(
     let response = upstream_response(response);
     let status = response.status();
     if status.is_success() || status.is_redirection() {
-        cache.invalidate(primary).await;
+        // The resource changed for every route and scheme that stored it, not only ours.
+        cache.invalidate_url(primary).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = response
                 .headers()
@@ -329,8 +347,15 @@ async fn unsafe_method(
                 .and_then(|v| same_origin(v, &primary.host))
             {
                 let (path, query) = target;
-                let key = Key::primary(&primary.host, &primary.upstream, &path, query.as_deref());
-                cache.invalidate(&key).await;
+                let key = Key::primary(
+                    primary.scheme,
+                    &primary.host,
+                    &primary.route,
+                    &primary.upstream,
+                    &path,
+                    query.as_deref(),
+                );
+                cache.invalidate_url(&key).await;
             }
         }
     }
@@ -373,6 +398,7 @@ struct Fetch<'a, 'b> {
     stale: Option<Arc<Entry>>,
     leader: Leader<'b>,
     request_cc: &'a CacheControl,
+    authenticated: bool,
 }
 
 /// The leader's work: one upstream request (conditional when a stale entry has
@@ -388,8 +414,8 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
         stale,
         leader,
         request_cc,
+        authenticated,
     } = f;
-    let has_authorization = call.headers.contains_key(header::AUTHORIZATION);
     let headers = with_validators(&call.headers, stale.as_deref());
     let (endpoint, response) = match call.send(headers, body).await {
         Ok(pair) => pair,
@@ -408,7 +434,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
                 cache,
                 primary,
                 request_cc,
-                has_authorization,
+                authenticated,
             };
             let entry = refresh.revalidated(old, response.headers(), leader).await;
             return Ok(Fetched {
@@ -433,7 +459,7 @@ async fn fetch(f: Fetch<'_, '_>) -> Result<Fetched, CacheError> {
     };
     let storable = policy::storable(
         request_cc,
-        has_authorization,
+        authenticated,
         status,
         response.headers(),
         cache.default_ttl,
@@ -487,7 +513,7 @@ struct Refresh<'a> {
     cache: &'a ResponseCache,
     primary: &'a Key,
     request_cc: &'a CacheControl,
-    has_authorization: bool,
+    authenticated: bool,
 }
 
 impl Refresh<'_> {
@@ -502,7 +528,7 @@ impl Refresh<'_> {
         let merged = merge_headers(&old.headers, not_modified);
         let fresh = policy::storable(
             self.request_cc,
-            self.has_authorization,
+            self.authenticated,
             old.status,
             &merged,
             self.cache.default_ttl,
@@ -627,13 +653,7 @@ fn merge_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
 }
 
 /// One background revalidation per stale entry (`stale-while-revalidate`).
-fn refresh_in_background(
-    transform: &Option<Transform>,
-    cache: &Arc<ResponseCache>,
-    call: &Arc<UpstreamCall>,
-    primary: &Key,
-    entry: &Arc<Entry>,
-) {
+fn refresh_in_background(lookup: &Lookup<'_>, entry: &Arc<Entry>) {
     if entry
         .refreshing
         .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -641,12 +661,13 @@ fn refresh_in_background(
         return;
     }
     let (transform, cache, call, primary, entry) = (
-        transform.clone(),
-        cache.clone(),
-        call.clone(),
-        primary.clone(),
+        lookup.transform.clone(),
+        lookup.cache.clone(),
+        lookup.call.clone(),
+        lookup.primary.clone(),
         entry.clone(),
     );
+    let authenticated = lookup.authenticated;
     tokio::spawn(async move {
         if let Join::Leader(leader) = cache.flights.join(&primary) {
             let result = fetch(Fetch {
@@ -658,6 +679,7 @@ fn refresh_in_background(
                 stale: Some(entry.clone()),
                 leader,
                 request_cc: &CacheControl::default(),
+                authenticated,
             })
             .await;
             if let Err(e) = result {
@@ -701,7 +723,11 @@ pub fn respond(
     conditional: &Conditional,
     head: bool,
 ) -> Response<Body> {
-    let age = entry.age(Instant::now()).as_secs();
+    // RFC 9111 §5.1: an age past what can be represented is sent as 2^31.
+    let age = entry
+        .age(Instant::now())
+        .as_secs()
+        .min(policy::MAX_DELTA_SECONDS);
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(X_CACHE.clone(), outcome.header());

@@ -73,6 +73,7 @@ pub struct ResponseCache {
     pub store: Store,
     pub flights: flight::Flights,
     lookups: [IntCounter; 4],
+    variant_evictions: IntCounter,
     entries_gauge: IntGauge,
     bytes_gauge: IntGauge,
 }
@@ -93,6 +94,7 @@ impl ResponseCache {
             .min(max_size);
         let entries_gauge = metrics.entries.with_label_values(&[name]);
         let bytes_gauge = metrics.bytes.with_label_values(&[name]);
+        let variant_evictions = metrics.variant_evictions.with_label_values(&[name]);
         entries_gauge.set(0);
         bytes_gauge.set(0);
         ResponseCache {
@@ -107,6 +109,7 @@ impl ResponseCache {
             flights: flight::Flights::default(),
             lookups: CacheStatus::ALL
                 .map(|o| metrics.lookups.with_label_values(&[name, o.label()])),
+            variant_evictions,
             entries_gauge,
             bytes_gauge,
         }
@@ -125,12 +128,20 @@ impl ResponseCache {
     }
 
     pub async fn insert(&self, primary: &Key, entry: std::sync::Arc<Entry>) {
-        self.store.insert(primary, entry).await;
+        let evicted = self.store.insert(primary, entry).await;
+        self.variant_evictions
+            .inc_by(u64::try_from(evicted).unwrap_or(u64::MAX));
         self.update_gauges();
     }
 
     pub async fn invalidate(&self, primary: &Key) {
         self.store.invalidate(primary).await;
+        self.update_gauges();
+    }
+
+    /// Removes the URL under every route and scheme that stored into this cache.
+    pub async fn invalidate_url(&self, primary: &Key) {
+        self.store.invalidate_url(primary).await;
         self.update_gauges();
     }
 

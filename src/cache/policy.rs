@@ -6,6 +6,26 @@ use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderMap, StatusCode};
 
+/// The largest delta-seconds value used (RFC 9111 §1.2.2): a larger `Age`, `max-age`,
+/// `s-maxage`, grace or `Expires` lifetime counts as 2^31 seconds (68 years), so no sum
+/// of ages and lifetimes can overflow.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+const MAX_DELTA: Duration = Duration::from_secs(MAX_DELTA_SECONDS);
+
+/// A delta-seconds value (digits only), clamped to `MAX_DELTA_SECONDS`; `None` when it
+/// is not one.
+pub fn delta_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits that overflow a u64 are a very large number, not an invalid one.
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
+}
+
 /// The directives Portico understands. Unknown directives are ignored, as RFC 9111 asks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheControl {
@@ -21,7 +41,8 @@ pub struct CacheControl {
 }
 
 /// Parses every `Cache-Control` field line. A directive with an unparsable delta-seconds
-/// value counts as 0 (stale), which is the safe reading (RFC 9111 §1.2.2).
+/// value counts as 0 (stale), which is the safe reading; one too large counts as
+/// `MAX_DELTA_SECONDS` (RFC 9111 §1.2.2).
 pub fn cache_control(headers: &HeaderMap) -> CacheControl {
     let mut cc = CacheControl::default();
     for value in headers.get_all(header::CACHE_CONTROL) {
@@ -35,7 +56,7 @@ pub fn cache_control(headers: &HeaderMap) -> CacheControl {
                 Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                 None => (directive.trim(), None),
             };
-            let seconds = || arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+            let seconds = || arg.and_then(delta_seconds).unwrap_or(0);
             match name.to_ascii_lowercase().as_str() {
                 "no-store" => cc.no_store = true,
                 // `no-cache="field"` and `private="field"` are read as their unqualified
@@ -115,7 +136,8 @@ pub enum NotStorable {
     Private,
     SetCookie,
     VaryStar,
-    Authorization,
+    /// A response to an authenticated request that does not say it may be shared.
+    Authenticated,
     Status,
     NoFreshness,
 }
@@ -123,9 +145,15 @@ pub enum NotStorable {
 /// Decides whether a response to a GET may be stored by a shared cache (RFC 9111 §3),
 /// and its freshness (§4.2.1): `s-maxage`, then `max-age`, then `Expires`, then the
 /// cache's default TTL for heuristically cacheable statuses.
+///
+/// `authenticated` is about who asked (the route has `jwt:` or the client sent
+/// `Authorization`), not about the request as forwarded. Such a response is stored only
+/// with `public` or `s-maxage` (RFC 9111 §3.5). §3.5 also lists `must-revalidate`; it
+/// is not enough here, because origins send it on per-user answers (`max-age=0,
+/// must-revalidate`) and it says when to revalidate, not who may share the answer.
 pub fn storable(
     request_cc: &CacheControl,
-    request_has_authorization: bool,
+    authenticated: bool,
     status: StatusCode,
     response: &HeaderMap,
     default_ttl: Duration,
@@ -146,8 +174,8 @@ pub fn storable(
     if vary_star(response) {
         return Err(NotStorable::VaryStar);
     }
-    if request_has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
-        return Err(NotStorable::Authorization);
+    if authenticated && !(cc.public || cc.s_maxage.is_some()) {
+        return Err(NotStorable::Authenticated);
     }
     if status.is_informational()
         || status == StatusCode::PARTIAL_CONTENT
@@ -206,7 +234,12 @@ fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
         .get(header::DATE)
         .and_then(http_date)
         .unwrap_or_else(SystemTime::now);
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    Some(
+        expires
+            .duration_since(date)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_DELTA),
+    )
 }
 
 pub fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
@@ -216,12 +249,13 @@ pub fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
         .and_then(|t| httpdate::parse_http_date(t).ok())
 }
 
-/// The `Age` an upstream reported (already spent elsewhere).
+/// The `Age` an upstream reported (already spent elsewhere), at most
+/// `MAX_DELTA_SECONDS`; an invalid one is ignored.
 pub fn age_header(headers: &HeaderMap) -> Duration {
     headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.trim().parse::<u64>().ok())
+        .and_then(delta_seconds)
         .map(Duration::from_secs)
         .unwrap_or(Duration::ZERO)
 }
@@ -320,7 +354,16 @@ mod tests {
         );
         assert_eq!(
             store(&[], true, 200, &[("cache-control", "max-age=9")]),
-            Err(NotStorable::Authorization)
+            Err(NotStorable::Authenticated)
+        );
+        assert_eq!(
+            store(
+                &[],
+                true,
+                200,
+                &[("cache-control", "max-age=9, must-revalidate")]
+            ),
+            Err(NotStorable::Authenticated)
         );
         assert!(store(&[], true, 200, &[("cache-control", "public, max-age=9")]).is_ok());
         assert!(store(&[], true, 200, &[("cache-control", "s-maxage=9")]).is_ok());
@@ -328,6 +371,51 @@ mod tests {
             store(&[], false, 206, &[("cache-control", "max-age=9")]),
             Err(NotStorable::Status)
         );
+    }
+
+    #[test]
+    fn huge_delta_seconds_are_clamped_to_two_to_the_31() {
+        let max = Duration::from_secs(MAX_DELTA_SECONDS);
+        assert_eq!(delta_seconds("18446744073709551615"), Some(1 << 31));
+        assert_eq!(delta_seconds("99999999999999999999999"), Some(1 << 31));
+        assert_eq!(delta_seconds(" 30 "), Some(30));
+        assert_eq!(delta_seconds("-1"), None);
+        assert_eq!(delta_seconds("1e9"), None);
+        assert_eq!(
+            age_header(&headers(&[("age", "18446744073709551615")])),
+            max
+        );
+        assert_eq!(age_header(&headers(&[("age", "soon")])), Duration::ZERO);
+        let f = store(
+            &[],
+            false,
+            200,
+            &[(
+                "cache-control",
+                "max-age=99999999999999999999, stale-if-error=18446744073709551615",
+            )],
+        )
+        .unwrap();
+        assert_eq!((f.lifetime, f.stale_if_error), (max, max));
+        let f = store(
+            &[],
+            false,
+            200,
+            &[
+                ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(f.lifetime, max);
+        // Not a delta-seconds value: stale, the safe reading.
+        let f = store(
+            &[],
+            false,
+            200,
+            &[("cache-control", "max-age=soon"), ("etag", "\"1\"")],
+        );
+        assert_eq!(f.map(|f| f.lifetime), Ok(Duration::ZERO));
     }
 
     #[test]

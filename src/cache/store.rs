@@ -1,8 +1,9 @@
 //! Stored responses and the moka cache that holds them, bounded by bytes (body plus
 //! headers plus key). A URL whose response varies keeps a small index under its primary
-//! key that lists the Vary'd header names and the variants stored, so invalidating the
-//! URL removes every variant.
+//! key that lists the Vary'd header names and the variants stored (at most
+//! `MAX_VARIANTS`, oldest out), so invalidating the URL removes every variant.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +20,12 @@ use super::policy::Freshness;
 const ENTRY_OVERHEAD: usize = 256;
 /// Validators keep a stale entry around this long for a cheap 304 revalidation.
 const VALIDATOR_GRACE: Duration = Duration::from_secs(600);
-/// Vary indexes are tiny; they live as long as their longest variant might.
+/// Vary indexes are small; they live as long as their longest variant might.
 const INDEX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Variants kept per URL. Clients choose the values of Vary'd headers (`Accept-Language`,
+/// `Origin`, `User-Agent`), so without a cap one URL could hold any number of them; a
+/// well-behaved URL has a handful. Storing one more evicts the oldest.
+pub const MAX_VARIANTS: usize = 32;
 
 #[derive(Debug)]
 pub struct Entry {
@@ -73,8 +78,11 @@ impl Entry {
         self.weight
     }
 
+    /// The upstream's `Age` plus the time in the cache. Saturating: the sum must never
+    /// panic, whatever `Age` an upstream sent (`policy::age_header` clamps it too).
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.stored_at))
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -125,11 +133,54 @@ impl Entry {
     }
 }
 
-/// The variants of one URL whose response varies.
+/// The variants of one URL whose response varies: their hashes, oldest first. Only a
+/// listed variant is served, so one evicted from the list, or left behind by an index
+/// that moka dropped, can never answer after the URL was invalidated.
 #[derive(Debug)]
 pub struct VaryIndex {
     pub names: Vec<HeaderName>,
-    variants: Mutex<Vec<Key>>,
+    variants: Mutex<VecDeque<u64>>,
+}
+
+impl VaryIndex {
+    fn new(names: Vec<HeaderName>) -> VaryIndex {
+        VaryIndex {
+            names,
+            variants: Mutex::new(VecDeque::with_capacity(MAX_VARIANTS + 1)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<u64>> {
+        self.variants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        self.lock().contains(&hash)
+    }
+
+    /// Lists `hash` as the newest variant; returns the variants pushed out by the cap.
+    fn add(&self, hash: u64) -> Vec<u64> {
+        let mut variants = self.lock();
+        if let Some(at) = variants.iter().position(|h| *h == hash) {
+            variants.remove(at);
+        }
+        variants.push_back(hash);
+        let over = variants.len().saturating_sub(MAX_VARIANTS);
+        variants.drain(..over).collect()
+    }
+
+    /// Bytes the index may hold, for the weigher: moka weighs a node once, when it is
+    /// inserted, so the index is weighed full from the start.
+    fn weight(&self, key: &Key) -> usize {
+        key.weight()
+            + ENTRY_OVERHEAD
+            + self
+                .names
+                .iter()
+                .map(|n| n.as_str().len() + 32)
+                .sum::<usize>()
+            + (MAX_VARIANTS + 1) * std::mem::size_of::<u64>()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -142,7 +193,7 @@ impl Node {
     fn weight(&self, key: &Key) -> u32 {
         match self {
             Node::Response(e) => e.weight(),
-            Node::Vary(v) => (key.weight() + ENTRY_OVERHEAD + v.names.len() * 32) as u32,
+            Node::Vary(v) => u32::try_from(v.weight(key)).unwrap_or(u32::MAX),
         }
     }
 }
@@ -170,6 +221,10 @@ impl Expiry<Key, Node> for NodeExpiry {
 
 pub struct Store {
     cache: moka::future::Cache<Key, Node>,
+    /// Every (scheme, route) that stored here, so an unsafe request can invalidate its URL
+    /// under each. Route names come from the config, so this stays as small as the route
+    /// table (times two schemes), whatever clients send.
+    namespaces: Mutex<Vec<(&'static str, Box<str>)>>,
     /// Bytes held, counted from inserts and removal notifications.
     bytes: Arc<AtomicI64>,
 }
@@ -187,7 +242,11 @@ impl Store {
                 counter.fetch_sub(i64::from(v.weight(&k)), Ordering::Relaxed);
             })
             .build();
-        Store { cache, bytes }
+        Store {
+            cache,
+            namespaces: Mutex::new(Vec::new()),
+            bytes,
+        }
     }
 
     /// The stored response for this request, following a Vary index when there is one.
@@ -197,6 +256,9 @@ impl Store {
             Node::Response(_) => None,
             Node::Vary(index) => {
                 let variant = primary.variant(&index.names, request);
+                if !variant.variant.is_some_and(|h| index.contains(h)) {
+                    return None;
+                }
                 match self.cache.get(&variant).await? {
                     Node::Response(entry) => Some(entry),
                     Node::Vary(_) => None,
@@ -205,7 +267,19 @@ impl Store {
         }
     }
 
-    pub async fn insert(&self, primary: &Key, entry: Arc<Entry>) {
+    /// Stores `entry` (under its variant key when it varies); returns how many older
+    /// variants of the URL the cap pushed out.
+    pub async fn insert(&self, primary: &Key, entry: Arc<Entry>) -> usize {
+        {
+            let mut namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            if !namespaces
+                .iter()
+                .any(|(s, r)| *s == primary.scheme && *r == primary.route)
+            {
+                namespaces.push((primary.scheme, primary.route.clone()));
+            }
+        }
+        let mut evicted = 0;
         if entry.vary.is_empty() {
             self.put(primary.clone(), Node::Response(entry)).await;
         } else {
@@ -214,26 +288,24 @@ impl Store {
                 previous => {
                     // A different Vary (or none before): the old variants are unreachable.
                     if let Some(Node::Vary(old)) = previous {
-                        self.drop_variants(&old).await;
+                        self.drop_variants(primary, &old).await;
                     }
-                    let index = Arc::new(VaryIndex {
-                        names: entry.vary.clone(),
-                        variants: Mutex::new(Vec::new()),
-                    });
+                    let index = Arc::new(VaryIndex::new(entry.vary.clone()));
                     self.put(primary.clone(), Node::Vary(index.clone())).await;
                     index
                 }
             };
-            {
-                let mut variants = index.variants.lock().unwrap_or_else(|p| p.into_inner());
-                if !variants.contains(&entry.key) {
-                    variants.push(entry.key.clone());
+            if let Some(hash) = entry.key.variant {
+                for old in index.add(hash) {
+                    self.cache.invalidate(&primary.with_variant(old)).await;
+                    evicted += 1;
                 }
             }
             self.put(entry.key.clone(), Node::Response(entry)).await;
         }
         // Apply evictions now, so the byte bound holds after every store, not eventually.
         self.cache.run_pending_tasks().await;
+        evicted
     }
 
     async fn put(&self, key: Key, node: Node) {
@@ -242,18 +314,35 @@ impl Store {
         self.cache.insert(key, node).await;
     }
 
-    async fn drop_variants(&self, index: &VaryIndex) {
-        let variants =
-            std::mem::take(&mut *index.variants.lock().unwrap_or_else(|p| p.into_inner()));
-        for key in variants {
-            self.cache.invalidate(&key).await;
+    async fn drop_variants(&self, primary: &Key, index: &VaryIndex) {
+        let variants = std::mem::take(&mut *index.lock());
+        for hash in variants {
+            self.cache.invalidate(&primary.with_variant(hash)).await;
         }
     }
 
     /// Removes every stored variant of one URL.
     pub async fn invalidate(&self, primary: &Key) {
         if let Some(Node::Vary(index)) = self.cache.remove(primary).await {
-            self.drop_variants(&index).await;
+            self.drop_variants(primary, &index).await;
+        }
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Removes every stored variant of one URL under every route and scheme that stored
+    /// into this cache.
+    pub async fn invalidate_url(&self, primary: &Key) {
+        let keys: Vec<Key> = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(scheme, route)| primary.under(scheme, route))
+            .collect();
+        for key in &keys {
+            if let Some(Node::Vary(index)) = self.cache.remove(key).await {
+                self.drop_variants(key, &index).await;
+            }
         }
         self.cache.run_pending_tasks().await;
     }
@@ -284,5 +373,136 @@ impl Store {
 
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varying(primary: &Key, value: &str) -> (HeaderMap, Arc<Entry>) {
+        let names = vec![HeaderName::from_static("accept-language")];
+        let mut request = HeaderMap::new();
+        request.insert(
+            "accept-language",
+            HeaderValue::from_str(value).expect("test value"),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VARY, HeaderValue::from_static("accept-language"));
+        let freshness = Freshness {
+            lifetime: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            no_cache: false,
+            must_revalidate: false,
+        };
+        let key = primary.variant(&names, &request);
+        let entry = Entry::new(
+            StatusCode::OK,
+            headers,
+            Bytes::from(value.to_string()),
+            Duration::ZERO,
+            freshness,
+            names,
+            key,
+        );
+        (request, Arc::new(entry))
+    }
+
+    #[tokio::test]
+    async fn variants_of_one_url_are_capped_oldest_out_and_weighed() {
+        let store = Store::new(64 * 1024 * 1024);
+        let primary = Key::primary("http", "h", "r", "u", "/v", None);
+        let mut evicted = 0;
+        let mut requests = Vec::new();
+        let mut weights = 0u64;
+        for i in 0..100 {
+            let (request, entry) = varying(&primary, &format!("l-{i}"));
+            weights += u64::from(entry.weight());
+            evicted += store.insert(&primary, entry).await;
+            requests.push(request);
+        }
+        assert_eq!(evicted, 100 - MAX_VARIANTS);
+        store.run_pending_tasks().await;
+        assert_eq!(store.entries(), MAX_VARIANTS as u64 + 1);
+        let newest = store.lookup(&primary, &requests[99]).await;
+        assert_eq!(newest.map(|e| e.body.clone()), Some(Bytes::from("l-99")));
+        assert!(store.lookup(&primary, &requests[0]).await.is_none());
+        assert!(store
+            .lookup(&primary, &requests[100 - MAX_VARIANTS])
+            .await
+            .is_some());
+        // The index is weighed: bytes are the kept variants plus the index.
+        let Some(Node::Vary(index)) = store.cache.get(&primary).await else {
+            panic!("no index");
+        };
+        let kept: u64 = (100 - MAX_VARIANTS..100)
+            .map(|i| u64::from(varying(&primary, &format!("l-{i}")).1.weight()))
+            .sum();
+        assert!(weights > kept);
+        assert_eq!(store.bytes(), kept + index.weight(&primary) as u64);
+        // Storing a listed variant again makes it the newest, not a second copy.
+        let (_, again) = varying(&primary, "l-68");
+        assert_eq!(store.insert(&primary, again).await, 0);
+        let (_, next) = varying(&primary, "l-new");
+        assert_eq!(store.insert(&primary, next).await, 1);
+        assert!(store.lookup(&primary, &requests[68]).await.is_some());
+        assert!(store.lookup(&primary, &requests[69]).await.is_none());
+        // Invalidating the URL removes every listed variant and the index.
+        store.invalidate(&primary).await;
+        assert_eq!(store.entries(), 0);
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_any_age_is_stale_and_never_overflows() {
+        let primary = Key::primary("http", "h", "r", "u", "/age", None);
+        let freshness = Freshness {
+            lifetime: Duration::from_secs(60),
+            stale_while_revalidate: Duration::MAX,
+            stale_if_error: Duration::MAX,
+            no_cache: false,
+            must_revalidate: false,
+        };
+        for initial_age in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(crate::cache::policy::MAX_DELTA_SECONDS),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ETAG, HeaderValue::from_static("\"1\""));
+            let entry = Entry::new(
+                StatusCode::OK,
+                headers,
+                Bytes::from_static(b"x"),
+                initial_age,
+                freshness,
+                Vec::new(),
+                primary.clone(),
+            );
+            let later = Instant::now() + Duration::from_secs(3600);
+            assert!(entry.age(later) >= initial_age);
+            assert!(!entry.is_fresh(later));
+            assert!(entry.within_stale_while_revalidate(later));
+            assert!(entry.retention() >= Duration::from_millis(1));
+            let store = Store::new(1024 * 1024);
+            store.insert(&primary, Arc::new(entry)).await;
+            let found = store.lookup(&primary, &HeaderMap::new()).await;
+            assert!(found.is_some_and(|e| !e.is_fresh(Instant::now())));
+        }
+    }
+
+    #[tokio::test]
+    async fn many_variants_stay_under_max_size() {
+        let max = 16 * 1024;
+        let store = Store::new(max);
+        for url in 0..20 {
+            let primary = Key::primary("http", "h", "r", "u", &format!("/v{url}"), None);
+            for i in 0..50 {
+                let (_, entry) = varying(&primary, &format!("{i}-{}", "x".repeat(200)));
+                store.insert(&primary, entry).await;
+                assert!(store.bytes() <= max, "{} bytes held", store.bytes());
+            }
+        }
     }
 }

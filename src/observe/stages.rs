@@ -10,6 +10,7 @@ pub struct CacheMetrics {
     pub lookups: IntCounterVec,
     pub entries: IntGaugeVec,
     pub bytes: IntGaugeVec,
+    pub variant_evictions: IntCounterVec,
 }
 
 impl std::fmt::Debug for CacheMetrics {
@@ -41,10 +42,19 @@ impl CacheMetrics {
             &["cache"],
         )
         .expect("valid metric definition");
+        let variant_evictions = IntCounterVec::new(
+            Opts::new(
+                "portico_cache_variant_evictions_total",
+                "Vary variants evicted because their URL held the most allowed, by cache",
+            ),
+            &["cache"],
+        )
+        .expect("valid metric definition");
         for c in [
             Box::new(lookups.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(entries.clone()),
             Box::new(bytes.clone()),
+            Box::new(variant_evictions.clone()),
         ] {
             // Fixed, unique names: registration cannot collide.
             let _ = registry.register(c);
@@ -53,6 +63,7 @@ impl CacheMetrics {
             lookups,
             entries,
             bytes,
+            variant_evictions,
         }
     }
 }
