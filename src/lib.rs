@@ -169,9 +169,13 @@ impl Gateway {
         }
         if let (Some(interval), Some(path)) = (options.watch_interval, control.config_path.clone())
         {
+            // The content the running config came from, read now: a change made from here
+            // on is one the watcher must see, however late its task first runs.
+            let seen = std::fs::read(&path).ok();
             background.push(tokio::spawn(watch_file(
                 control.clone(),
                 path,
+                seen,
                 interval,
                 shutdown_rx,
             )));
@@ -240,6 +244,7 @@ impl GatewayHandle {
 async fn watch_file(
     control: Arc<Control>,
     path: PathBuf,
+    mut last: Option<Vec<u8>>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -253,7 +258,6 @@ async fn watch_file(
                 .flatten()
         }
     };
-    let mut last = read(&path).await;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
