@@ -67,6 +67,7 @@ async fn registered_instance_gets_traffic_within_a_second_and_a_critical_one_sto
         .unwrap()
         .clone();
     assert_eq!(endpoints.len(), 2);
+    assert!(gw.metrics().contains(&format!("endpoint=\"{}\"", b.addr)));
     assert!(endpoints.iter().all(|e| e["source"] == "consul"));
     assert_eq!(ups["upstreams"]["orders"]["discovery"]["synced"], true);
 
@@ -78,6 +79,19 @@ async fn registered_instance_gets_traffic_within_a_second_and_a_critical_one_sto
         .await,
         "b still gets traffic after its check turned critical"
     );
+    // The endpoint that left takes its metric series along (addresses change on every
+    // deploy: /metrics must not grow with each).
+    let b_label = format!("endpoint=\"{}\"", b.addr);
+    let forgotten = eventually(Duration::from_secs(5), || async {
+        !gw.metrics().contains(&b_label)
+    })
+    .await;
+    assert!(
+        forgotten,
+        "series of a gone endpoint remain:\n{}",
+        gw.metrics()
+    );
+    assert!(gw.metrics().contains(&format!("endpoint=\"{}\"", a.addr)));
     // A change elsewhere wakes the watch but is not a change of this set.
     let hits = b.hits();
     consul.touch();

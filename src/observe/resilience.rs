@@ -44,6 +44,19 @@ impl ResilienceMetrics {
         )
     }
 
+    /// Removes an endpoint's series (it left the upstream: Consul no longer lists it),
+    /// so `/metrics` does not grow with every address an upstream ever had.
+    pub fn forget_endpoint(&self, upstream: &str, endpoint: &str) {
+        for outcome in super::AttemptOutcome::ALL {
+            let _ =
+                self.upstream_requests
+                    .remove_label_values(&[upstream, endpoint, outcome.label()]);
+        }
+        let _ = self
+            .upstream_connections
+            .remove_label_values(&[upstream, endpoint]);
+    }
+
     pub(super) fn new(
         registry: &Registry,
         upstream_requests: IntCounterVec,

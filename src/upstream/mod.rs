@@ -445,13 +445,18 @@ impl Upstream {
     }
 
     /// Spawns a task holding only a weak reference to this upstream.
+    /// The task is one of the upstream's own: aborted when the upstream is dropped, so a
+    /// timer (an ejection's) never outlives it holding its endpoints and their pools.
     pub(crate) fn spawn_weak<F, Fut>(&self, f: F)
     where
         F: FnOnce(Weak<Upstream>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(f(self.me.clone()));
+            let task = handle.spawn(f(self.me.clone())).abort_handle();
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
         }
     }
 

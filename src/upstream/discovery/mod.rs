@@ -166,6 +166,7 @@ fn replace(up: &Upstream, mut instances: Vec<Instance>) {
     }
     for gone in by_address.keys() {
         tracing::info!(upstream = %up.name, endpoint = %gone, "endpoint no longer listed");
+        up.metrics.forget_endpoint(&up.name, gone);
     }
     up.set_endpoints(next);
 }
