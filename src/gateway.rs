@@ -68,6 +68,15 @@ pub async fn handle(
     if let Some(outcome) = &ctx.rate_limit {
         outcome.apply(response.headers_mut());
     }
+    // Every response of a caching route says what the cache did: one the cache never saw
+    // (a refusal before it, an error of the upstream call) is a BYPASS.
+    if ctx.route.as_ref().is_some_and(|r| r.cache.is_some())
+        && !response.headers().contains_key(&cache::flow::X_CACHE)
+    {
+        response
+            .headers_mut()
+            .insert(cache::flow::X_CACHE.clone(), cache::CacheStatus::Bypass.header());
+    }
 
     // The stages take the headers but leave method and URI: the log sees what the client sent.
     record(

@@ -585,3 +585,25 @@ async fn an_http2_client_that_never_finishes_a_request_is_cut_off() {
     );
     assert!(b.seen().is_empty());
 }
+
+#[tokio::test]
+async fn every_response_of_a_caching_route_says_what_the_cache_did() {
+    let b = backend().await;
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\nupstreams:\n  b: {{ targets: [\"{}\"] }}\n  down: {{ targets: [\"127.0.0.1:9\"] }}\ncaches:\n  c: {{ max_size: 1MiB }}\nrate_limits:\n  one: {{ key: client_ip, limit: 1, per: 1m }}\nroutes:\n  - name: limited\n    match: {{ path_prefix: /limited }}\n    upstream: b\n    cache: c\n    rate_limit: one\n  - name: down\n    match: {{ path_prefix: /down }}\n    upstream: down\n    cache: c\n",
+        b.address()
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let get = |path: &'static str| async move {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n");
+        client::raw(gw.http_addr, head.as_bytes(), WAIT).await.to_ascii_lowercase()
+    };
+    let first = get("/limited").await;
+    assert!(first.starts_with("http/1.1 200") && first.contains("x-cache: miss"), "{first}");
+    let refused = get("/limited").await;
+    assert!(refused.starts_with("http/1.1 429"), "{refused}");
+    assert!(refused.contains("x-cache: bypass"), "{refused}");
+    let failed = get("/down").await;
+    assert!(failed.starts_with("http/1.1 503"), "{failed}");
+    assert!(failed.contains("x-cache: bypass"), "{failed}");
+}
