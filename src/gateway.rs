@@ -73,9 +73,10 @@ pub async fn handle(
     if ctx.route.as_ref().is_some_and(|r| r.cache.is_some())
         && !response.headers().contains_key(&cache::flow::X_CACHE)
     {
-        response
-            .headers_mut()
-            .insert(cache::flow::X_CACHE.clone(), cache::CacheStatus::Bypass.header());
+        response.headers_mut().insert(
+            cache::flow::X_CACHE.clone(),
+            cache::CacheStatus::Bypass.header(),
+        );
     }
 
     // The stages take the headers but leave method and URI: the log sees what the client sent.

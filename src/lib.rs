@@ -72,7 +72,9 @@ impl Options {
 
 pub struct Gateway;
 
-/// A running gateway.
+/// A running gateway. Dropping it stops it as `shutdown` does, without waiting for the
+/// drain: listeners stop accepting and background tasks end.
+#[must_use = "dropping the handle stops the gateway"]
 pub struct GatewayHandle {
     pub http_addr: SocketAddr,
     pub https_addr: Option<SocketAddr>,
@@ -221,12 +223,12 @@ impl GatewayHandle {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for listener in self.listeners {
+        for listener in std::mem::take(&mut self.listeners) {
             let _ = listener.await;
         }
-        for task in self.background {
+        for task in std::mem::take(&mut self.background) {
             task.abort();
         }
         // Every request has been answered (or the grace is over): their log lines are
@@ -236,6 +238,15 @@ impl GatewayHandle {
             .access_log
             .flush(std::time::Duration::from_secs(5))
             .await;
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for task in &self.background {
+            task.abort();
+        }
     }
 }
 

@@ -596,10 +596,15 @@ async fn every_response_of_a_caching_route_says_what_the_cache_did() {
     let (gw, _f) = gateway(&yaml).await;
     let get = |path: &'static str| async move {
         let head = format!("GET {path} HTTP/1.1\r\nHost: a.local\r\nConnection: close\r\n\r\n");
-        client::raw(gw.http_addr, head.as_bytes(), WAIT).await.to_ascii_lowercase()
+        client::raw(gw.http_addr, head.as_bytes(), WAIT)
+            .await
+            .to_ascii_lowercase()
     };
     let first = get("/limited").await;
-    assert!(first.starts_with("http/1.1 200") && first.contains("x-cache: miss"), "{first}");
+    assert!(
+        first.starts_with("http/1.1 200") && first.contains("x-cache: miss"),
+        "{first}"
+    );
     let refused = get("/limited").await;
     assert!(refused.starts_with("http/1.1 429"), "{refused}");
     assert!(refused.contains("x-cache: bypass"), "{refused}");
