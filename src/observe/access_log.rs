@@ -116,9 +116,12 @@ impl AccessLog {
 
 /// RFC 3339 UTC time with milliseconds, without pulling in a date crate.
 pub fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339(SystemTime::now())
+}
+
+/// `at` as RFC 3339 UTC with milliseconds (times before the epoch show the epoch).
+pub fn rfc3339(at: SystemTime) -> String {
+    let now = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
@@ -140,11 +143,26 @@ pub fn rfc3339_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
     #[test]
-    fn time_format() {
-        let t = super::rfc3339_now();
-        assert_eq!(t.len(), 24);
-        assert!(t.starts_with("20"));
-        assert!(t.ends_with('Z'));
+    fn fixed_instants() {
+        let at = |secs: u64, millis: u64| {
+            rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        // A leap day, and the day after it.
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(951_868_799, 999), "2000-02-29T23:59:59.999Z");
+        assert_eq!(at(951_868_800, 0), "2000-03-01T00:00:00.000Z");
+        assert_eq!(at(1_709_164_800, 0), "2024-02-29T00:00:00.000Z");
+        // Year ends and a far date.
+        assert_eq!(at(1_704_067_199, 0), "2023-12-31T23:59:59.000Z");
+        assert_eq!(at(4_102_444_800, 0), "2100-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00.000Z");
+        let now = super::rfc3339_now();
+        assert_eq!(now.len(), 24);
+        assert!(now.as_str() >= rfc3339(SystemTime::now() - Duration::from_secs(60)).as_str());
     }
 }
