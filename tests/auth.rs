@@ -269,6 +269,8 @@ async fn every_attack_is_refused_with_401() {
         ),
     ];
     for (name, token, reason) in &attacks {
+        let metric = format!("portico_jwt_rejected_total{{reason=\"{reason}\",route=\"orders\"}}");
+        let before = support::metric(&gw.metrics(), &metric);
         let r = bearer(&client, addr, "/orders", token).await;
         assert_eq!(
             r.status,
@@ -285,8 +287,9 @@ async fn every_attack_is_refused_with_401() {
         assert_eq!(body["status"], 401, "{name}");
         assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(!String::from_utf8_lossy(&r.body).contains(token.as_str()) || token.len() < 12);
-        let metric = format!("portico_jwt_rejected_total{{reason=\"{reason}\",route=\"orders\"}}");
-        assert!(gw.metrics().contains(&metric), "{name}: no {metric}");
+        // The reason this attack is refused for is the one counted, once.
+        let after = support::metric(&gw.metrics(), &metric);
+        assert_eq!(after - before, 1.0, "{name}: {metric} went {before} -> {after}");
     }
     // No token at all: 401 with a plain challenge.
     let r = get(&client, addr, "/orders", &[]).await;

@@ -75,7 +75,8 @@ async fn miss_then_hit_with_age() {
     let second = get(&client, gw.http_addr, "/api/products/1", &[]).await;
     assert_eq!(x_cache(&second), "HIT");
     assert_eq!(second.body, first.body);
-    assert!(second.header("age").unwrap().parse::<u64>().is_ok());
+    let age: u64 = second.header("age").unwrap().parse().unwrap();
+    assert!(age <= 1, "a new entry is {age}s old");
     assert_eq!(backend.hits("/products/1"), 1);
     // Age grows while the entry is served.
     assert!(
@@ -89,6 +90,13 @@ async fn miss_then_hit_with_age() {
         .await
     );
     assert_eq!(backend.hits("/products/1"), 1);
+    let lookups = |result: &str| {
+        support::metric(
+            &gw.metrics(),
+            &format!("portico_cache_lookups_total{{cache=\"catalog\",result=\"{result}\"}}"),
+        )
+    };
+    let (hits, misses) = (lookups("hit"), lookups("miss"));
     // The query is part of the key, in any parameter order.
     get(&client, gw.http_addr, "/api/products/1?a=1&b=2", &[]).await;
     let swapped = get(&client, gw.http_addr, "/api/products/1?b=2&a=1", &[]).await;
@@ -99,9 +107,13 @@ async fn miss_then_hit_with_age() {
     assert_eq!(x_cache(&head), "HIT");
     assert!(head.body.is_empty());
     assert_eq!(backend.hits("/products/1"), 2);
-    let metrics = gw.metrics();
-    assert!(metrics.contains(r#"portico_cache_lookups_total{cache="catalog",result="hit"}"#));
-    assert!(metrics.contains(r#"portico_cache_entries{cache="catalog"}"#));
+    // One miss (the new query), two hits (the swapped query and the HEAD), two entries.
+    assert_eq!(lookups("miss") - misses, 1.0);
+    assert_eq!(lookups("hit") - hits, 2.0);
+    assert_eq!(
+        support::metric(&gw.metrics(), r#"portico_cache_entries{cache="catalog"}"#),
+        2.0
+    );
 }
 
 #[tokio::test]

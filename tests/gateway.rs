@@ -277,7 +277,17 @@ async fn upstream_failures_map_to_502_503_504_in_the_json_shape() {
     }
     let metrics = gw.metrics();
     assert!(metrics.contains(r#"portico_requests_total{route="slow",status="504"} 1"#));
-    assert!(metrics.contains("outcome=\"connect_failure\""));
+    // Each failure is counted under its own outcome, once, on its own endpoint.
+    for (upstream, endpoint, outcome) in [
+        ("slow", slow.address(), "timeout"),
+        ("down", closed.to_string(), "connect_failure"),
+        ("garbage", garbage_addr.to_string(), "invalid_response"),
+    ] {
+        let series = format!(
+            "portico_upstream_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\",upstream=\"{upstream}\"}}"
+        );
+        assert_eq!(support::metric(&metrics, &series), 1.0, "{series} in\n{metrics}");
+    }
     gw.shutdown().await;
 }
 
