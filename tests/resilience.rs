@@ -475,3 +475,41 @@ async fn a_slow_try_is_cut_by_per_try_timeout_and_retried_elsewhere() {
     }
     gw.shutdown().await;
 }
+
+/// least_request, observed: while one endpoint holds slow requests, new ones go to the
+/// other (random balancing would send about half of them to the slow one).
+#[tokio::test]
+async fn least_request_sends_new_requests_away_from_an_endpoint_holding_slow_ones() {
+    let slow = Scripted::start("slow").await;
+    let fast = Scripted::start("fast").await;
+    slow.set_delay(Duration::from_secs(3));
+    let config = yaml(&format!(
+        "    balance: least_request\n{}",
+        targets(&[&slow, &fast])
+    ));
+    let (gw, _file) = gateway(&config).await;
+    let client = Client::new();
+    // Bursts of concurrent requests until the slow endpoint holds at least two (an idle
+    // pair ties, and a tie may go either way).
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        if slow.hits() >= 2 {
+            break;
+        }
+        for _ in 0..8 {
+            let client = client.clone();
+            let addr = gw.http_addr;
+            held.push(tokio::spawn(async move { client.get(addr, "/x").await }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(slow.hits() >= 2, "the slow endpoint was never picked");
+    let before = slow.hits();
+    let seen = spread(&client, gw.http_addr, 20).await;
+    assert_eq!(seen.get("fast"), Some(&20), "{seen:?}");
+    assert_eq!(slow.hits(), before);
+    for request in held {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    gw.shutdown().await;
+}
