@@ -383,3 +383,30 @@ async fn check_refuses_transforms_that_break_framing() {
     ))
     .unwrap();
 }
+
+/// `add_headers` appends: the upstream gets the client's value and the added one, as two
+/// field lines (read off the wire, where nothing merges or drops them).
+#[tokio::test]
+async fn add_headers_appends_to_the_clients_values() {
+    use support::wire::{ok, Answer, WireBackend};
+    let backend = WireBackend::start(|_| Answer::Bytes(ok("ok"))).await;
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\nupstreams:\n  b: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: b\n    transform:\n      request: {{ add_headers: {{ X-Trace: gw }} }}\n",
+        backend.address()
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let answer = support::client::raw(
+        gw.http_addr,
+        b"GET /x HTTP/1.1\r\nHost: a.local\r\nX-Trace: client\r\nConnection: close\r\n\r\n",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = backend.seen()[0].head.clone();
+    let values: Vec<&str> = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-trace:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(values, ["client", "gw"], "{head}");
+}
