@@ -289,7 +289,11 @@ async fn every_attack_is_refused_with_401() {
         assert!(!String::from_utf8_lossy(&r.body).contains(token.as_str()) || token.len() < 12);
         // The reason this attack is refused for is the one counted, once.
         let after = support::metric(&gw.metrics(), &metric);
-        assert_eq!(after - before, 1.0, "{name}: {metric} went {before} -> {after}");
+        assert_eq!(
+            after - before,
+            1.0,
+            "{name}: {metric} went {before} -> {after}"
+        );
     }
     // No token at all: 401 with a plain challenge.
     let r = get(&client, addr, "/orders", &[]).await;

@@ -286,7 +286,11 @@ async fn upstream_failures_map_to_502_503_504_in_the_json_shape() {
         let series = format!(
             "portico_upstream_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\",upstream=\"{upstream}\"}}"
         );
-        assert_eq!(support::metric(&metrics, &series), 1.0, "{series} in\n{metrics}");
+        assert_eq!(
+            support::metric(&metrics, &series),
+            1.0,
+            "{series} in\n{metrics}"
+        );
     }
     gw.shutdown().await;
 }

@@ -87,7 +87,10 @@ async fn reload_applies_good_files_and_keeps_serving_through_broken_ones() {
     assert!(text.contains("server.listen"), "{text}");
     assert!(text.contains("routes[0].upstream"), "{text}");
     assert_eq!(client.get(gw.http_addr, "/x").await.json()["backend"], "b");
-    assert!(count("error") >= error_before + 1.0, "the refused reload was not counted");
+    assert!(
+        count("error") >= error_before + 1.0,
+        "the refused reload was not counted"
+    );
     gw.shutdown().await;
 }
 

@@ -211,6 +211,33 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
     assert_eq!(products.status, 200);
     assert!(products.header("x-portico-split").is_none());
 
+    // An order only the monolith has tells which backend answered.
+    let monolith = fleet.addr(Service::Monolith);
+    let user = client
+        .send(json_post(
+            monolith,
+            "/api/users",
+            serde_json::json!({"username": "stella", "email": "stella@example.com", "password": "correct horse"}),
+        ))
+        .await;
+    assert_eq!(user.status, 201, "{}", String::from_utf8_lossy(&user.body));
+    let user_id = user.json()["id"].clone();
+    let placed = client
+        .send(json_post(
+            monolith,
+            "/api/orders",
+            serde_json::json!({"userId": user_id, "productId": 1, "quantity": 1}),
+        ))
+        .await;
+    assert_eq!(
+        placed.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&placed.body)
+    );
+    let answered_by_monolith =
+        |r: &support::Reply| r.json()["orders"].as_array().is_some_and(|o| !o.is_empty());
+
     // An operator holds the migration at 0%: orders stay on the monolith...
     let put = client
         .send(
@@ -223,7 +250,7 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
     for user in ["u1", "u2", "u3"] {
         let r = client
             .send(
-                Request::get(format!("http://{addr}/api/orders?userId=1"))
+                Request::get(format!("http://{addr}/api/orders?userId={user_id}"))
                     .header("x-user-id", user)
                     .body(Full::default())
                     .unwrap(),
@@ -231,11 +258,16 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
             .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.header("x-portico-split"), Some("stable"));
+        assert!(
+            answered_by_monolith(&r),
+            "not the monolith's answer: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     // ...while testers reach the orders service with the force header.
     let canary = client
         .send(
-            Request::get(format!("http://{addr}/api/orders?userId=1"))
+            Request::get(format!("http://{addr}/api/orders?userId={user_id}"))
                 .header("x-canary", "1")
                 .body(Full::default())
                 .unwrap(),
@@ -248,6 +280,11 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
         String::from_utf8_lossy(&canary.body)
     );
     assert_eq!(canary.header("x-portico-split"), Some("canary"));
+    assert!(
+        !answered_by_monolith(&canary),
+        "the canary answer came from the monolith: {}",
+        String::from_utf8_lossy(&canary.body)
+    );
     let splits = client.get(admin, "/splits").await;
     assert_eq!(splits.status, 200);
     assert!(String::from_utf8_lossy(&splits.body).contains("orders"));

@@ -121,7 +121,9 @@ pub fn rfc3339_now() -> String {
 
 /// `at` as RFC 3339 UTC with milliseconds (times before the epoch show the epoch).
 pub fn rfc3339(at: SystemTime) -> String {
-    let now = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let now = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
@@ -160,7 +162,10 @@ mod tests {
         // Year ends and a far date.
         assert_eq!(at(1_704_067_199, 0), "2023-12-31T23:59:59.000Z");
         assert_eq!(at(4_102_444_800, 0), "2100-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
         let now = super::rfc3339_now();
         assert_eq!(now.len(), 24);
         assert!(now.as_str() >= rfc3339(SystemTime::now() - Duration::from_secs(60)).as_str());

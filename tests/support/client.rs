@@ -110,11 +110,11 @@ async fn client_request(
 
 pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    // A body that fails half-way is a failure of the test, not an empty body.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => panic!("response body failed (status {}): {e}", parts.status),
+    };
     Reply {
         status: parts.status.as_u16(),
         version: parts.version,
