@@ -1,6 +1,7 @@
 # Portico: multi-stage build, small non-root runtime image.
 #   docker build -t portico .
-#   docker run -p 8080:8080 -v $PWD/portico.yaml:/etc/portico/portico.yaml:ro portico
+#   docker run -e PORTICO_ADMIN_TOKEN=... -p 8080:8080 -p 9901:9901 portico
+#   (config/container.yaml; mount your own over /etc/portico/portico.yaml)
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -17,7 +18,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin portico \
     && mkdir -p /etc/portico
 COPY --from=build /src/target/release/portico /usr/local/bin/portico
-COPY config/minimal.yaml /etc/portico/portico.yaml
+COPY config/container.yaml /etc/portico/portico.yaml
 USER 10001
 EXPOSE 8080 8443 9901
 ENTRYPOINT ["/usr/local/bin/portico"]
