@@ -447,7 +447,10 @@ async fn idle_connections_are_closed() {
         Duration::from_secs(20),
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "cut off mid-request: {answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "cut off mid-request: {answer:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     gw.shutdown().await;
 }

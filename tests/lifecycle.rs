@@ -151,31 +151,60 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Starts the binary on `config` (which listens on `127.0.0.1:0`) and returns it with the
+/// address it bound, read from its JSON log: no port is picked, dropped and reused.
+fn start_binary(
+    config: &std::path::Path,
+    extra: &[&str],
+    stdout: std::process::Stdio,
+) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["run", "--log-format", "json", "--log-level", "info"])
+        .args(extra)
+        .arg("-c")
+        .arg(config)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portico");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        // Read to the end, so the child never blocks on a full pipe.
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(addr) = v["fields"]["http_addr"].as_str() {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("portico logged its listening address")
+        .parse()
+        .expect("an address");
+    (child, addr)
+}
+
 #[tokio::test]
 async fn the_binary_drains_and_exits_zero_on_sigterm() {
     let be = Backend::start("be").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let yaml = format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  access_log: false\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
+        "server:\n  listen: 127.0.0.1:0\n  access_log: false\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
         be.address()
     );
     let file = support::tempfile_path::TempPath::new("portico-bin", "yaml");
     std::fs::write(file.path(), yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["run", "-c"])
-        .arg(file.path())
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start portico");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = eventually(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    assert!(up, "portico did not start listening");
+    let (mut child, addr) = start_binary(file.path(), &[], std::process::Stdio::null());
     let client = Client::new();
     let slow = {
         let client = client.clone();
@@ -201,29 +230,13 @@ async fn the_binary_drains_and_exits_zero_on_sigterm() {
 #[tokio::test]
 async fn every_request_answered_across_sigterm_is_logged() {
     let be = Backend::start("be").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let yaml = format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  access_log: true\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
+        "server:\n  listen: 127.0.0.1:0\n  access_log: true\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
         be.address()
     );
     let file = support::tempfile_path::TempPath::new("portico-log", "yaml");
     std::fs::write(file.path(), yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["run", "-c"])
-        .arg(file.path())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start portico");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = eventually(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    assert!(up, "portico did not start listening");
+    let (mut child, addr) = start_binary(file.path(), &[], std::process::Stdio::piped());
     let client = Client::new();
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
@@ -385,25 +398,19 @@ async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
     use std::io::BufRead;
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let yaml = |be: &Backend| {
         format!(
-            "server:\n  listen: 127.0.0.1:{port}\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
+            "server:\n  listen: 127.0.0.1:0\nupstreams:\n  be: {{ targets: [\"{}\"] }}\nroutes:\n  - name: all\n    upstream: be\n",
             be.address()
         )
     };
     let file = support::tempfile_path::TempPath::new("portico-log", "yaml");
     std::fs::write(file.path(), yaml(&a)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["run", "--watch-interval", "0", "-c"])
-        .arg(file.path())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start portico");
+    let (mut child, addr) = start_binary(
+        file.path(),
+        &["--watch-interval", "0"],
+        std::process::Stdio::piped(),
+    );
     let stdout = child.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -416,7 +423,6 @@ async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
             }
         }
     });
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
             tokio::net::TcpStream::connect(addr).await.is_ok()
