@@ -366,7 +366,7 @@ pub struct RateLimitConfig {
     pub per: Duration,
     #[serde(default)]
     pub burst: Option<u32>,
-    /// Keys held at most (default 100 000); past it the least recently used go.
+    /// Keys held at most (default 100 000); past it the least recently used quarter goes.
     #[serde(default)]
     pub max_keys: Option<u64>,
 }

@@ -6,7 +6,7 @@
 //! running, a housekeeping task that calls `retain_recent` on a timer so idle keys (whose
 //! bucket is full again, indistinguishable from a fresh one) are dropped and memory stays
 //! bounded by the number of *active* clients, and never more than `max_keys` keys
-//! (`store.rs`: the least recently used go first, counted). The task holds only a `Weak`
+//! (`store.rs`: the least recently used quarter goes when it is full, counted). The task holds only a `Weak`
 //! reference and is aborted when the `Limiter` is dropped.
 
 use std::net::IpAddr;
