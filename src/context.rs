@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderValue;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::runtime::Route;
 use crate::upstream::Endpoint;
@@ -17,14 +18,17 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer address as an `X-Forwarded-For` entry, formatted once per connection.
     pub peer_header: HeaderValue,
+    /// The connection's `max_connections` slot; an upgraded tunnel keeps it.
+    pub slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, slot: Option<Arc<OwnedSemaphorePermit>>) -> ConnInfo {
         ConnInfo {
             peer,
             tls,
             peer_header: crate::wire::forward::peer_header(peer.ip()),
+            slot,
         }
     }
 

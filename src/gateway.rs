@@ -197,7 +197,7 @@ async fn forward_request(
     };
 
     let sent = if let Some(protocol) = upgrade {
-        Box::pin(upgrade_request(ctx, parts, call, protocol)).await
+        Box::pin(upgrade_request(ctx, parts, call, protocol, rt.idle_timeout)).await
     } else if let Some(cache) = &route.cache {
         Box::pin(cache::serve(cache::flow::Request {
             route: &route.name,
@@ -258,6 +258,7 @@ async fn upgrade_request(
     parts: &mut Parts,
     call: UpstreamCall,
     protocol: HeaderValue,
+    idle_timeout: std::time::Duration,
 ) -> Result<Response<Body>, GatewayError> {
     let upstream = &call.upstream;
     let endpoint = upstream
@@ -289,7 +290,11 @@ async fn upgrade_request(
     let request = builder
         .body(Body::empty())
         .map_err(|_| GatewayError::BadRequest("invalid request"))?;
-    let response = proxy::upgrade(upstream, &endpoint, on_upgrade, request).await?;
+    let tunnel = proxy::Tunnel {
+        idle_timeout,
+        slot: ctx.conn.slot.clone(),
+    };
+    let response = proxy::upgrade(upstream, &endpoint, on_upgrade, request, tunnel).await?;
     Ok(upstream_response(response.map(Body::streaming)))
 }
 

@@ -634,3 +634,67 @@ async fn admin_endpoints_and_token() {
     );
     gw.shutdown().await;
 }
+
+/// An upgraded tunnel keeps its connection's `max_connections` slot while it is open, and
+/// is closed like any connection once nothing has moved for `idle_timeout`.
+#[tokio::test]
+async fn websocket_tunnels_count_as_connections_and_are_cut_when_idle() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let be = Backend::start("ws").await;
+    let yaml = yaml_with(
+        "  limits: { idle_timeout: 500ms, max_connections: 1 }",
+        &format!("  be: {{ targets: [\"{}\"] }}\n", be.address()),
+        "  - name: ws\n    match: { path_prefix: /ws }\n    upstream: be\n",
+    );
+    let (gw, _file) = gateway(&yaml).await;
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr))
+        .await
+        .expect("websocket handshake through the gateway");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("ping")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo in time");
+    assert!(matches!(echoed, Some(Ok(_))), "{echoed:?}");
+    // The open tunnel holds the only slot: another connection is closed at once.
+    let refused = client::raw(
+        gw.http_addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(refused.is_empty(), "served past max_connections: {refused}");
+    // Quiet for longer than idle_timeout: the gateway closes the tunnel.
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other.map(|r| r.is_ok()),
+            }
+        }
+    })
+    .await
+    .expect("the idle tunnel was not closed");
+    let took = started.elapsed();
+    assert_ne!(end, Some(true), "a message instead of the close");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "closed after {took:?} (idle_timeout 500ms)"
+    );
+    // Its slot is free again.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            client::raw(
+                gw.http_addr,
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(2),
+            )
+            .await
+            .starts_with("HTTP/1.1")
+        })
+        .await,
+        "the tunnel's slot was not given back"
+    );
+}

@@ -76,6 +76,8 @@ pub struct Runtime {
     /// How long a request body read into memory (a JSON request edit) may take:
     /// `server.limits.idle_timeout`.
     pub body_read_timeout: std::time::Duration,
+    /// `server.limits.idle_timeout`, for upgraded tunnels.
+    pub idle_timeout: std::time::Duration,
     /// `server.allow_trace`.
     pub allow_trace: bool,
     /// `server.path.encoded_slash`.
@@ -157,6 +159,7 @@ impl Runtime {
             claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
             allow_trace: config.server.allow_trace,
+            idle_timeout: config.server.limits.idle_timeout.0,
             body_read_timeout: config.server.limits.idle_timeout.0,
             encoded_slash: config.server.path.encoded_slash,
             underscore_headers: config.server.limits.underscore_headers,

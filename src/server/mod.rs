@@ -5,7 +5,6 @@
 //! lets hyper finish in-flight requests on every open connection, for at most
 //! `shutdown_grace`, before returning.
 
-mod idle;
 mod stream;
 
 use std::net::SocketAddr;
@@ -22,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::context::ConnInfo;
 use crate::control::Control;
-use idle::{Activity, IdleIo};
+use crate::wire::idle::{self, Activity, IdleIo};
 use stream::Stream;
 
 pub struct Listener {
@@ -77,7 +76,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let limits = control.runtime.load().config.server.limits.clone();
-        let conn = ConnInfo::new(peer, listener.tls.is_some());
+        // The connection's slot, shared with a tunnel it upgrades to: a WebSocket counts
+        // against max_connections for as long as it is open.
+        let permit = Arc::new(permit);
+        let conn = ConnInfo::new(peer, listener.tls.is_some(), Some(permit.clone()));
         let builder = connection_builder(&limits);
         let control = control.clone();
         let tls = listener.tls.clone();

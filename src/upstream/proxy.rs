@@ -2,6 +2,7 @@
 //! for the response head, errors sorted into the gateway's status table, and HTTP/1.1
 //! upgrades (WebSocket) spliced through.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
@@ -9,12 +10,14 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Endpoint, Upstream, UpstreamError};
 use crate::observe::AttemptOutcome;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::pool;
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
+use crate::wire::idle::{self, Activity, IdleIo};
 use crate::wire::is_idempotent;
 
 /// What goes to the endpoint: the request line's parts and the headers.
@@ -139,11 +142,19 @@ fn respond(conn: Box<Conn>, head: h1::ResponseHead, endpoint: &Endpoint) -> Resp
 }
 /// Forwards an HTTP/1.1 upgrade request on a fresh connection (upgraded connections are
 /// never pooled) and, when the endpoint answers 101, splices the two byte streams.
+/// What an upgraded tunnel keeps of its client connection: the idle cut-off, and the
+/// connection's `max_connections` slot (held until the tunnel closes).
+pub struct Tunnel {
+    pub idle_timeout: Duration,
+    pub slot: Option<Arc<OwnedSemaphorePermit>>,
+}
+
 pub async fn upgrade(
     upstream: &Upstream,
     endpoint: &Endpoint,
     client_upgrade: hyper::upgrade::OnUpgrade,
     request: Request<Body>,
+    tunnel: Tunnel,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let address = endpoint.authority.as_str();
     let stream =
@@ -186,9 +197,16 @@ pub async fn upgrade(
             let (Ok(client), Ok(server)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                 return;
             };
-            let mut client = TokioIo::new(client);
-            let mut server = TokioIo::new(server);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            // Bytes either way are writes to the other side: both count as activity, and a
+            // tunnel quiet for the idle timeout is closed like any idle connection.
+            let activity = Arc::new(Activity::new());
+            let mut client = IdleIo::new(TokioIo::new(client), activity.clone());
+            let mut server = IdleIo::new(TokioIo::new(server), activity.clone());
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = idle::watchdog(activity, tunnel.idle_timeout) => {}
+            }
+            drop(tunnel.slot);
         });
     }
     Ok(response)

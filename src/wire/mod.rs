@@ -15,6 +15,7 @@ pub mod forward;
 pub mod h1;
 pub mod headers;
 pub mod host;
+pub mod idle;
 pub mod path;
 
 /// The error type of every body the gateway passes along.
