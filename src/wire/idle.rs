@@ -26,6 +26,12 @@ pub struct Activity {
     started: AtomicU64,
 }
 
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity::new()
+    }
+}
+
 impl Activity {
     pub fn new() -> Activity {
         Activity {
