@@ -96,7 +96,6 @@ impl From<UpstreamError> for GatewayError {
             UpstreamError::RequestBodyUnreadable => {
                 GatewayError::BadRequest("could not read the request body")
             }
-            UpstreamError::InvalidTarget => GatewayError::BadRequest("invalid request target"),
         }
     }
 }
@@ -113,6 +112,8 @@ impl From<TransformError> for GatewayError {
                 GatewayError::BadRequest("request body could not be read")
             }
             TransformError::ResponseBodyFailed => GatewayError::BadGateway,
+            TransformError::BodyTimeout => GatewayError::RequestTimeout,
+            TransformError::ResponseBodyTimeout => GatewayError::UpstreamTimeout,
         }
     }
 }

@@ -22,11 +22,12 @@ use crate::split;
 use crate::transform;
 use crate::upstream::call::{upstream_response, UpstreamCall};
 use crate::upstream::{proxy, Upstream};
+use crate::wire;
 use crate::wire::body::Body;
 use crate::wire::forward;
 use crate::wire::headers::content_length;
+use crate::wire::host::CheckedHost;
 use crate::wire::path;
-use crate::wire::{self, host};
 
 pub async fn handle(
     rt: Arc<Runtime>,
@@ -106,9 +107,7 @@ async fn forward_request(
         .routes
         .find(&RequestView {
             method: &parts.method,
-            host: host_header
-                .as_ref()
-                .map_or("", |h| host::without_port(h.as_bytes())),
+            host: host_header.as_ref().map_or("", CheckedHost::host),
             path: &normalised,
             headers: &parts.headers,
         })
@@ -165,7 +164,7 @@ async fn forward_request(
         &ctx.conn.peer_header,
         ctx.peer_trusted,
         ctx.conn.proto(),
-        host_header.as_ref(),
+        host_header.as_ref().map(CheckedHost::value),
     );
     forward::set_real_ip(
         &mut headers,
@@ -173,7 +172,7 @@ async fn forward_request(
         ctx.client_ip,
         &ctx.conn.peer_header,
     );
-    if let Some(host) = host_header {
+    if let Some(host) = host_header.map(CheckedHost::into_value) {
         headers.insert(header::HOST, host);
     }
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
@@ -183,11 +182,7 @@ async fn forward_request(
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);
         path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
-        // Read into memory while no watchdog runs: bounded by `idle_timeout`.
-        let edit = Box::pin(transform.request_body(&mut headers, body));
-        body = tokio::time::timeout(rt.body_read_timeout, edit)
-            .await
-            .map_err(|_| GatewayError::RequestTimeout)??;
+        body = Box::pin(transform.request_body(&mut headers, body, rt.idle_timeout)).await?;
     }
     let call = UpstreamCall {
         upstream: upstream.clone(),
@@ -243,10 +238,8 @@ async fn uncached(
     match &route.transform {
         // Read into memory: bounded like the rest of the upstream call.
         Some(t) if t.edits_response_body() => {
-            let edit = Box::pin(t.response_body(response));
-            Ok(tokio::time::timeout(call.upstream.request_timeout, edit)
-                .await
-                .map_err(|_| GatewayError::UpstreamTimeout)??)
+            let within = call.upstream.request_timeout;
+            Ok(Box::pin(t.response_body(response, within)).await?)
         }
         _ => Ok(response),
     }
@@ -412,13 +405,11 @@ fn admit(rt: &Runtime, method: &Method, headers: &mut HeaderMap) -> Result<(), G
 /// has one (absolute form, or HTTP/2's `:authority`), which wins over `Host` (RFC 9112
 /// §3.2.2); otherwise the one `Host` header. HTTP/1.1 requires exactly one `Host`; a
 /// value that is not `uri-host[:port]` is refused whatever the version.
-fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, GatewayError> {
+fn request_host(parts: &Parts) -> Result<Option<CheckedHost>, GatewayError> {
     if let Some(authority) = parts.uri.authority() {
-        host::parse(authority.as_str().as_bytes())
-            .map_err(|_| GatewayError::BadRequest("invalid request target authority"))?;
-        return HeaderValue::from_str(authority.as_str())
-            .map(Some)
-            .map_err(|_| GatewayError::BadRequest("invalid request target authority"));
+        let bad = || GatewayError::BadRequest("invalid request target authority");
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+        return CheckedHost::check(value).map(Some).map_err(|_| bad());
     }
     let mut values = parts.headers.get_all(header::HOST).iter();
     let Some(value) = values.next() else {
@@ -430,8 +421,9 @@ fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, GatewayError> {
     if values.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header"));
     }
-    host::parse(value.as_bytes()).map_err(|_| GatewayError::BadRequest("invalid Host header"))?;
-    Ok(Some(value.clone()))
+    CheckedHost::check(value.clone())
+        .map(Some)
+        .map_err(|_| GatewayError::BadRequest("invalid Host header"))
 }
 
 fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {

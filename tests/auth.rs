@@ -7,12 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use jwks::{JwksServer, TestKey};
 use serde_json::{json, Value};
+use support::client::get;
 use support::tempfile_path::TempPath;
 use support::{eventually, gateway, Backend, Client, Reply};
 
@@ -43,21 +41,6 @@ fn without(mut base: Value, key: &str) -> Value {
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-async fn get(
-    client: &Client,
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    client
-        .send(req.body(Full::<Bytes>::default()).unwrap())
-        .await
 }
 
 async fn bearer(client: &Client, addr: std::net::SocketAddr, path: &str, token: &str) -> Reply {

@@ -12,6 +12,7 @@ use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::client::get;
 use support::{client, gateway, metric, CacheBackend, Client, Reply, Script};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
@@ -24,16 +25,6 @@ fn token(sub: &str) -> String {
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("sign")
-}
-
-async fn get(client: &Client, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    client
-        .send(req.body(Full::<Bytes>::default()).unwrap())
-        .await
 }
 
 async fn as_user(

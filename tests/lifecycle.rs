@@ -195,6 +195,15 @@ fn start_binary(
     (child, addr)
 }
 
+/// Sends `SIG<name>` to the child.
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -{name} failed");
+}
+
 #[tokio::test]
 async fn the_binary_drains_and_exits_zero_on_sigterm() {
     let be = Backend::start("be").await;
@@ -211,11 +220,7 @@ async fn the_binary_drains_and_exits_zero_on_sigterm() {
         tokio::spawn(async move { client.get(addr, "/slow/800").await })
     };
     assert!(eventually(Duration::from_secs(5), || async { be.hits() == 1 }).await);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    signal(&child, "TERM");
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200);
     let status = tokio::task::spawn_blocking(move || child.wait())
@@ -245,11 +250,7 @@ async fn every_request_answered_across_sigterm_is_logged() {
         })
         .collect();
     assert!(eventually(Duration::from_secs(10), || async { be.hits() == 20 }).await);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    signal(&child, "TERM");
     for request in in_flight {
         assert_eq!(request.await.unwrap().status, 200);
     }
@@ -468,11 +469,7 @@ async fn the_access_log_has_one_json_line_per_request_and_sighup_reloads() {
 
     // SIGHUP reloads the file.
     std::fs::write(file.path(), yaml(&b)).unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&child, "HUP");
     let switched = eventually(Duration::from_secs(10), || {
         let client = client.clone();
         async move { client.get(addr, "/x").await.json()["backend"] == "b" }

@@ -3,27 +3,15 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portico::config::{Duration as ConfigDuration, RateLimitConfig};
 use portico::ratelimit::{BucketKey, Limiter};
 use serde_json::json;
+use support::client::get;
 use support::{eventually, gateway, Backend, Client, Reply};
-
-async fn get(client: &Client, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    client
-        .send(req.body(Full::<Bytes>::default()).unwrap())
-        .await
-}
 
 fn num(r: &Reply, name: &str) -> u64 {
     r.header(name)
@@ -285,6 +273,40 @@ async fn a_key_flood_is_bounded_by_max_keys() {
     assert!(!limiter.check_key(&regular).allowed());
 }
 
+/// Through the gateway: a flood of API keys on a route whose limit holds `max_keys: 20`
+/// keeps at most about that many, and the evictions show in /metrics.
+#[tokio::test]
+async fn the_gateway_evicts_past_max_keys_and_counts_it() {
+    let backend = Backend::start("b").await;
+    let (gw, _file) = gateway(&yaml(
+        "",
+        &backend,
+        "  per-key: { key: \"header:X-Api-Key\", limit: 5, per: 1m, max_keys: 20 }\n",
+        "  - { name: api, rate_limit: per-key, upstream: b }\n",
+    ))
+    .await;
+    let (client, addr) = (Client::new(), gw.http_addr);
+    for i in 0..200 {
+        let key = format!("flood-{i}");
+        assert_eq!(
+            get(&client, addr, "/", &[("x-api-key", &key)]).await.status,
+            200
+        );
+    }
+    let limiter = gw.runtime().limiters["per-key"].clone();
+    assert!(
+        limiter.len() <= 21,
+        "{} keys held, max_keys 20",
+        limiter.len()
+    );
+    let evicted = support::metric(
+        &gw.metrics(),
+        r#"portico_ratelimit_keys_evicted_total{limit="per-key"}"#,
+    );
+    assert!(evicted >= 170.0, "{evicted} evictions counted");
+    assert_eq!(evicted, limiter.evicted() as f64);
+}
+
 #[tokio::test]
 async fn the_gateway_sweeps_idle_client_keys() {
     let backend = Backend::start("b").await;
@@ -329,6 +351,10 @@ fn invalid_rate_limits_are_refused_with_paths() {
         (
             "{ key: \"claim:sub\", limit: 1, per: 1s }",
             "routes[0].rate_limit",
+        ),
+        (
+            "{ key: client_ip, limit: 1, per: 1s, max_keys: 0 }",
+            "rate_limits.r.max_keys",
         ),
     ];
     for (limit, path) in cases {

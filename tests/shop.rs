@@ -181,14 +181,15 @@ async fn an_order_is_placed_through_the_gateway() {
     fleet.stop().await;
 }
 
-fn sidecar_config(fleet: &shop_backends::Fleet) -> String {
+/// config/monolith-sidecar.yaml with the monolith and the orders service where they run.
+fn sidecar_config(monolith: std::net::SocketAddr, orders: std::net::SocketAddr) -> String {
     let yaml = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/monolith-sidecar.yaml"
     ))
     .expect("config/monolith-sidecar.yaml");
-    yaml.replace("127.0.0.1:3000", &fleet.addr(Service::Monolith).to_string())
-        .replace("127.0.0.1:3003", &fleet.addr(Service::Orders).to_string())
+    yaml.replace("127.0.0.1:3000", &monolith.to_string())
+        .replace("127.0.0.1:3003", &orders.to_string())
         .replace(
             "listen: 127.0.0.1:8080",
             "listen: 127.0.0.1:0\n  access_log: false",
@@ -201,7 +202,11 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
     let fleet = spawn_all(Options::default(), Ports::Ephemeral, None)
         .await
         .expect("shop services start");
-    let (gw, _file) = gateway(&sidecar_config(&fleet)).await;
+    let (gw, _file) = gateway(&sidecar_config(
+        fleet.addr(Service::Monolith),
+        fleet.addr(Service::Orders),
+    ))
+    .await;
     let addr = gw.http_addr;
     let admin = gw.admin_addr.expect("admin listener");
     let client = Client::new();
@@ -318,18 +323,7 @@ async fn the_demo_monolith_mode_serves_orders_from_both_sides() {
     )
     .await
     .expect("orders service starts");
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/monolith-sidecar.yaml"
-    ))
-    .expect("config/monolith-sidecar.yaml")
-    .replace("127.0.0.1:3000", &monolith.addr.to_string())
-    .replace("127.0.0.1:3003", &orders.addr.to_string())
-    .replace(
-        "listen: 127.0.0.1:8080",
-        "listen: 127.0.0.1:0\n  access_log: false",
-    )
-    .replace("listen: 127.0.0.1:9901", "listen: 127.0.0.1:0");
+    let yaml = sidecar_config(monolith.addr, orders.addr);
     let (gw, _file) = gateway(&yaml).await;
     let addr = gw.http_addr;
     let client = Client::new();

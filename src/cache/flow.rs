@@ -699,11 +699,7 @@ async fn transform_body(
 ) -> Result<Response<Body>, CacheError> {
     match transform {
         // Read into memory: bounded like the upstream call that produced it.
-        Some(t) if t.edits_response_body() => {
-            Ok(tokio::time::timeout(read_within, t.response_body(response))
-                .await
-                .map_err(|_| UpstreamError::Timeout)??)
-        }
+        Some(t) if t.edits_response_body() => Ok(t.response_body(response, read_within).await?),
         _ => Ok(response),
     }
 }

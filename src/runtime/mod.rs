@@ -73,10 +73,8 @@ pub struct Runtime {
     pub claim_headers: Vec<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
-    /// How long a request body read into memory (a JSON request edit) may take:
-    /// `server.limits.idle_timeout`.
-    pub body_read_timeout: std::time::Duration,
-    /// `server.limits.idle_timeout`, for upgraded tunnels.
+    /// `server.limits.idle_timeout`: it also bounds what the handler reads into memory
+    /// from the client (a JSON request edit) and cuts idle upgraded tunnels.
     pub idle_timeout: std::time::Duration,
     /// `server.allow_trace`.
     pub allow_trace: bool,
@@ -160,7 +158,6 @@ impl Runtime {
             max_request_body: config.server.limits.max_request_body.0,
             allow_trace: config.server.allow_trace,
             idle_timeout: config.server.limits.idle_timeout.0,
-            body_read_timeout: config.server.limits.idle_timeout.0,
             encoded_slash: config.server.path.encoded_slash,
             underscore_headers: config.server.limits.underscore_headers,
             underscore_counters: ["dropped", "rejected"]

@@ -20,10 +20,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-pub use crate::window::Tally;
 pub use key::{bucket_of, Force, StickyKey, BUCKETS};
 pub use ramp::RampPlan;
-pub use state::CanaryWindow;
 pub use state::{RollbackInfo, SplitState};
 
 use crate::config::SplitConfig;

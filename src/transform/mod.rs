@@ -19,6 +19,7 @@ pub mod template;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -91,6 +92,10 @@ pub enum TransformError {
     /// The upstream's body failed while it was read for the edit.
     #[error("invalid response from upstream")]
     ResponseBodyFailed,
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("upstream body not received in time")]
+    ResponseBodyTimeout,
 }
 
 #[derive(Clone, Debug)]
@@ -256,18 +261,21 @@ impl Transform {
     }
 
     /// The request body after a JSON edit (or unchanged). Invalid JSON is the client's
-    /// mistake: 400.
+    /// mistake: 400. The body is read into memory, where no idle watchdog runs: it must
+    /// arrive `within`.
     pub async fn request_body(
         &self,
         headers: &mut HeaderMap,
         body: Body,
+        within: Duration,
     ) -> Result<Body, TransformError> {
         let Some(m) = &self.0.request else {
             return Ok(body);
         };
         let Some(edit) = &m.json else { return Ok(body) };
-        match edit_body(m, edit, headers, body).await {
+        match edit_body(m, edit, headers, body, within).await {
             Edited::Done(body) => Ok(body),
+            Edited::TimedOut => Err(TransformError::BodyTimeout),
             Edited::Invalid(_) => Err(TransformError::InvalidJson),
             Edited::Failed(e) if is_body_too_large(e.as_ref()) => Err(TransformError::BodyTooLarge),
             Edited::Failed(_) => Err(TransformError::BodyUnreadable),
@@ -287,10 +295,11 @@ impl Transform {
     }
 
     /// The response body after a JSON edit. Invalid JSON from an upstream is passed on
-    /// unchanged and logged.
+    /// unchanged and logged. The body is read into memory: it must arrive `within`.
     pub async fn response_body(
         &self,
         response: Response<Body>,
+        within: Duration,
     ) -> Result<Response<Body>, TransformError> {
         let Some(m) = &self.0.response else {
             return Ok(response);
@@ -299,8 +308,9 @@ impl Transform {
             return Ok(response);
         };
         let (mut parts, body) = response.into_parts();
-        match edit_body(m, edit, &mut parts.headers, body).await {
+        match edit_body(m, edit, &mut parts.headers, body, within).await {
             Edited::Done(body) => Ok(Response::from_parts(parts, body)),
+            Edited::TimedOut => Err(TransformError::ResponseBodyTimeout),
             Edited::Invalid(original) => Ok(Response::from_parts(parts, Body::full(original))),
             Edited::Failed(_) => Err(TransformError::ResponseBodyFailed),
         }
@@ -364,6 +374,8 @@ enum Edited {
     Done(Body),
     /// Not JSON after all: the original bytes.
     Invalid(Bytes),
+    /// The body did not arrive in time.
+    TimedOut,
     Failed(crate::wire::body::BoxError),
 }
 
@@ -428,7 +440,13 @@ fn edit_bytes(edit: &JsonEdit, bytes: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
-async fn edit_body(m: &Message, edit: &JsonEdit, headers: &mut HeaderMap, body: Body) -> Edited {
+async fn edit_body(
+    m: &Message,
+    edit: &JsonEdit,
+    headers: &mut HeaderMap,
+    body: Body,
+    within: Duration,
+) -> Edited {
     use http_body::Body as _;
     if body.is_end_stream() || content_length(headers) == Some(0) {
         return Edited::Done(body);
@@ -437,7 +455,11 @@ async fn edit_body(m: &Message, edit: &JsonEdit, headers: &mut HeaderMap, body: 
         m.count(skip);
         return Edited::Done(body);
     }
-    match buffer::up_to(body, edit.max_size).await {
+    let Ok(buffered) = tokio::time::timeout(within, buffer::up_to(body, edit.max_size)).await
+    else {
+        return Edited::TimedOut;
+    };
+    match buffered {
         Buffered::Complete(bytes) => match edit_complete(m, edit, headers, bytes) {
             Ok(out) => Edited::Done(Body::full(out)),
             Err(original) => Edited::Invalid(original),

@@ -65,8 +65,6 @@ pub enum UpstreamError {
     /// request's deadline.
     #[error("request body not received in time")]
     RequestBodyTimeout,
-    #[error("invalid request target")]
-    InvalidTarget,
 }
 
 /// Checks a target address (`host:port`) and returns it as a URI authority.

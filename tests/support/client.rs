@@ -108,6 +108,17 @@ async fn client_request(
     client.request(request).await.map_err(|e| e.to_string())
 }
 
+/// GET `path` with extra request headers.
+pub async fn get(client: &Client, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    client
+        .send(req.body(Full::<Bytes>::default()).unwrap())
+        .await
+}
+
 pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
     // A body that fails half-way is a failure of the test, not an empty body.
