@@ -45,6 +45,23 @@ fn json_post(
         .unwrap()
 }
 
+/// Signs `username` up through `addr` (the gateway or the monolith) and checks it worked.
+async fn sign_up(client: &Client, addr: std::net::SocketAddr, username: &str) -> support::Reply {
+    let user = client
+        .send(json_post(
+            addr,
+            "/api/users",
+            serde_json::json!({
+                "username": username,
+                "email": format!("{username}@example.com"),
+                "password": "correct horse",
+            }),
+        ))
+        .await;
+    assert_eq!(user.status, 201, "{}", String::from_utf8_lossy(&user.body));
+    user
+}
+
 #[tokio::test]
 async fn an_order_is_placed_through_the_gateway() {
     let fleet = spawn_all(Options::default(), Ports::Ephemeral, None)
@@ -54,14 +71,7 @@ async fn an_order_is_placed_through_the_gateway() {
     let addr = gw.http_addr;
     let client = Client::new();
 
-    let user = client
-        .send(json_post(
-            addr,
-            "/api/users",
-            serde_json::json!({"username": "ada", "email": "ada@example.com", "password": "correct horse"}),
-        ))
-        .await;
-    assert_eq!(user.status, 201, "{:?}", user.body);
+    let user = sign_up(&client, addr, "ada").await;
     let user_id = user.json()["id"].clone();
     assert!(user.json().get("password").is_none());
     assert!(user.json().get("password_hash").is_none());
@@ -218,14 +228,7 @@ async fn the_monolith_sidecar_splits_orders_between_the_monolith_and_the_new_ser
 
     // An order only the monolith has tells which backend answered.
     let monolith = fleet.addr(Service::Monolith);
-    let user = client
-        .send(json_post(
-            monolith,
-            "/api/users",
-            serde_json::json!({"username": "stella", "email": "stella@example.com", "password": "correct horse"}),
-        ))
-        .await;
-    assert_eq!(user.status, 201, "{}", String::from_utf8_lossy(&user.body));
+    let user = sign_up(&client, monolith, "stella").await;
     let user_id = user.json()["id"].clone();
     let placed = client
         .send(json_post(
@@ -328,14 +331,7 @@ async fn the_demo_monolith_mode_serves_orders_from_both_sides() {
     let addr = gw.http_addr;
     let client = Client::new();
 
-    let user = client
-        .send(json_post(
-            addr,
-            "/api/users",
-            serde_json::json!({"username": "moira", "email": "moira@example.com", "password": "correct horse"}),
-        ))
-        .await;
-    assert_eq!(user.status, 201, "{:?}", user.body);
+    let user = sign_up(&client, addr, "moira").await;
     let user_id = user.json()["id"].clone();
     let stock_of = |product: u64| {
         let client = client.clone();
