@@ -370,11 +370,9 @@ async fn jwks_rotation_outage_and_unknown_kid_flood() {
 async fn protected_routes_answer_503_until_the_keys_arrive_and_others_serve() {
     let backend = Backend::start("b").await;
     let key = TestKey::generate(Algorithm::RS256, "k1");
-    // A free port where nothing listens yet.
-    let spot = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // The issuer's port is bound but nobody answers on it yet.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let spot = listener.local_addr().unwrap();
     let yaml = format!(
         "server: {{ listen: 127.0.0.1:0, access_log: false }}\nupstreams:\n  b: {{ targets: [\"{}\"] }}\njwt:\n{}routes:\n  - {{ name: orders, match: {{ path_prefix: /orders }}, jwt: shop, upstream: b }}\n  - {{ name: public, match: {{ path_prefix: / }}, upstream: b }}\n",
         backend.address(),
@@ -387,7 +385,7 @@ async fn protected_routes_answer_503_until_the_keys_arrive_and_others_serve() {
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["status"], 503);
 
-    let issuer = JwksServer::start_on(spot, &[&key], "max-age=60").await;
+    let issuer = JwksServer::serve(listener, &[&key], "max-age=60");
     let ok = eventually(Duration::from_secs(40), || async {
         bearer(&client, addr, "/orders", &key.sign(&claims()))
             .await

@@ -241,11 +241,11 @@ async fn a_trusted_proxy_may_extend_x_forwarded_for() {
 #[tokio::test]
 async fn upstream_failures_map_to_502_503_504_in_the_json_shape() {
     let slow = Backend::start("slow").await;
-    // A port with nothing listening: bind, learn the port, close.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port bound but never listened on: connections are refused, and holding the
+    // socket keeps another test from taking the port.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap();
     // A server that answers garbage.
     let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let garbage_addr = garbage.local_addr().unwrap();

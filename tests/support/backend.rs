@@ -34,12 +34,6 @@ impl Backend {
         Backend::serve(name, listener)
     }
 
-    /// Starts on a specific address (to bring a "killed" backend back).
-    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
-        let listener = TcpListener::bind(addr).await.expect("rebind backend");
-        Backend::serve(name, listener)
-    }
-
     fn serve(name: &str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));

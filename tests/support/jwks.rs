@@ -91,12 +91,14 @@ pub struct JwksServer {
 impl JwksServer {
     /// Serves `{"keys": [...]}` of these keys at `/jwks.json` with `Cache-Control`.
     pub async fn start(keys: &[&TestKey], cache_control: &str) -> JwksServer {
-        JwksServer::start_on("127.0.0.1:0".parse().unwrap(), keys, cache_control).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind jwks");
+        JwksServer::serve(listener, keys, cache_control)
     }
 
-    /// Starts on a given address (an issuer that comes up late).
-    pub async fn start_on(addr: SocketAddr, keys: &[&TestKey], cache_control: &str) -> JwksServer {
-        let listener = TcpListener::bind(addr).await.expect("bind jwks");
+    /// Serves on a listener bound earlier (an issuer that comes up late: connections
+    /// made before this wait in the listener's queue). Handing the bound listener over,
+    /// rather than binding its port again, leaves no window for another test to take it.
+    pub fn serve(listener: TcpListener, keys: &[&TestKey], cache_control: &str) -> JwksServer {
         let addr = listener.local_addr().expect("addr");
         let doc = Arc::new(Mutex::new(document(keys)));
         let hits = Arc::new(AtomicUsize::new(0));

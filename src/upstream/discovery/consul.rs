@@ -294,28 +294,38 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(floor: Duration) -> RateLimit {
+    pub fn new(floor: Duration, now: Instant) -> RateLimit {
         RateLimit {
             tokens: BURST,
-            last: Instant::now(),
+            last: now,
             floor,
         }
     }
 
     /// Takes a token, sleeping until one is there.
     pub async fn acquire(&mut self) {
-        let now = Instant::now();
+        let wait = self.reserve(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes a token at `now` and says how long to wait before using it. The clock is
+    /// a parameter so the arithmetic is tested on exact instants, not on sleeps.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
         let refill = now.saturating_duration_since(self.last).as_secs_f64()
             / self.floor.as_secs_f64().max(1e-3);
         self.tokens = (self.tokens + refill).min(BURST);
         self.last = now;
         if self.tokens < 1.0 {
             let wait = self.floor.mul_f64(1.0 - self.tokens);
-            tokio::time::sleep(wait).await;
-            self.last = Instant::now();
+            // The token is spent when the wait ends.
+            self.last = now + wait;
             self.tokens = 0.0;
+            wait
         } else {
             self.tokens -= 1.0;
+            Duration::ZERO
         }
     }
 }
@@ -335,7 +345,7 @@ pub async fn watch(
     service: String,
     tag: Option<String>,
 ) {
-    let mut limit = RateLimit::new(QUERY_FLOOR);
+    let mut limit = RateLimit::new(QUERY_FLOOR, Instant::now());
     let mut index = 0u64;
     let mut last_sent = None;
     let mut failures = 0u32;
@@ -455,25 +465,33 @@ mod tests {
         assert!(parse_entries(&Bytes::from_static(b"{}")).is_err());
     }
 
-    #[tokio::test]
-    async fn rate_limit_allows_a_burst_of_two_then_a_floor() {
-        let mut limit = RateLimit::new(Duration::from_millis(50));
-        let start = Instant::now();
-        limit.acquire().await;
-        limit.acquire().await;
-        assert!(
-            start.elapsed() < Duration::from_millis(40),
-            "the burst is immediate"
-        );
+    #[test]
+    fn rate_limit_allows_a_burst_of_two_then_a_floor() {
+        let floor = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(floor, t0);
+        assert_eq!(limit.reserve(t0), Duration::ZERO, "the burst is immediate");
+        assert_eq!(limit.reserve(t0), Duration::ZERO);
+        // Back to back: each further query waits one floor after the one before.
+        let mut at = t0;
         for _ in 0..4 {
-            limit.acquire().await;
+            let wait = limit.reserve(at);
+            assert_eq!(wait, floor);
+            at += wait;
         }
-        // 4 more at one per 50ms (sleeps never end early).
+        assert_eq!(at - t0, floor * 4);
+        // Half a floor of quiet buys half a token: the next query waits the other half.
+        at += floor / 2;
+        let wait = limit.reserve(at);
         assert!(
-            start.elapsed() >= Duration::from_millis(190),
-            "{:?}",
-            start.elapsed()
+            wait.abs_diff(floor / 2) < Duration::from_micros(1),
+            "{wait:?}"
         );
+        // A long quiet refills the burst, never more.
+        at += wait + floor * 100;
+        assert_eq!(limit.reserve(at), Duration::ZERO);
+        assert_eq!(limit.reserve(at), Duration::ZERO);
+        assert_eq!(limit.reserve(at), floor);
     }
 
     #[test]
