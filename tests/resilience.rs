@@ -5,6 +5,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -424,30 +426,155 @@ routes:
 
 #[tokio::test]
 async fn the_retry_budget_stops_retries_from_multiplying_an_outage() {
-    let a = Scripted::start("a").await;
-    a.set_status(503);
-    let (gw, _file) = gateway(&retries_config(&[&a], ", budget: 0%")).await;
+    // Every answer is a slow 503: each of 20 requests wants two retries. A 0% budget with
+    // a minimum of 2 lets exactly 2 retries be at the upstream at once; the rest wait at
+    // most one try's time for a place, then the client gets the 503 it already has.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrivals = Arc::new(AtomicUsize::new(0));
+    let retries_at_upstream = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    const REQUESTS: usize = 20;
+    let _server = {
+        let (arrivals, retries_at_upstream, peak) =
+            (arrivals.clone(), retries_at_upstream.clone(), peak.clone());
+        support::scripted::serve(listener, move |_req| {
+            let (arrivals, retries_at_upstream, peak) =
+                (arrivals.clone(), retries_at_upstream.clone(), peak.clone());
+            async move {
+                // The first REQUESTS arrivals are the first tries: no retry starts before
+                // a first try has its answer, and every first try is sent at once.
+                let retry = arrivals.fetch_add(1, Ordering::SeqCst) >= REQUESTS;
+                if retry {
+                    let now = retries_at_upstream.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if retry {
+                    retries_at_upstream.fetch_sub(1, Ordering::SeqCst);
+                }
+                let mut r = http::Response::new(Full::new(Bytes::from_static(b"down")));
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                r
+            }
+        })
+    };
+    let config = yaml(&format!(
+        "    targets: [\"{addr}\"]\n    retries: {{ attempts: 3, per_try_timeout: 1s, budget: 0%, min_concurrency: 2 }}\n    timeouts: {{ request: 20s }}\n"
+    ));
+    let (gw, _file) = gateway(&config).await;
     let client = Client::new();
-    for _ in 0..12 {
-        assert_eq!(client.get(gw.http_addr, "/x").await.status, 503);
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..REQUESTS {
+        let (client, http) = (client.clone(), gw.http_addr);
+        calls.spawn(async move { client.get(http, "/x").await.status });
     }
-    // The reserve of 10 retries pays for 5 requests tried 3 times; with a 0% budget
-    // nothing refills it, so the other 7 are tried once.
-    assert_eq!(a.hits(), 5 * 3 + 7);
-    let m = gw.metrics();
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap(), 503, "the upstream's own answer");
+    }
     assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "retries at the upstream at once"
+    );
+    let m = gw.metrics();
+    let retried = metric(
+        &m,
+        "portico_upstream_retries_total{result=\"retried\",upstream=\"svc\"}",
+    );
+    let refused = metric(
+        &m,
+        "portico_upstream_retries_total{result=\"budget_exhausted\",upstream=\"svc\"}",
+    );
+    assert_eq!(
+        arrivals.load(Ordering::SeqCst),
+        REQUESTS + retried as usize,
+        "every retry counted reached the upstream"
+    );
+    assert!(
+        refused >= 1.0,
+        "waits longer than a try gave up ({refused})"
+    );
+    // 40 retries of 300 ms, 2 at a time, cannot all fit in the 1 s waits.
+    assert!(retried < 40.0, "{retried} retries");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "no request waited past its bound"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_killed_under_load_costs_no_client_an_error() {
+    // 50 clients in a loop over two endpoints; one endpoint dies mid-run. Requests it held
+    // break (reset) and new ones to it are refused until outlier detection ejects it: with
+    // retries on those failures, every client still gets 200.
+    let a = Scripted::start("a").await;
+    let b = Scripted::start("b").await;
+    a.set_delay(Duration::from_millis(5));
+    b.set_delay(Duration::from_millis(5));
+    let config = yaml(&format!(
+        "{}    retries: {{ attempts: 3, per_try_timeout: 2s, on: [connect_failure, reset, \"502\", \"503\", \"504\"] }}\n    outlier_detection: {{ consecutive_errors: 3, interval: 10s, base_ejection: 30s, max_ejection_percent: 50 }}\n",
+        targets(&[&a, &b])
+    ));
+    let (gw, _file) = gateway(&config).await;
+    let client = Client::new();
+    assert_eq!(spread(&client, gw.http_addr, 4).await.len(), 2);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (client, http, stop) = (client.clone(), gw.http_addr, stop.clone());
+        clients.spawn(async move {
+            let mut seen = BTreeMap::<u16, usize>::new();
+            while !stop.load(Ordering::SeqCst) {
+                *seen.entry(client.get(http, "/x").await.status).or_default() += 1;
+            }
+            seen
+        });
+    }
+    // Until both endpoints have served traffic under load.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            a.hits() > 100 && b.hits() > 100
+        })
+        .await
+    );
+    b.kill();
+    let hits_at_kill = a.hits();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            a.hits() > hits_at_kill + 500
+        })
+        .await,
+        "the load goes on against a"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let mut seen = BTreeMap::<u16, usize>::new();
+    while let Some(one) = clients.join_next().await {
+        for (status, n) in one.unwrap() {
+            *seen.entry(status).or_default() += n;
+        }
+    }
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{seen:?}"
+    );
+    let m = gw.metrics();
+    assert!(
         metric(
             &m,
             "portico_upstream_retries_total{result=\"retried\",upstream=\"svc\"}"
-        ),
-        10.0
+        ) >= 1.0,
+        "the failures at b were retried"
     );
     assert_eq!(
         metric(
             &m,
             "portico_upstream_retries_total{result=\"budget_exhausted\",upstream=\"svc\"}"
         ),
-        7.0
+        0.0
     );
     gw.shutdown().await;
 }

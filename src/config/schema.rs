@@ -294,9 +294,13 @@ pub struct RetriesConfig {
     /// Largest request body kept for replay (default 64KiB); larger bodies are not retried.
     #[serde(default)]
     pub max_body: Option<Size>,
-    /// Retries allowed as a share of requests (default 20%).
+    /// Retries in flight allowed as a share of the upstream's requests in flight
+    /// (default 20%).
     #[serde(default)]
     pub budget: Option<Percent>,
+    /// Retries that may always be in flight, whatever `budget` allows (default 3).
+    #[serde(default)]
+    pub min_concurrency: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

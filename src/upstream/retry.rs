@@ -8,7 +8,7 @@
 //! not tried yet. Every try passes the circuit breaker and the connection limits, and its
 //! outcome feeds outlier detection and the breaker.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::breaker::Admit;
@@ -31,9 +31,8 @@ use crate::wire::is_idempotent;
 
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
-/// Retries the budget holds when full (and starts with), in whole retries.
-pub const BUDGET_RESERVE: i64 = 10;
-const MILLI: i64 = 1000;
+/// Retries that may always be in flight, whatever the share (Envoy's default too).
+pub const DEFAULT_MIN_CONCURRENCY: u32 = 3;
 
 /// Which failures are worth another try.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -87,38 +86,90 @@ impl Conditions {
     }
 }
 
-/// A retry budget: each request deposits `percent`/100 of a retry, each retry withdraws
-/// one; the balance starts at and is capped to `BUDGET_RESERVE` retries. Over time,
-/// retries stay within `percent` extra load, so they cannot multiply an outage.
+/// The retry budget, after Envoy's: the retries in flight at once may be `percent` of the
+/// upstream's requests in flight, and never fewer than `min_concurrency`. During an
+/// outage every request fails and wants a retry, and the budget holds the extra load to
+/// that share. When one endpoint of several dies, the requests it held all fail at once:
+/// a retry over the budget waits for a retry in flight to finish (at most one try's time)
+/// instead of failing, so such a burst reaches the client as latency, not as errors.
 #[derive(Debug)]
 pub struct Budget {
-    balance: AtomicI64,
-    deposit: i64,
+    per_mille: usize,
+    min_concurrency: usize,
+    /// Requests of this upstream under a retry policy, from their first try until their
+    /// last try has its response head.
+    active: AtomicUsize,
+    retrying: AtomicUsize,
+    freed: Notify,
+}
+
+/// A request counted as in flight; counted out on drop.
+pub struct InFlight<'a>(&'a Budget);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A retry's place in the budget, held while the retry is tried.
+pub struct RetrySlot<'a>(&'a Budget);
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
 }
 
 impl Budget {
-    pub fn new(percent: f64) -> Budget {
+    pub fn new(percent: f64, min_concurrency: u32) -> Budget {
         Budget {
-            balance: AtomicI64::new(BUDGET_RESERVE * MILLI),
-            deposit: (percent * MILLI as f64 / 100.0).round() as i64,
+            per_mille: (percent * 10.0).round().max(0.0) as usize,
+            min_concurrency: min_concurrency as usize,
+            active: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            freed: Notify::new(),
         }
     }
 
-    pub fn deposit(&self) {
-        let cap = BUDGET_RESERVE * MILLI;
-        let _ = self
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b < cap).then(|| (b + self.deposit).min(cap))
-            });
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
     }
 
-    pub fn withdraw(&self) -> bool {
-        self.balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b >= MILLI).then_some(b - MILLI)
+    /// Retries that may be in flight at once now.
+    fn allowed(&self) -> usize {
+        (self.active.load(Ordering::Acquire) * self.per_mille / 1000).max(self.min_concurrency)
+    }
+
+    fn try_retry(&self) -> Option<RetrySlot<'_>> {
+        let allowed = self.allowed();
+        self.retrying
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < allowed).then_some(n + 1)
             })
-            .is_ok()
+            .ok()
+            .map(|_| RetrySlot(self))
+    }
+
+    /// A place for one retry, waiting until `until` for a retry in flight to finish.
+    pub async fn retry_slot(&self, until: Instant) -> Option<RetrySlot<'_>> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a slot freed in between is not missed.
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_retry() {
+                return Some(slot);
+            }
+            if self.allowed() == 0 {
+                return None;
+            }
+            if tokio::time::timeout_at(until, freed).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
@@ -154,7 +205,10 @@ impl RetryPolicy {
             on: Conditions::parse(&c.on)?,
             methods,
             max_body: c.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0),
-            budget: Budget::new(c.budget.map_or(DEFAULT_BUDGET_PERCENT, |p| p.0)),
+            budget: Budget::new(
+                c.budget.map_or(DEFAULT_BUDGET_PERCENT, |p| p.0),
+                c.min_concurrency.unwrap_or(DEFAULT_MIN_CONCURRENCY),
+            ),
             retried: metrics.retries.with_label_values(&[upstream, "retried"]),
             refused: metrics
                 .retries
@@ -248,12 +302,9 @@ pub async fn send(
         .map_err(|_| UpstreamError::RequestBodyTimeout)??,
         None => Payload::Stream(Some(body)),
     };
-    let attempts = match (&payload, policy) {
-        (Payload::Replayable(_), Some(p)) => {
-            p.budget.deposit();
-            p.attempts
-        }
-        _ => 1,
+    let (attempts, _in_flight) = match (&payload, policy) {
+        (Payload::Replayable(_), Some(p)) => (p.attempts, Some(p.budget.in_flight())),
+        _ => (1, None),
     };
     let mut tries = Tries {
         upstream,
@@ -297,9 +348,13 @@ impl Tries<'_> {
     ) -> Step {
         let first = attempt == 0;
         let upstream = self.upstream;
-        if !first && !self.retry_allowed() {
-            return Step::Stop(None);
-        }
+        let _retry_slot = match (first, self.policy) {
+            (false, Some(policy)) => match self.retry_slot(policy).await {
+                Some(slot) => Some(slot),
+                None => return Step::Stop(None),
+            },
+            _ => None,
+        };
         if let Some(Admit::Reject) = upstream.breaker.as_ref().map(|b| b.admit()) {
             if !first {
                 return Step::Stop(None);
@@ -348,17 +403,16 @@ impl Tries<'_> {
         })
     }
 
-    /// The retry budget lets one more try through (and counts it).
-    fn retry_allowed(&self) -> bool {
-        let Some(p) = self.policy else {
-            return true;
+    /// A place in the retry budget for one more try (counted either way), waiting at
+    /// most as long as one try may take.
+    async fn retry_slot<'p>(&self, policy: &'p RetryPolicy) -> Option<RetrySlot<'p>> {
+        let wait = self.time_for_one_try()?;
+        let Some(slot) = policy.budget.retry_slot(Instant::now() + wait).await else {
+            policy.refused.inc();
+            return None;
         };
-        if !p.budget.withdraw() {
-            p.refused.inc();
-            return false;
-        }
-        p.retried.inc();
-        true
+        policy.retried.inc();
+        Some(slot)
     }
 
     /// The bound of the next try: `per_try_timeout` within what is left of the request's
@@ -442,22 +496,41 @@ mod tests {
     }
 
     #[test]
-    fn budget_bounds_retries_to_a_share_of_requests() {
-        let b = Budget::new(20.0);
-        let mut retries = 0;
-        for _ in 0..1000 {
-            b.deposit();
-            if b.withdraw() {
-                retries += 1;
+    fn budget_allows_a_share_of_requests_in_flight_and_a_minimum() {
+        let b = Budget::new(20.0, 3);
+        let requests: Vec<_> = (0..50).map(|_| b.in_flight()).collect();
+        let slots: Vec<_> = std::iter::from_fn(|| b.try_retry()).take(100).collect();
+        assert_eq!(slots.len(), 10, "20% of 50 in flight");
+        drop(slots);
+        drop(requests);
+        let one = b.in_flight();
+        let slots: Vec<_> = std::iter::from_fn(|| b.try_retry()).take(100).collect();
+        assert_eq!(slots.len(), 3, "the minimum, with one request in flight");
+        drop(one);
+        let none = Budget::new(0.0, 0);
+        let _r = none.in_flight();
+        assert!(none.try_retry().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_retry_over_the_budget_waits_for_a_slot_then_gives_up() {
+        let b = Budget::new(0.0, 1);
+        let _r = b.in_flight();
+        let held = b.try_retry().expect("the minimum");
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(b.retry_slot(soon).await.is_none(), "no slot freed in time");
+        let (got, ()) = tokio::join!(
+            b.retry_slot(Instant::now() + Duration::from_secs(30)),
+            async {
+                tokio::task::yield_now().await;
+                drop(held);
             }
-        }
-        // 10 from the reserve, then one retry per five requests.
-        assert!((200..=215).contains(&retries), "{retries}");
-        let none = Budget::new(0.0);
-        for _ in 0..BUDGET_RESERVE {
-            assert!(none.withdraw());
-        }
-        none.deposit();
-        assert!(!none.withdraw());
+        );
+        assert!(got.is_some(), "the freed slot goes to the waiting retry");
+        let none = Budget::new(0.0, 0);
+        assert!(none
+            .retry_slot(Instant::now() + Duration::from_secs(30))
+            .await
+            .is_none());
     }
 }
