@@ -83,6 +83,10 @@ pub struct GatewayHandle {
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    /// The proxy listeners' connection slots and their number: upgraded tunnels hold
+    /// theirs while open, so all of them back means no tunnel is left.
+    connections: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl Gateway {
@@ -150,7 +154,7 @@ impl Gateway {
                     role: server::Role::Proxy,
                 },
                 control.clone(),
-                connections,
+                connections.clone(),
                 shutdown_rx.clone(),
             )));
         }
@@ -194,6 +198,8 @@ impl Gateway {
             shutdown,
             listeners,
             background,
+            connections,
+            max_connections,
         })
     }
 }
@@ -223,11 +229,16 @@ impl GatewayHandle {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), returns.
+    /// Upgraded tunnels (WebSocket) get what is left of the grace to end, then are cut
+    /// when the process exits.
     pub async fn shutdown(mut self) {
+        let grace_ends = tokio::time::Instant::now()
+            + self.control.runtime.load().config.server.shutdown_grace.0;
         let _ = self.shutdown.send(true);
         for listener in std::mem::take(&mut self.listeners) {
             let _ = listener.await;
         }
+        self.wait_for_tunnels(grace_ends).await;
         for task in std::mem::take(&mut self.background) {
             task.abort();
         }
@@ -238,6 +249,31 @@ impl GatewayHandle {
             .access_log
             .flush(std::time::Duration::from_secs(5))
             .await;
+    }
+}
+
+impl GatewayHandle {
+    async fn wait_for_tunnels(&self, until: tokio::time::Instant) {
+        let open = self
+            .max_connections
+            .saturating_sub(self.connections.available_permits());
+        if open == 0 {
+            return;
+        }
+        tracing::info!(tunnels = open, "waiting for upgraded connections to close");
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout_at(until, self.connections.acquire_many(all))
+            .await
+            .is_err()
+        {
+            let open = self
+                .max_connections
+                .saturating_sub(self.connections.available_permits());
+            tracing::warn!(
+                tunnels = open,
+                "shutdown grace period over; closing the upgraded connections still open"
+            );
+        }
     }
 }
 

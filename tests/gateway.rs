@@ -505,6 +505,7 @@ async fn websocket_passes_through() {
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
     ws.close(None).await.ok();
+    drop(ws);
     gw.shutdown().await;
 }
 
@@ -697,4 +698,37 @@ async fn websocket_tunnels_count_as_connections_and_are_cut_when_idle() {
         .await,
         "the tunnel's slot was not given back"
     );
+}
+
+/// A graceful stop waits for open tunnels (they hold connection slots), within
+/// `shutdown_grace`: a WebSocket still carries messages while the gateway drains.
+#[tokio::test]
+async fn shutdown_waits_for_an_open_websocket_within_the_grace() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let be = Backend::start("ws").await;
+    let yaml = yaml_with(
+        "  shutdown_grace: 30s",
+        &format!("  be: {{ targets: [\"{}\"] }}\n", be.address()),
+        "  - name: ws\n    match: { path_prefix: /ws }\n    upstream: be\n",
+    );
+    let (gw, _file) = gateway(&yaml).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr))
+        .await
+        .expect("websocket handshake through the gateway");
+    let mut stopping = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "returned with a tunnel open");
+    ws.send(Message::text("during the drain")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo in time");
+    assert!(matches!(echoed, Some(Ok(Message::Text(_)))), "{echoed:?}");
+    assert!(!stopping.is_finished());
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), &mut stopping)
+        .await
+        .expect("the stop ends once the tunnel has closed")
+        .unwrap();
 }
