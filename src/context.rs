@@ -11,6 +11,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::runtime::Route;
 use crate::upstream::Endpoint;
 
+/// Marks a request whose HTTP/1 request line was over `server.limits.max_request_line`
+/// (a request extension the server sets, which no client can send); the gateway answers
+/// it 414.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLineTooLong;
+
 /// Facts about the client connection, fixed for its lifetime.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {

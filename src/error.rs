@@ -17,6 +17,8 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
+    #[error("request line too long (server.limits.max_request_line)")]
+    RequestLineTooLong,
     #[error("request body is too large")]
     BodyTooLarge,
     #[error("request body not received in time")]
@@ -45,6 +47,7 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::RequestLineTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoEndpoint(_) | GatewayError::ConnectFailed => {
@@ -63,6 +66,12 @@ impl GatewayError {
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
         let mut response = json_error(self.status(), &self.to_string(), request_id);
         match self {
+            // Nothing after the refused head was read: the connection cannot go on.
+            GatewayError::RequestLineTooLong => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             GatewayError::Auth(e) => {
                 if let Some(challenge) = e.challenge() {
                     response

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::cache;
 use crate::config::UnderscoreHeaders;
-use crate::context::{ConnInfo, Context};
+use crate::context::{ConnInfo, Context, RequestLineTooLong};
 use crate::error::GatewayError;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::router::RequestView;
@@ -98,6 +98,9 @@ async fn forward_request(
     parts: &mut Parts,
     body: Incoming,
 ) -> Result<Response<Body>, GatewayError> {
+    if parts.extensions.get::<RequestLineTooLong>().is_some() {
+        return Err(GatewayError::RequestLineTooLong);
+    }
     admit(rt, &parts.method, &mut parts.headers)?;
     // Route on the normalised path; it is also the path that goes upstream.
     let normalised = path::normalize_with(parts.uri.path(), rt.encoded_slash)

@@ -131,7 +131,9 @@ async fn a_websocket_upgrade_goes_upstream_in_origin_form() {
     .await;
     let (gw, _f) = gateway(&config("", &b, "", ALL)).await;
     let head = "GET /ws/chat?room=1 HTTP/1.1\r\nHost: a.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
-    assert_eq!(status_of(gw.http_addr, head).await, 403);
+    let answers =
+        statuses_on_one_connection(gw.http_addr, &[format!("{head}\r\n\r\n").into_bytes()]).await;
+    assert_eq!(answers, ["HTTP/1.1 403 Forbidden"]);
     let seen = b.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path(), "/ws/chat?room=1", "{}", seen[0].head);
@@ -611,4 +613,102 @@ async fn every_response_of_a_caching_route_says_what_the_cache_did() {
     let failed = get("/down").await;
     assert!(failed.starts_with("http/1.1 503"), "{failed}");
     assert!(failed.contains("x-cache: bypass"), "{failed}");
+}
+
+/// Writes each request on one connection, reading its answer (up to the end of its JSON
+/// or text body) before the next; returns the status lines.
+async fn statuses_on_one_connection(addr: SocketAddr, requests: &[Vec<u8>]) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut statuses = Vec::new();
+    for request in requests {
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // An answer is complete once its head and Content-Length bytes are in.
+        let complete = |a: &[u8]| {
+            let text = String::from_utf8_lossy(a);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                return false;
+            };
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            body.len() >= length
+        };
+        while !complete(&answer) {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        statuses.push(text.lines().next().unwrap_or("").to_string());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_request_line_over_the_limit_gets_414_and_higher_minor_versions_read_as_1_1() {
+    let b = backend().await;
+    let (gw, _f) = gateway(&config("  limits: { max_request_line: 1KiB }", &b, "", ALL)).await;
+    let long = format!("/{}", "a".repeat(2000));
+    let head = format!("GET {long} HTTP/1.1\r\nHost: a.local");
+    assert_eq!(status_of(gw.http_addr, &head).await, 414);
+    // A header over max_request_headers is still 431: the line is not the problem.
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: a.local\r\nX-Big: {}",
+        "b".repeat(20_000)
+    );
+    assert_eq!(status_of(gw.http_addr, &head).await, 431);
+    assert!(b.seen().is_empty(), "nothing refused was forwarded");
+
+    // On one keep-alive connection: HTTP/1.2, a POST with a body that looks like a request
+    // line, HTTP/1.9, then a line over the limit.
+    let requests = vec![
+        b"GET /one HTTP/1.2\r\nHost: a.local\r\n\r\n".to_vec(),
+        b"POST /two HTTP/1.1\r\nHost: a.local\r\nContent-Length: 18\r\n\r\nGET / HTTP/1.2\r\n\r\n"
+            .to_vec(),
+        b"GET /three HTTP/1.9\r\nHost: a.local\r\n\r\n".to_vec(),
+        format!("GET {long} HTTP/1.1\r\nHost: a.local\r\n\r\n").into_bytes(),
+    ];
+    let statuses = statuses_on_one_connection(gw.http_addr, &requests).await;
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 414 URI Too Long"
+        ]
+    );
+    let seen = b.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path()).collect();
+    assert_eq!(paths, ["/one", "/two", "/three"]);
+    assert_eq!(
+        seen[1].body, b"GET / HTTP/1.2\r\n\r\n",
+        "a body is never edited"
+    );
+
+    // The admin listener reads request lines the same way.
+    let admin = gw.admin_addr.unwrap();
+    let head = format!("GET /{} HTTP/1.1\r\nHost: a.local", "m".repeat(2000));
+    assert_eq!(status_of(admin, &head).await, 414);
+    assert_eq!(
+        status_of(
+            admin,
+            "GET /healthz HTTP/1.2\r\nHost: a.local\r\nConnection: close"
+        )
+        .await,
+        200
+    );
 }

@@ -101,6 +101,8 @@ pub struct CertificateConfig {
 pub struct LimitsConfig {
     pub max_connections: usize,
     pub max_request_headers: Size,
+    /// The longest HTTP/1 request line (method, target, version); longer ones get 414.
+    pub max_request_line: Size,
     pub max_request_body: Size,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -127,6 +129,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 10_000,
             max_request_headers: Size(16 * 1024),
+            max_request_line: Size(8 * 1024),
             max_request_body: Size(10 * 1024 * 1024),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -79,6 +79,14 @@ fn server_section(config: &Config, issues: &mut Issues) {
     if limits.max_request_headers.0 < 8 * 1024 {
         issues.push("server.limits.max_request_headers", "must be at least 8KiB");
     }
+    if limits.max_request_line.0 < 256 {
+        issues.push("server.limits.max_request_line", "must be at least 256B");
+    } else if limits.max_request_line.0 > limits.max_request_headers.0 {
+        issues.push(
+            "server.limits.max_request_line",
+            "must not be above server.limits.max_request_headers (the line is part of the head)",
+        );
+    }
     if limits.header_read_timeout.0.is_zero() {
         issues.push("server.limits.header_read_timeout", "must be above zero");
     }

@@ -5,6 +5,7 @@
 //! lets hyper finish in-flight requests on every open connection, for at most
 //! `shutdown_grace`, before returning.
 
+mod request_line;
 mod stream;
 
 use std::net::SocketAddr;
@@ -19,7 +20,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::context::ConnInfo;
+use http::Request;
+use hyper::body::Incoming;
+use request_line::{Framing, RequestLines};
+
+use crate::context::{ConnInfo, RequestLineTooLong};
 use crate::control::Control;
 use crate::wire::idle::{self, Activity, IdleIo};
 use stream::Stream;
@@ -88,17 +93,26 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let activity = Arc::new(Activity::new());
+            let framing = Arc::new(Framing::default());
             let service = {
-                let activity = activity.clone();
-                service_fn(move |request| {
+                let (activity, framing) = (activity.clone(), framing.clone());
+                service_fn(move |mut request: Request<Incoming>| {
                     let control = control.clone();
                     let guard = activity.request_started();
                     let conn = conn.clone();
+                    let too_long = framing.on_request(&request);
+                    if too_long {
+                        request.extensions_mut().insert(RequestLineTooLong);
+                    }
                     async move {
                         let response = match role {
                             Role::Proxy => {
                                 let runtime = control.runtime.load_full();
                                 crate::gateway::handle(runtime, conn, request).await
+                            }
+                            Role::Admin if too_long => {
+                                crate::error::GatewayError::RequestLineTooLong
+                                    .to_response(&http::HeaderValue::from_static(""))
                             }
                             Role::Admin => crate::admin::handle(&control, request).await,
                         };
@@ -128,6 +142,8 @@ pub async fn serve(
                     }
                 }
             };
+            let max_line = limits.max_request_line.0 as usize;
+            let stream = RequestLines::new(stream, framing, max_line);
             let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
             let served = watcher.watch(
                 builder
