@@ -22,6 +22,7 @@ fn config(alg: &str) -> JwtConfig {
         audience: vec!["bench".into()],
         algorithms: vec![alg.into()],
         jwks_url: None,
+        ca_file: None,
         secret: None,
         public_key: None,
         leeway: Some(Duration::from_secs(30)),

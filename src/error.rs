@@ -31,6 +31,8 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("invalid response from upstream")]
     BadGateway,
+    #[error("TLS handshake with upstream {0} failed")]
+    UpstreamTls(String),
     #[error("upstream {0} is failing; its circuit breaker is open")]
     CircuitOpen(String),
     #[error("upstream {0} is at its connection limit")]
@@ -54,7 +56,7 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::BadGateway => StatusCode::BAD_GATEWAY,
+            GatewayError::BadGateway | GatewayError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             GatewayError::CircuitOpen(_) | GatewayError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -96,6 +98,7 @@ impl From<UpstreamError> for GatewayError {
         match e {
             UpstreamError::NoEndpoint(name) => GatewayError::NoEndpoint(name),
             UpstreamError::ConnectFailed => GatewayError::ConnectFailed,
+            UpstreamError::TlsHandshake(name) => GatewayError::UpstreamTls(name),
             UpstreamError::Timeout => GatewayError::UpstreamTimeout,
             UpstreamError::InvalidResponse => GatewayError::BadGateway,
             UpstreamError::CircuitOpen(name) => GatewayError::CircuitOpen(name),

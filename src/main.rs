@@ -98,6 +98,9 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
 fn check(path: &std::path::Path) -> ExitCode {
     match portico::check::load_file(path) {
         Ok(config) => {
+            for warning in portico::check::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} routes, {} upstreams)",
                 path.display(),

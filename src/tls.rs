@@ -3,8 +3,6 @@
 //! closing the listener.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -13,6 +11,7 @@ use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CertificateConfig, TlsConfig};
+use crate::wire::tls::{read_certificates, read_private_key, PemError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -33,33 +32,8 @@ pub enum TlsError {
 
 /// Loads one certificate chain and its key.
 pub fn load_certificate(config: &CertificateConfig) -> Result<Arc<CertifiedKey>, TlsError> {
-    let open = |path: &str| {
-        File::open(path)
-            .map(BufReader::new)
-            .map_err(|source| TlsError::Read {
-                path: path.to_string(),
-                source,
-            })
-    };
-    let chain: Vec<_> = rustls_pemfile::certs(&mut open(&config.cert)?)
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: config.cert.clone(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: config.cert.clone(),
-        });
-    }
-    let key = rustls_pemfile::private_key(&mut open(&config.key)?)
-        .map_err(|source| TlsError::Read {
-            path: config.key.clone(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey {
-            path: config.key.clone(),
-        })?;
+    let chain = read_certificates(&config.cert).map_err(TlsError::from)?;
+    let key = read_private_key(&config.key).map_err(TlsError::from)?;
     let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
         TlsError::BadKey {
             path: config.key.clone(),
@@ -67,6 +41,16 @@ pub fn load_certificate(config: &CertificateConfig) -> Result<Arc<CertifiedKey>,
         }
     })?;
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
+}
+
+impl From<PemError> for TlsError {
+    fn from(e: PemError) -> TlsError {
+        match e {
+            PemError::Read { path, source } => TlsError::Read { path, source },
+            PemError::NoCertificate { path } => TlsError::NoCertificate { path },
+            PemError::NoKey { path } => TlsError::NoKey { path },
+        }
+    }
 }
 
 /// A `hosts` entry of a certificate: a DNS name, or `*.` and a DNS name, which matches

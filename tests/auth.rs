@@ -463,3 +463,65 @@ async fn invalid_jwt_config_is_refused_with_paths() {
     let unknown = "server: { listen: 127.0.0.1:0 }\nupstreams:\n  b: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - { name: r, jwt: nope, upstream: b }\n";
     support::assert_refused_at(unknown, "routes[0].jwt");
 }
+
+#[tokio::test]
+async fn jwks_over_https_from_a_private_ca_verifies_tokens_and_follows_rotation() {
+    let ca = support::tls::TestCa::new("identity provider CA");
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"], false);
+    let backend = Backend::start("b").await;
+    let old = TestKey::generate(Algorithm::RS256, "old");
+    let new = TestKey::generate(Algorithm::RS256, "new");
+    let issuer =
+        JwksServer::start_tls(support::tls::acceptor(&leaf, None), &[&old], "max-age=3600").await;
+    assert!(issuer.url().starts_with("https://"));
+    let yaml = |ca_file: &str| {
+        format!(
+            "server: {{ listen: 127.0.0.1:0, access_log: false }}\nupstreams:\n  b: {{ targets: [\"{}\"] }}\njwt:\n{}routes:\n  - {{ name: orders, match: {{ path_prefix: /orders }}, jwt: shop, upstream: b }}\n",
+            backend.address(),
+            verifier(
+                "shop",
+                "[RS256]",
+                &format!("jwks_url: {}\n    ca_file: {ca_file}", issuer.url())
+            ),
+        )
+    };
+    let (gw, _file) = gateway(&yaml(&ca.ca_path())).await;
+    let (client, addr) = (Client::new(), gw.http_addr);
+    let ok = eventually(Duration::from_secs(10), || async {
+        bearer(&client, addr, "/orders", &old.sign(&claims()))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(ok, "keys fetched over https");
+    issuer.set_keys(&[&new, &old]);
+    let r = bearer(&client, addr, "/orders", &new.sign(&claims())).await;
+    assert_eq!(
+        r.status, 200,
+        "a rotated key is fetched on demand over https"
+    );
+    gw.shutdown().await;
+
+    // Without the private CA the issuer is not trusted: no keys, 503, never a pass.
+    let other = support::tls::TestCa::new("someone else");
+    let (gw, _file) = gateway(&yaml(&other.ca_path())).await;
+    let r = bearer(
+        &Client::new(),
+        gw.http_addr,
+        "/orders",
+        &old.sign(&claims()),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    gw.shutdown().await;
+
+    // A ca_file with an http jwks_url, or one that is not there, is a config error.
+    let http = yaml("/nonexistent.pem").replace("https://", "http://");
+    let err = portico::check::parse(&http).unwrap_err().to_string();
+    assert!(err.contains("jwt.shop.ca_file"), "{err}");
+    let err = portico::check::parse(&yaml("/nonexistent.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("jwt.shop.ca_file"), "{err}");
+}

@@ -423,3 +423,50 @@ async fn a_reload_keeps_an_unchanged_discovered_upstream_and_drops_a_changed_one
     assert_eq!(client.get(gw.http_addr, "/x").await.json()["backend"], "a");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn consul_over_https_with_a_private_ca_and_a_token() {
+    let ca = support::tls::TestCa::new("consul CA");
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"], false);
+    let consul = TestConsul::start_tls(support::tls::acceptor(&leaf, None)).await;
+    assert!(consul.url().starts_with("https://"));
+    let a = Backend::start("a").await;
+    consul.register(Registration::new("a-1", "orders", a.addr));
+    let with_ca = yaml(&consul, "1s", "{ service: orders }").replace(
+        "token: secret-token }",
+        &format!("token: secret-token, ca_file: {} }}", ca.ca_path()),
+    );
+    let (gw, _file) = gateway(&with_ca).await;
+    let client = Client::new();
+    assert!(ready(&client, gw.admin_addr.unwrap()).await);
+    assert_eq!(
+        spread(&client, gw.http_addr, 4).await,
+        BTreeMap::from([("a".into(), 4)])
+    );
+    assert!(!consul.tokens_seen().is_empty());
+    assert!(consul.tokens_seen().iter().all(|t| t == "secret-token"));
+    gw.shutdown().await;
+
+    // Trusting another CA: no answer is accepted, the errors are counted.
+    let other = support::tls::TestCa::new("other");
+    let untrusted = yaml(&consul, "1s", "{ service: orders }").replace(
+        "token: secret-token }",
+        &format!("token: secret-token, ca_file: {} }}", other.ca_path()),
+    );
+    let (gw, _file) = gateway(&untrusted).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(
+                &gw.metrics(),
+                "portico_discovery_errors_total{upstream=\"orders\"}",
+            ) >= 1.0
+        })
+        .await
+    );
+    assert_eq!(client.get(gw.http_addr, "/x").await.status, 503);
+    gw.shutdown().await;
+    // TLS files with an http address are a config error.
+    let plain = with_ca.replace("https://", "http://");
+    let err = portico::check::parse(&plain).unwrap_err().to_string();
+    assert!(err.contains("consul.address"), "{err}");
+}

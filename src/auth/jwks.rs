@@ -26,6 +26,7 @@ use tokio::sync::{watch, Notify};
 use super::keys::KeySet;
 use crate::wire::body::Body;
 use crate::wire::client::HttpClient;
+use crate::wire::tls::{ClientTls, ClientTlsSettings};
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const MIN_REFRESH: Duration = Duration::from_secs(30);
@@ -34,20 +35,36 @@ pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
 pub const ON_DEMAND_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a request waits for a refetch it triggered (or found running).
 const ON_DEMAND_WAIT: Duration = Duration::from_secs(3);
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DOCUMENT: usize = 512 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Checks a `jwks_url`: an absolute `http://` URL.
+/// Checks a `jwks_url`: an absolute `http://` or `https://` URL.
 pub fn parse_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("invalid URL {text:?}"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => Err(format!(
-            "{text:?}: https JWKS URLs are not supported yet (use http on a trusted network, or public_key)"
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(format!(
+            "invalid URL {text:?} (expected https://host/path or http://host:port/path)"
         )),
-        _ => Err(format!("invalid URL {text:?} (expected http://host:port/path)")),
     }
+}
+
+/// The TLS setup of a `jwks_url` with a `ca_file` (only its roots are trusted); None
+/// means the system store.
+pub fn tls_for(uri: &Uri, ca_file: Option<&str>) -> Result<Option<ClientTls>, String> {
+    let Some(ca_file) = ca_file else {
+        return Ok(None);
+    };
+    if uri.scheme_str() != Some("https") {
+        return Err("needs an https jwks_url".into());
+    }
+    ClientTls::build(&ClientTlsSettings {
+        ca_file: Some(ca_file),
+        ..ClientTlsSettings::default()
+    })
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
 struct Shared {
@@ -79,14 +96,14 @@ impl Jwks {
         name: &str,
         url: Uri,
         algorithms: Vec<Algorithm>,
-        client: Option<HttpClient>,
+        client: HttpClient,
     ) -> Result<Jwks, String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "jwks_url needs a running Tokio runtime".to_string())?;
         let shared = Arc::new(Shared {
             name: name.to_string(),
             url,
-            client: client.unwrap_or_else(|| crate::wire::client::build_client(FETCH_TIMEOUT)),
+            client,
             algorithms,
             keys: ArcSwapOption::empty(),
             fetched: watch::channel(0).0,
@@ -243,7 +260,8 @@ mod tests {
     #[test]
     fn urls_and_cache_control() {
         assert!(parse_url("http://127.0.0.1:3005/.well-known/jwks.json").is_ok());
-        assert!(parse_url("https://issuer.example/jwks").is_err());
+        assert!(parse_url("https://issuer.example/jwks").is_ok());
+        assert!(parse_url("ftp://issuer.example/jwks").is_err());
         assert!(parse_url("/jwks.json").is_err());
         assert!(parse_url("not a url").is_err());
         assert_eq!(max_age("public, max-age=60"), Some(Duration::from_secs(60)));
@@ -256,7 +274,8 @@ mod tests {
     async fn the_refresh_task_stops_when_the_jwks_is_dropped() {
         // Nothing listens on port 9 of loopback: fetches fail, the task keeps retrying.
         let url = parse_url("http://127.0.0.1:9/jwks.json").unwrap();
-        let jwks = Jwks::start("t", url, vec![Algorithm::RS256], None).unwrap();
+        let client = crate::wire::client::build_client(FETCH_TIMEOUT, None).unwrap();
+        let jwks = Jwks::start("t", url, vec![Algorithm::RS256], client).unwrap();
         assert!(jwks.running());
         let probe = jwks.task_probe();
         let weak = Arc::downgrade(&jwks.shared);

@@ -189,7 +189,8 @@ struct Settings {
 enum Keys {
     Secret(Vec<u8>),
     Static(StoredKey),
-    Jwks(http::Uri),
+    /// The URL, and the TLS setup of an `https` one with a `ca_file`.
+    Jwks(http::Uri, Option<crate::wire::tls::ClientTls>),
 }
 
 /// Checks a `jwt` section; returns (field, message) problems. Reads `public_key` files.
@@ -292,9 +293,14 @@ impl Settings {
         }
         if let Some(url) = &config.jwks_url {
             match jwks::parse_url(url) {
-                Ok(uri) => keys = Some(Keys::Jwks(uri)),
+                Ok(uri) => match jwks::tls_for(&uri, config.ca_file.as_deref()) {
+                    Ok(tls) => keys = Some(Keys::Jwks(uri, tls)),
+                    Err(e) => problems.push(("ca_file", e)),
+                },
                 Err(e) => problems.push(("jwks_url", e)),
             }
+        } else if config.ca_file.is_some() {
+            problems.push(("ca_file", "needs an https jwks_url".into()));
         }
         let leeway = config.leeway.map_or(DEFAULT_LEEWAY_SECS, |l| l.0.as_secs());
         if leeway > MAX_LEEWAY_SECS {
@@ -418,12 +424,19 @@ impl Verifier {
                 }],
             })),
             Keys::Static(key) => VerifyingKeys::Static(Arc::new(KeySet { keys: vec![key] })),
-            Keys::Jwks(uri) => VerifyingKeys::Jwks(jwks::Jwks::start(
-                name,
-                uri,
-                settings.algorithms.clone(),
-                client,
-            )?),
+            Keys::Jwks(uri, tls) => {
+                let client = match client {
+                    Some(client) => client,
+                    None => crate::wire::client::build_client(jwks::FETCH_TIMEOUT, tls.as_ref())
+                        .map_err(|e| format!("jwks_url: {e}"))?,
+                };
+                VerifyingKeys::Jwks(jwks::Jwks::start(
+                    name,
+                    uri,
+                    settings.algorithms.clone(),
+                    client,
+                )?)
+            }
         };
         let leeway = config.leeway.map_or(DEFAULT_LEEWAY_SECS, |l| l.0.as_secs());
         Ok(Verifier {

@@ -11,6 +11,7 @@ fn hs_config() -> JwtConfig {
         audience: vec!["api".into(), "other".into()],
         algorithms: vec!["HS256".into()],
         jwks_url: None,
+        ca_file: None,
         secret: Some(SECRET.into()),
         public_key: None,
         leeway: Some(ConfigDuration::from_secs(5)),

@@ -156,6 +156,13 @@ pub struct ConsulConfig {
     pub token: Option<String>,
     #[serde(default = "default_consul_wait")]
     pub wait: Duration,
+    /// For an `https://` address: trusted roots (PEM) and an optional client certificate.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 fn default_consul_wait() -> Duration {
@@ -196,6 +203,27 @@ pub struct UpstreamConfig {
     pub max_pending: Option<usize>,
     #[serde(default)]
     pub keepalive: KeepaliveConfig,
+    /// Present: every target of this upstream is reached over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS to an upstream's targets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// SNI and the name verified; default: the target's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Trusted roots (PEM); default: the system store, else the built-in Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// Idle keep-alive connections kept per endpoint.
@@ -353,6 +381,9 @@ pub struct JwtConfig {
     pub algorithms: Vec<String>,
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// Trusted roots (PEM) for an `https://` jwks_url; default: the system store.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     #[serde(default)]
     pub secret: Option<String>,
     #[serde(default)]

@@ -24,6 +24,8 @@ pub struct ResilienceMetrics {
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
     pub overflow: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_insecure: IntGaugeVec,
 }
 
 impl std::fmt::Debug for ResilienceMetrics {
@@ -122,6 +124,22 @@ impl ResilienceMetrics {
                 "portico_upstream_overflow_total",
                 "Requests refused with 503 because max_connections and max_pending were full",
                 &["upstream"],
+            ),
+            tls_handshake_failures: counter(
+                "portico_upstream_tls_handshake_failures_total",
+                "TLS handshakes with an endpoint that failed (untrusted, expired or misnamed certificate, refused client certificate), by upstream",
+                &["upstream"],
+            ),
+            tls_insecure: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "portico_upstream_tls_insecure",
+                        "1 for an upstream whose certificates are not verified (tls.insecure_skip_verify)",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric definition"),
             ),
         }
     }

@@ -29,6 +29,15 @@ pub fn parse_with_env(
     config::parse_with(text, lookup, &problems)
 }
 
+/// What is allowed but worth saying: the YAML paths of settings that weaken security
+/// (`tls.insecure_skip_verify`).
+pub fn warnings(config: &Config) -> Vec<String> {
+    upstream::validate::insecure_upstreams(config)
+        .into_iter()
+        .map(|path| format!("{path}: certificates of this upstream are not verified"))
+        .collect()
+}
+
 /// Checks a config built in code (files are checked by `parse`).
 pub fn config(config: &Config) -> Result<(), ConfigError> {
     config::check_with(config, &problems)

@@ -86,6 +86,9 @@ pub struct Runtime {
     /// Metrics of requests that matched no route.
     pub no_route: RouteMetrics,
     pub shared: Arc<Shared>,
+    /// TLS setups re-read for upstreams this Runtime keeps from the one before; put in
+    /// service by `activate`, so a refused reload changes nothing.
+    renewed_tls: Vec<(Arc<Upstream>, Option<Arc<crate::wire::tls::ClientTls>>)>,
 }
 
 impl Runtime {
@@ -96,6 +99,7 @@ impl Runtime {
     ) -> Result<Runtime, ConfigError> {
         let metrics = &shared.metrics;
         let mut upstreams = BTreeMap::new();
+        let mut renewed_tls = Vec::new();
         for (name, cfg) in &config.upstreams {
             let reused = previous
                 .and_then(|p| p.upstreams.get(name))
@@ -107,6 +111,13 @@ impl Runtime {
                 .and_then(|p| p.upstreams.get(name))
                 .map(|u| u.as_ref());
             let upstream = match reused {
+                Some(u) if cfg.tls.is_some() => {
+                    let tls = u
+                        .reread_tls()
+                        .map_err(|e| ConfigError::single(format!("upstreams.{name}"), e))?;
+                    renewed_tls.push((u.clone(), tls));
+                    u
+                }
                 Some(u) => u,
                 None => Upstream::prepare(
                     name,
@@ -170,6 +181,7 @@ impl Runtime {
             trusted_proxies,
             no_route: metrics.route("none"),
             shared: shared.clone(),
+            renewed_tls,
         })
     }
 }
@@ -180,6 +192,9 @@ impl Runtime {
     /// ramp) on state that may be carried over from the Runtime it replaced. Building
     /// has no such effects, so a reload that fails changes nothing that serves.
     pub fn activate(&self) {
+        for (upstream, tls) in &self.renewed_tls {
+            upstream.use_tls(tls.clone());
+        }
         for upstream in self.upstreams.values() {
             upstream.start_tasks();
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Uri};
+use http::{header, HeaderValue};
 use http_body_util::BodyExt;
 
 use super::{Endpoint, Upstream};
@@ -128,25 +128,36 @@ pub async fn run(upstream: Weak<Upstream>, policy: CheckPolicy) {
     }
 }
 
-/// One check: a 2xx answer within `timeout` passes; anything else fails.
+/// One check: a 2xx answer within `timeout` passes; anything else fails. It goes over
+/// the endpoint's own connections (TLS when the upstream has `tls:`), as requests do.
 async fn check(up: &Upstream, endpoint: &Arc<Endpoint>, policy: &CheckPolicy) -> bool {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(policy.path.as_str())
-        .build();
-    let Ok(uri) = uri else { return false };
-    let mut request = Request::new(Body::empty());
-    *request.uri_mut() = uri;
+    let Ok(path_and_query) = policy.path.parse::<http::uri::PathAndQuery>() else {
+        return false;
+    };
+    let mut headers = http::HeaderMap::new();
     if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
-        request.headers_mut().insert(header::HOST, host);
+        headers.insert(header::HOST, host);
     }
-    request.headers_mut().insert(
+    headers.insert(
         header::USER_AGENT,
         HeaderValue::from_static("portico-health-check"),
     );
+    let out = super::proxy::Outgoing {
+        method: http::Method::GET,
+        path_and_query,
+        headers,
+    };
     let exchange = async {
-        let response = up.client.request(request).await.ok()?;
+        let tls = up.tls.load();
+        let response = super::proxy::exchange(
+            endpoint,
+            up.connect_timeout,
+            tls.as_deref(),
+            &out,
+            Body::empty(),
+        )
+        .await
+        .ok()?;
         let passed = response.status().is_success();
         // Read the (small) body so the connection goes back to the pool.
         let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)

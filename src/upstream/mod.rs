@@ -18,13 +18,14 @@ pub mod limit;
 pub mod outlier;
 pub mod proxy;
 pub mod retry;
+pub mod tls;
 pub mod validate;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::uri::Authority;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -32,6 +33,7 @@ use tokio::sync::Semaphore;
 pub use balancer::Balancer;
 
 use crate::wire::h1::pool::Pool;
+use crate::wire::tls::ClientTls;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -47,6 +49,9 @@ pub enum UpstreamError {
     NoEndpoint(String),
     #[error("upstream connection failed")]
     ConnectFailed,
+    /// The connection opened; the TLS handshake failed (details are logged, not sent).
+    #[error("TLS handshake with upstream {0} failed")]
+    TlsHandshake(String),
     #[error("upstream timed out")]
     Timeout,
     /// Not valid HTTP, or the connection broke before the response head ended.
@@ -185,7 +190,9 @@ pub struct Upstream {
     members: ArcSwap<Vec<Arc<Endpoint>>>,
     endpoints: ArcSwap<EndpointSet>,
     refreshing: Mutex<()>,
-    pub client: crate::wire::client::HttpClient,
+    /// TLS to the endpoints (`tls:`), swapped in place when a reload re-reads its files.
+    pub tls: ArcSwapOption<ClientTls>,
+    tls_failures: prometheus::IntCounter,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub outlier: Option<outlier::OutlierPolicy>,
@@ -271,6 +278,7 @@ impl Upstream {
             .as_ref()
             .map(|r| retry::RetryPolicy::build(r, name, metrics))
             .transpose()?;
+        let tls = tls::build_tls(name, config, metrics)?;
         let (name, config, metrics) = (name.to_string(), config.clone(), metrics.clone());
         Ok(move |me: Weak<Upstream>| {
             let upstream = Upstream {
@@ -280,7 +288,8 @@ impl Upstream {
                 }),
                 members: ArcSwap::from_pointee(members),
                 refreshing: Mutex::new(()),
-                client: crate::wire::client::build_client(config.timeouts.connect.0),
+                tls: ArcSwapOption::from(tls),
+                tls_failures: metrics.tls_handshake_failures.with_label_values(&[&name]),
                 request_timeout: config.timeouts.request.0,
                 connect_timeout: config.timeouts.connect.0,
                 outlier: config
@@ -343,6 +352,22 @@ impl Upstream {
     /// a reload can keep this upstream with its tasks, pools and state.
     pub fn same_definition(&self, config: &UpstreamConfig, consul: Option<&ConsulConfig>) -> bool {
         &self.config == config && (config.discovery.is_none() || self.consul.as_ref() == consul)
+    }
+
+    /// Re-reads the TLS files of an upstream a reload keeps (a certificate or key renewed
+    /// under the same path); `use_tls` puts the result in service.
+    pub fn reread_tls(&self) -> Result<Option<Arc<ClientTls>>, String> {
+        tls::build_tls(&self.name, &self.config, &self.metrics)
+    }
+
+    /// New connections from now on use `tls`.
+    pub fn use_tls(&self, tls: Option<Arc<ClientTls>>) {
+        self.tls.store(tls);
+    }
+
+    /// The TLS handshake with an endpoint failed.
+    pub fn tls_failed(&self) {
+        self.tls_failures.inc();
     }
 
     /// Ready to serve: discovery has answered once, or the static targets are listed.

@@ -9,16 +9,17 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Endpoint, Upstream, UpstreamError};
 use crate::observe::AttemptOutcome;
 use crate::wire::body::{is_body_too_large, Body};
+use crate::wire::connect::{self, ConnectError, UpstreamStream};
 use crate::wire::h1::pool;
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
 use crate::wire::idle::{self, Activity, IdleIo};
 use crate::wire::is_idempotent;
+use crate::wire::tls::ClientTls;
 
 /// What goes to the endpoint: the request line's parts and the headers.
 pub struct Outgoing {
@@ -35,7 +36,14 @@ pub async fn send(
     body: Body,
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    let exchange = exchange(endpoint, upstream.connect_timeout, out, body);
+    let tls = upstream.tls.load();
+    let exchange = exchange(
+        endpoint,
+        upstream.connect_timeout,
+        tls.as_deref(),
+        out,
+        body,
+    );
     let failure = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => {
             endpoint
@@ -50,7 +58,15 @@ pub async fn send(
         }
     };
     let (outcome, error) = match failure {
-        ExchangeError::Connect(_) | ExchangeError::ConnectTimeout => (
+        ExchangeError::Connect(ConnectError::Tls(ref e)) => {
+            upstream.tls_failed();
+            tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "TLS handshake with the upstream failed");
+            (
+                Some(AttemptOutcome::ConnectFailure),
+                UpstreamError::TlsHandshake(upstream.name.clone()),
+            )
+        }
+        ExchangeError::Connect(_) => (
             Some(AttemptOutcome::ConnectFailure),
             UpstreamError::ConnectFailed,
         ),
@@ -75,9 +91,10 @@ pub async fn send(
 /// connection that turns out to be closed already is replaced by a new one, and the
 /// request sent again, when that cannot repeat its effect: nothing of the request was
 /// written, or the method is idempotent and the body is in memory.
-async fn exchange(
+pub(super) async fn exchange(
     endpoint: &Endpoint,
     connect_timeout: Duration,
+    tls: Option<&ClientTls>,
     out: &Outgoing,
     body: Body,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
@@ -102,7 +119,7 @@ async fn exchange(
             Err(e) => return Err(e),
         }
     }
-    let mut conn = pool::connect(&endpoint.authority, connect_timeout).await?;
+    let mut conn = pool::connect(&endpoint.authority, connect_timeout, tls).await?;
     endpoint.metrics.connections_opened.inc();
     let head = round_trip(&mut conn, endpoint, out, body).await?;
     Ok(respond(conn, head, endpoint))
@@ -156,20 +173,25 @@ pub async fn upgrade(
     request: Request<Body>,
     tunnel: Tunnel,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let address = endpoint.authority.as_str();
-    let stream =
-        match tokio::time::timeout(upstream.connect_timeout, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(_)) => {
-                endpoint.metrics.record(AttemptOutcome::ConnectFailure);
-                return Err(UpstreamError::ConnectFailed);
+    let tls = upstream.tls.load();
+    let stream: UpstreamStream = match connect::connect(
+        &endpoint.authority,
+        upstream.connect_timeout,
+        tls.as_deref(),
+    )
+    .await
+    {
+        Ok(stream) => stream,
+        Err(e) => {
+            endpoint.metrics.record(AttemptOutcome::ConnectFailure);
+            if let ConnectError::Tls(e) = &e {
+                upstream.tls_failed();
+                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "TLS handshake with the upstream failed");
+                return Err(UpstreamError::TlsHandshake(upstream.name.clone()));
             }
-            Err(_) => {
-                endpoint.metrics.record(AttemptOutcome::ConnectFailure);
-                return Err(UpstreamError::ConnectFailed);
-            }
-        };
-    let _ = stream.set_nodelay(true);
+            return Err(UpstreamError::ConnectFailed);
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| UpstreamError::InvalidResponse)?;

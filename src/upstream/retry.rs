@@ -78,7 +78,10 @@ impl Conditions {
                 let s = r.status().as_u16();
                 (self.any_5xx && s >= 500) || self.statuses.contains(&s)
             }
-            Err(UpstreamError::ConnectFailed) => self.connect_failure,
+            // Nothing was sent either way: another endpoint may have a good certificate.
+            Err(UpstreamError::ConnectFailed | UpstreamError::TlsHandshake(_)) => {
+                self.connect_failure
+            }
             Err(UpstreamError::Timeout) => self.timeout,
             Err(UpstreamError::InvalidResponse) => self.invalid_response,
             Err(_) => false,
@@ -444,7 +447,9 @@ fn finish(
 fn outcome_of(result: &Result<Response<UpstreamBody>, UpstreamError>) -> Option<AttemptOutcome> {
     match result {
         Ok(r) => Some(AttemptOutcome::from_status(r.status().as_u16())),
-        Err(UpstreamError::ConnectFailed) => Some(AttemptOutcome::ConnectFailure),
+        Err(UpstreamError::ConnectFailed | UpstreamError::TlsHandshake(_)) => {
+            Some(AttemptOutcome::ConnectFailure)
+        }
         Err(UpstreamError::Timeout) => Some(AttemptOutcome::Timeout),
         Err(UpstreamError::InvalidResponse) => Some(AttemptOutcome::InvalidResponse),
         // The client's fault (body too large), not the endpoint's.

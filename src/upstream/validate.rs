@@ -5,6 +5,7 @@ use http::Method;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::upstream::discovery::consul;
+use crate::wire::tls::{ClientTls, ClientTlsError, ClientTlsSettings, PemError};
 
 /// Longest blocking-query wait Consul accepts.
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -28,6 +29,23 @@ pub fn problems(config: &Config) -> Vec<(String, String)> {
                 push("consul.token".into(), "not a valid header value".into());
             }
         }
+        let settings = ClientTlsSettings {
+            ca_file: c.ca_file.as_deref(),
+            client_cert: c.client_cert.as_deref(),
+            client_key: c.client_key.as_deref(),
+            ..ClientTlsSettings::default()
+        };
+        let https = c.address.starts_with("https://");
+        if !https && (c.ca_file.is_some() || c.client_cert.is_some() || c.client_key.is_some()) {
+            push(
+                "consul.address".into(),
+                "ca_file, client_cert and client_key need an https:// address".into(),
+            );
+        } else if https {
+            if let Err(e) = ClientTls::build(&settings) {
+                push(tls_path("consul", &settings, &e), e.to_string());
+            }
+        }
     }
     for (name, up) in &config.upstreams {
         upstream(
@@ -40,7 +58,51 @@ pub fn problems(config: &Config) -> Vec<(String, String)> {
     out
 }
 
+/// The YAML path of a TLS problem: the file it is about, else the section.
+fn tls_path(section: &str, settings: &ClientTlsSettings<'_>, e: &ClientTlsError) -> String {
+    let file = match e {
+        ClientTlsError::Pem(
+            PemError::Read { path, .. }
+            | PemError::NoCertificate { path }
+            | PemError::NoKey { path },
+        )
+        | ClientTlsError::BadCa { path, .. } => Some(path.as_str()),
+        _ => None,
+    };
+    let field = match (e, file) {
+        (ClientTlsError::BadServerName(_), _) => "server_name",
+        (ClientTlsError::ClientCert(_) | ClientTlsError::HalfClientCert, _) => "client_key",
+        (_, Some(f)) if Some(f) == settings.ca_file => "ca_file",
+        (_, Some(f)) if Some(f) == settings.client_cert => "client_cert",
+        (_, Some(f)) if Some(f) == settings.client_key => "client_key",
+        _ => return section.to_string(),
+    };
+    format!("{section}.{field}")
+}
+
+/// The upstreams whose certificates are not verified, for `portico check` to warn about.
+pub fn insecure_upstreams(config: &Config) -> Vec<String> {
+    config
+        .upstreams
+        .iter()
+        .filter(|(_, up)| up.tls.as_ref().is_some_and(|t| t.insecure_skip_verify))
+        .map(|(name, _)| format!("upstreams.{name}.tls.insecure_skip_verify"))
+        .collect()
+}
+
 fn upstream(p: &str, up: &UpstreamConfig, has_consul: bool, push: &mut impl FnMut(String, String)) {
+    if let Some(tls) = &up.tls {
+        let settings = ClientTlsSettings {
+            ca_file: tls.ca_file.as_deref(),
+            client_cert: tls.client_cert.as_deref(),
+            client_key: tls.client_key.as_deref(),
+            server_name: tls.server_name.as_deref(),
+            insecure_skip_verify: tls.insecure_skip_verify,
+        };
+        if let Err(e) = ClientTls::build(&settings) {
+            push(tls_path(&format!("{p}.tls"), &settings, &e), e.to_string());
+        }
+    }
     if let Some(d) = &up.discovery {
         if !has_consul {
             push(

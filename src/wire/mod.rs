@@ -11,12 +11,14 @@
 pub mod body;
 pub mod buffer;
 pub mod client;
+pub mod connect;
 pub mod forward;
 pub mod h1;
 pub mod headers;
 pub mod host;
 pub mod idle;
 pub mod path;
+pub mod tls;
 
 /// The error type of every body the gateway passes along.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

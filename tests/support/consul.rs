@@ -83,10 +83,20 @@ pub struct TestConsul {
     pub addr: SocketAddr,
     state: Arc<State>,
     task: Mutex<Option<JoinHandle<()>>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl TestConsul {
     pub async fn start() -> TestConsul {
+        TestConsul::start_with(None).await
+    }
+
+    /// A Consul agent serving HTTPS (`url()` is `https://`).
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> TestConsul {
+        TestConsul::start_with(Some(acceptor)).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> TestConsul {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test consul");
@@ -102,6 +112,7 @@ impl TestConsul {
                 tokens: Mutex::new(Vec::new()),
             }),
             task: Mutex::new(None),
+            tls,
         };
         consul.listen(listener);
         consul
@@ -109,13 +120,18 @@ impl TestConsul {
 
     fn listen(&self, listener: TcpListener) {
         let state = self.state.clone();
-        let task = super::scripted::serve(listener, move |req| answer(state.clone(), req));
+        let handler = move |req| answer(state.clone(), req);
+        let task = match &self.tls {
+            None => super::scripted::serve(listener, handler),
+            Some(acceptor) => super::tls::serve_tls(listener, acceptor.clone(), handler),
+        };
         *self.task.lock().unwrap() = Some(task);
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` for `start_tls`)
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn queries(&self) -> usize {

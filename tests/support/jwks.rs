@@ -83,6 +83,7 @@ impl TestKey {
 
 pub struct JwksServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     keys: Arc<Mutex<Value>>,
     hits: Arc<AtomicUsize>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
@@ -99,6 +100,26 @@ impl JwksServer {
     /// made before this wait in the listener's queue). Handing the bound listener over,
     /// rather than binding its port again, leaves no window for another test to take it.
     pub fn serve(listener: TcpListener, keys: &[&TestKey], cache_control: &str) -> JwksServer {
+        JwksServer::serve_with(listener, None, keys, cache_control)
+    }
+
+    /// Serves over TLS (an identity provider with a private CA): `url()` is `https://`.
+    pub async fn start_tls(
+        acceptor: tokio_rustls::TlsAcceptor,
+        keys: &[&TestKey],
+        cache_control: &str,
+    ) -> JwksServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind jwks");
+        JwksServer::serve_with(listener, Some(acceptor), keys, cache_control)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        keys: &[&TestKey],
+        cache_control: &str,
+    ) -> JwksServer {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let addr = listener.local_addr().expect("addr");
         let doc = Arc::new(Mutex::new(document(keys)));
         let hits = Arc::new(AtomicUsize::new(0));
@@ -112,6 +133,7 @@ impl JwksServer {
                         continue;
                     };
                     let (doc, hits, cc) = (doc.clone(), hits.clone(), cache_control.clone());
+                    let tls = tls.clone();
                     let conn = tokio::spawn(async move {
                         let service = service_fn(move |req: Request<Incoming>| {
                             let body = doc.lock().unwrap().to_string();
@@ -127,9 +149,22 @@ impl JwksServer {
                                 Ok::<_, Infallible>(r)
                             }
                         });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let builder = auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            None => {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                            Some(acceptor) => {
+                                let Ok(stream) = acceptor.accept(stream).await else {
+                                    return;
+                                };
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
                     });
                     tasks.lock().unwrap().push(conn.abort_handle());
                 }
@@ -138,6 +173,7 @@ impl JwksServer {
         tasks.lock().unwrap().push(accept.abort_handle());
         JwksServer {
             addr,
+            scheme,
             keys: doc,
             hits,
             tasks,
@@ -145,7 +181,7 @@ impl JwksServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
+        format!("{}://{}/jwks.json", self.scheme, self.addr)
     }
 
     /// Serves these keys from now on.

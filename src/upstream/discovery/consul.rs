@@ -31,6 +31,7 @@ use crate::config::ConsulConfig;
 use crate::upstream::Upstream;
 use crate::wire::body::Body;
 use crate::wire::client::{build_client, HttpClient};
+use crate::wire::tls::{ClientTls, ClientTlsSettings};
 
 /// Between two queries once the burst is used up.
 pub const QUERY_FLOOR: Duration = Duration::from_millis(500);
@@ -71,25 +72,34 @@ pub struct Answer {
 #[derive(Debug, Clone)]
 pub struct ConsulClient {
     client: HttpClient,
+    scheme: http::uri::Scheme,
     authority: Authority,
     token: Option<HeaderValue>,
     datacenter: Option<String>,
     pub wait: Duration,
 }
 
-/// Checks `consul.address` (`http://host:port`) and returns its authority.
-pub fn parse_address(address: &str) -> Result<Authority, String> {
-    let rest = address.strip_prefix("http://").ok_or_else(|| {
-        format!("invalid consul address {address:?} (expected http://host:port; for TLS, run a local Consul agent)")
-    })?;
+/// Checks `consul.address` (`http://host:port` or `https://host:port`) and returns
+/// its scheme and authority.
+pub fn parse_address(address: &str) -> Result<(http::uri::Scheme, Authority), String> {
+    let bad = || {
+        format!(
+            "invalid consul address {address:?} (expected http://host:port or https://host:port)"
+        )
+    };
+    let (scheme, rest) = if let Some(rest) = address.strip_prefix("http://") {
+        (http::uri::Scheme::HTTP, rest)
+    } else if let Some(rest) = address.strip_prefix("https://") {
+        (http::uri::Scheme::HTTPS, rest)
+    } else {
+        return Err(bad());
+    };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') {
-        return Err(format!(
-            "invalid consul address {address:?} (expected http://host:port)"
-        ));
+        return Err(bad());
     }
-    rest.parse::<Authority>()
-        .map_err(|_| format!("invalid consul address {address:?} (expected http://host:port)"))
+    let authority = rest.parse::<Authority>().map_err(|_| bad())?;
+    Ok((scheme, authority))
 }
 
 impl ConsulClient {
@@ -100,9 +110,23 @@ impl ConsulClient {
             }
             None => None,
         };
+        let (scheme, authority) = parse_address(&c.address)?;
+        let tls_files = c.ca_file.is_some() || c.client_cert.is_some() || c.client_key.is_some();
+        if tls_files && scheme != http::uri::Scheme::HTTPS {
+            return Err("ca_file, client_cert and client_key need an https consul address".into());
+        }
+        let tls = ClientTls::build(&ClientTlsSettings {
+            ca_file: c.ca_file.as_deref(),
+            client_cert: c.client_cert.as_deref(),
+            client_key: c.client_key.as_deref(),
+            ..ClientTlsSettings::default()
+        })
+        .map_err(|e| format!("consul: {e}"))?;
         Ok(ConsulClient {
-            client: build_client(Duration::from_secs(2)),
-            authority: parse_address(&c.address)?,
+            client: build_client(Duration::from_secs(2), Some(&tls))
+                .map_err(|e| format!("consul: {e}"))?,
+            scheme,
+            authority,
             token,
             datacenter: c.datacenter.clone().filter(|d| !d.is_empty()),
             wait: c.wait.0,
@@ -132,7 +156,7 @@ impl ConsulClient {
             pq.extend(utf8_percent_encode(&expr, ESCAPE));
         }
         Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()
@@ -394,6 +418,9 @@ mod tests {
             datacenter: dc.map(String::from),
             token: Some("t0k".into()),
             wait: ConfigDuration::from_secs(300),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         })
         .unwrap()
     }
@@ -429,7 +456,8 @@ mod tests {
     fn addresses() {
         assert!(parse_address("http://127.0.0.1:8500").is_ok());
         assert!(parse_address("http://consul:8500/").is_ok());
-        assert!(parse_address("https://consul:8501").is_err());
+        assert!(parse_address("https://consul:8501").is_ok());
+        assert!(parse_address("ftp://consul:8501").is_err());
         assert!(parse_address("127.0.0.1:8500").is_err());
         assert!(parse_address("http://x/v1").is_err());
     }

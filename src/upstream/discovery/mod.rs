@@ -193,6 +193,9 @@ mod tests {
             datacenter: None,
             token: None,
             wait: crate::config::Duration::from_secs(60),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         };
         // No tokio runtime here, so no watch task is started.
         Upstream::prepare("orders", &config, Some(&consul), metrics, None).unwrap()

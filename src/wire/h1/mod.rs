@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use super::connect::UpstreamStream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub mod pool;
@@ -50,10 +50,8 @@ const READ_RESERVE: usize = 8 * 1024;
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    #[error("connect failed: {0}")]
-    Connect(io::Error),
-    #[error("connect timed out")]
-    ConnectTimeout,
+    #[error(transparent)]
+    Connect(super::connect::ConnectError),
     #[error("writing the request failed: {0}")]
     Write(io::Error),
     #[error("reading the client's request body failed: {0}")]
@@ -77,7 +75,7 @@ impl ExchangeError {
 /// One keep-alive connection to an endpoint and its read and write buffers.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     read: BytesMut,
     write: Vec<u8>,
 }
@@ -85,7 +83,7 @@ pub struct Conn {
 impl Conn {
     /// Boxed once, so handing the connection between pool and response body moves a
     /// pointer.
-    pub fn new(stream: TcpStream) -> Box<Conn> {
+    pub fn new(stream: UpstreamStream) -> Box<Conn> {
         Box::new(Conn {
             stream,
             read: BytesMut::with_capacity(READ_RESERVE),
@@ -95,20 +93,32 @@ impl Conn {
 
     /// True when nothing has arrived since the last response: the upstream has not
     /// closed the idle connection nor sent anything unasked.
-    pub fn is_idle(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    pub fn is_idle(&mut self) -> bool {
+        self.stream.is_idle()
+    }
+
+    /// Writes the request and flushes it (TLS keeps written bytes in its records until
+    /// flushed).
+    pub async fn write_request<B>(
+        &mut self,
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        authority: &Authority,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<(), ExchangeError>
+    where
+        B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+    {
+        self.write_message(method, path_and_query, authority, headers, body)
+            .await?;
+        tokio::io::AsyncWriteExt::flush(&mut self.stream)
+            .await
+            .map_err(ExchangeError::Write)
     }
 
     /// Writes the request: head, then the body with the framing its size calls for.
-    pub async fn write_request<B>(
+    async fn write_message<B>(
         &mut self,
         method: &Method,
         path_and_query: &PathAndQuery,

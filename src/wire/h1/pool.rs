@@ -10,12 +10,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::wire::tls::ClientTls;
 use http::uri::Authority;
-use tokio::net::TcpStream;
 
 use super::{Conn, ExchangeError};
-
-const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Idle {
@@ -44,7 +42,7 @@ impl Pool {
     pub fn take(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = idle.pop_back() {
+        while let Some(mut entry) = idle.pop_back() {
             if now.duration_since(entry.since) < self.idle_timeout && entry.conn.is_idle() {
                 return Some(entry.conn);
             }
@@ -75,18 +73,18 @@ impl Pool {
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|e| now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle());
+        idle.retain_mut(|e| now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle());
     }
 }
 
-/// Opens a connection to `authority` within `timeout`: Nagle off, TCP keep-alive on.
-pub async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, ExchangeError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority.as_str()))
+/// Opens a connection to `authority` (TLS when `tls` is set) within `timeout`.
+pub async fn connect(
+    authority: &Authority,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Box<Conn>, ExchangeError> {
+    let stream = crate::wire::connect::connect(authority, timeout, tls)
         .await
-        .map_err(|_| ExchangeError::ConnectTimeout)?
         .map_err(ExchangeError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_PROBE);
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     Ok(Conn::new(stream))
 }
