@@ -65,6 +65,13 @@ pub struct Args {
     /// Internal: run as the backend process on this port.
     #[arg(long, hide = true)]
     backend_port: Option<u16>,
+    /// Internal: the backend's HTTPS port, with --backend-cert and --backend-key.
+    #[arg(long, hide = true)]
+    backend_tls_port: Option<u16>,
+    #[arg(long, hide = true)]
+    backend_cert: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    backend_key: Option<PathBuf>,
     /// cargo bench passes --bench; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -80,7 +87,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if let Some(port) = args.backend_port {
-        backend::run(port);
+        let tls = match (
+            args.backend_tls_port,
+            args.backend_cert.take(),
+            args.backend_key.take(),
+        ) {
+            (Some(p), Some(cert), Some(key)) => Some((p, cert, key)),
+            _ => None,
+        };
+        backend::run(port, tls);
         return ExitCode::SUCCESS;
     }
     if args.smoke {

@@ -418,7 +418,8 @@ routes:
         assert!(err.contains(path), "missing {path:?} in:\n{err}");
     }
     assert!(!err.contains("not supported yet"), "{err}");
-    let bad_consul = "server: { listen: 127.0.0.1:0 }\nconsul: { address: \"https://consul:8501\", wait: 20m }\n";
+    let bad_consul =
+        "server: { listen: 127.0.0.1:0 }\nconsul: { address: \"consul:8501\", wait: 20m }\n";
     let err = portico::check::parse(bad_consul).unwrap_err().to_string();
     assert!(err.contains("consul.address"), "{err}");
     assert!(err.contains("consul.wait"), "{err}");

@@ -2,6 +2,7 @@
 //! run in its own process (the harness re-executes itself with --backend-port).
 
 use std::convert::Infallible;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -33,53 +34,101 @@ fn json_body() -> Bytes {
     Bytes::from(s)
 }
 
-pub fn run(port: u16) {
+/// Serves plain HTTP on `port` and, with `tls`, HTTPS on its port with the certificate
+/// and key PEM files given (the HTTPS-upstream scenarios).
+pub fn run(port: u16, tls: Option<(u16, PathBuf, PathBuf)>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("backend runtime");
     runtime.block_on(async move {
+        let small = Bytes::from(vec![b'a'; SMALL]);
+        let json = json_body();
+        if let Some((tls_port, cert, key)) = tls {
+            let acceptor = acceptor(&cert, &key);
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", tls_port))
+                .await
+                .expect("backend tls bind");
+            let (small, json) = (small.clone(), json.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (small, json, acceptor) = (small.clone(), json.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve(TokioIo::new(stream), small, json).await;
+                        }
+                    });
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("backend bind");
-        let small = Bytes::from(vec![b'a'; SMALL]);
-        let json = json_body();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let (small, json) = (small.clone(), json.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (small, json) = (small.clone(), json.clone());
-                    async move {
-                        let is_json = req.uri().path().ends_with("/2k");
-                        if req.method() == http::Method::POST {
-                            let _ = req.into_body().collect().await;
-                        }
-                        let mut r = Response::new(Full::new(if is_json { json } else { small }));
-                        let h = r.headers_mut();
-                        h.insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static(if is_json {
-                                "application/json"
-                            } else {
-                                "text/plain"
-                            }),
-                        );
-                        h.insert(
-                            header::CACHE_CONTROL,
-                            HeaderValue::from_static("public, max-age=3600"),
-                        );
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve(TokioIo::new(stream), small, json));
         }
     });
+}
+
+fn acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    let cert = std::fs::read(cert).expect("backend cert");
+    let key = std::fs::read(key).expect("backend key");
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &cert[..])
+        .collect::<Result<_, _>>()
+        .expect("backend cert pem");
+    let key = rustls_pemfile::private_key(&mut &key[..])
+        .expect("backend key pem")
+        .expect("a backend key");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("backend certificate");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+async fn serve<IO>(io: IO, small: Bytes, json: Bytes)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (small, json) = (small.clone(), json.clone());
+        async move {
+            let is_json = req.uri().path().ends_with("/2k");
+            if req.method() == http::Method::POST {
+                let _ = req.into_body().collect().await;
+            }
+            let mut r = Response::new(Full::new(if is_json { json } else { small }));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(if is_json {
+                    "application/json"
+                } else {
+                    "text/plain"
+                }),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            );
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
 }

@@ -28,6 +28,9 @@ pub enum Target {
     PorticoFull,
     PorticoCache,
     Nginx,
+    /// The same GET through an HTTPS upstream (TLS 1.3, kept alive).
+    PorticoTls,
+    NginxTls,
 }
 
 impl Target {
@@ -38,6 +41,16 @@ impl Target {
             Target::PorticoFull => "portico jwt+ratelimit+transform",
             Target::PorticoCache => "portico cache hit",
             Target::Nginx => "nginx plain",
+            Target::PorticoTls => "portico https upstream",
+            Target::NginxTls => "nginx https upstream",
+        }
+    }
+
+    /// The nginx scenario this one is compared with.
+    pub fn nginx_peer(self) -> Target {
+        match self {
+            Target::PorticoTls | Target::NginxTls => Target::NginxTls,
+            _ => Target::Nginx,
         }
     }
 }
@@ -111,8 +124,14 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
                 add(Target::PorticoCache, fleet.portico.port, "/cached");
             }
         }
+        if *load == Load::Get100 {
+            add(Target::PorticoTls, fleet.portico.port, "/tls");
+        }
         if let Some(nginx) = &fleet.nginx {
             add(Target::Nginx, nginx.port, "/plain");
+            if *load == Load::Get100 {
+                add(Target::NginxTls, nginx.port, "/tls");
+            }
         }
     }
     out
@@ -121,8 +140,10 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
 fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
     match target {
         Target::Direct => None,
-        Target::Portico | Target::PorticoFull | Target::PorticoCache => Some(&fleet.portico),
-        Target::Nginx => fleet.nginx.as_ref(),
+        Target::Portico | Target::PorticoFull | Target::PorticoCache | Target::PorticoTls => {
+            Some(&fleet.portico)
+        }
+        Target::Nginx | Target::NginxTls => fleet.nginx.as_ref(),
     }
 }
 

@@ -215,11 +215,18 @@ impl Fleet {
         let dir = TempDir(dir);
 
         let backend_port = free_port()?;
+        let backend_tls_port = free_port()?;
+        let (ca_file, cert_file, key_file) = test_certificates(&dir.0)?;
         let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
         cmd.arg("--backend-port").arg(backend_port.to_string());
+        cmd.arg("--backend-tls-port")
+            .arg(backend_tls_port.to_string());
+        cmd.arg("--backend-cert").arg(&cert_file);
+        cmd.arg("--backend-key").arg(&key_file);
         pinning.pin_child(&mut cmd);
         let backend = spawn("backend", backend_port, cmd)?;
         wait_listening(backend_port, "backend")?;
+        wait_listening(backend_tls_port, "backend (https)")?;
 
         let (public_pem, bearer) = rs256_key_and_token()?;
         let public_key = dir.0.join("jwt-public.pem");
@@ -227,7 +234,12 @@ impl Fleet {
         let portico_port = free_port()?;
         let config = dir.0.join("portico.yaml");
         let mut f = std::fs::File::create(&config).map_err(|e| e.to_string())?;
-        f.write_all(portico_config(portico_port, backend_port, &public_key).as_bytes())
+        let backends = Backends {
+            plain: backend_port,
+            tls: backend_tls_port,
+            ca_file: &ca_file,
+        };
+        f.write_all(portico_config(portico_port, &backends, &public_key).as_bytes())
             .map_err(|e| e.to_string())?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
         cmd.args(["run", "--watch-interval", "0", "--threads"])
@@ -247,7 +259,7 @@ impl Fleet {
                 let conf = dir.0.join("nginx.conf");
                 std::fs::write(
                     &conf,
-                    nginx_config(&dir.0, port, backend_port, args.proxy_threads),
+                    nginx_config(&dir.0, port, &backends, args.proxy_threads),
                 )
                 .map_err(|e| e.to_string())?;
                 nginx_version = Command::new(&bin)
@@ -309,9 +321,47 @@ fn rs256_key_and_token() -> Result<(String, String), String> {
     Ok((pair.public_key_pem(), format!("Bearer {token}")))
 }
 
-/// The measured routes first (plain; JWT + rate limit + header transform; cached), then
-/// filler routes up to `ROUTES`.
-fn portico_config(port: u16, backend: u16, public_key: &std::path::Path) -> String {
+/// The backend's ports and the CA that signed its HTTPS certificate.
+struct Backends<'a> {
+    plain: u16,
+    tls: u16,
+    ca_file: &'a std::path::Path,
+}
+
+/// A CA and a certificate for `localhost` signed by it (rcgen), as PEM files in `dir`:
+/// (CA, certificate, key).
+fn test_certificates(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portico bench CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().map_err(e)?)
+        .map_err(e)?;
+    let leaf_key = rcgen::KeyPair::generate().map_err(e)?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .map_err(e)?
+        .signed_by(&leaf_key, &ca)
+        .map_err(e)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("backend.pem"),
+        dir.join("backend-key.pem"),
+    );
+    for (path, pem) in [
+        (&paths.0, ca.pem()),
+        (&paths.1, leaf.pem()),
+        (&paths.2, leaf_key.serialize_pem()),
+    ] {
+        std::fs::write(path, pem).map_err(|e| e.to_string())?;
+    }
+    Ok(paths)
+}
+
+/// The measured routes first (plain; JWT + rate limit + header transform; cached; an
+/// HTTPS upstream), then filler routes up to `ROUTES`.
+fn portico_config(port: u16, backends: &Backends<'_>, public_key: &std::path::Path) -> String {
+    let backend = backends.plain;
     let mut y = format!(
         r#"server:
   listen: 127.0.0.1:{port}
@@ -332,7 +382,14 @@ caches:
 upstreams:
   backend:
     targets: ["127.0.0.1:{backend}"]
+  backend-tls:
+    targets: ["127.0.0.1:{tls}"]
+    tls: {{ ca_file: "{ca}", server_name: localhost }}
 routes:
+  - name: tls
+    match: {{ path_prefix: /tls }}
+    rewrite: {{ strip_prefix: /tls }}
+    upstream: backend-tls
   - name: plain
     match: {{ path_prefix: /plain }}
     rewrite: {{ strip_prefix: /plain }}
@@ -356,9 +413,11 @@ routes:
     cache: bench
     upstream: backend
 "#,
-        key = public_key.display()
+        key = public_key.display(),
+        tls = backends.tls,
+        ca = backends.ca_file.display(),
     );
-    for i in 1..ROUTES - 2 {
+    for i in 1..ROUTES - 3 {
         y.push_str(&format!(
             "  - name: svc-{i}\n    match: {{ path_prefix: /svc-{i}, methods: [GET] }}\n    rewrite: {{ strip_prefix: /svc-{i} }}\n    upstream: backend\n"
         ));
@@ -367,8 +426,14 @@ routes:
 }
 
 /// nginx as a keep-alive reverse proxy equivalent to Portico's plain route.
-fn nginx_config(dir: &std::path::Path, port: u16, backend: u16, workers: usize) -> String {
+fn nginx_config(
+    dir: &std::path::Path,
+    port: u16,
+    backends: &Backends<'_>,
+    workers: usize,
+) -> String {
     let d = dir.display();
+    let (backend, tls, ca) = (backends.plain, backends.tls, backends.ca_file.display());
     format!(
         r#"daemon off;
 master_process on;
@@ -389,6 +454,10 @@ http {{
         server 127.0.0.1:{backend};
         keepalive 256;
     }}
+    upstream backend_tls {{
+        server 127.0.0.1:{tls};
+        keepalive 256;
+    }}
     server {{
         listen 127.0.0.1:{port} reuseport;
         location /plain/ {{
@@ -397,6 +466,19 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering on;
+        }}
+        location /tls/ {{
+            proxy_pass https://backend_tls/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
             proxy_buffering on;
         }}
     }}

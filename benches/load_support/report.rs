@@ -79,7 +79,7 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
     );
     for o in results {
         let direct = find(results, Target::Direct, o.scenario.load).map(rps);
-        let nginx = find(results, Target::Nginx, o.scenario.load).map(rps);
+        let nginx = find(results, o.scenario.target.nginx_peer(), o.scenario.load).map(rps);
         let plain = find(results, Target::Portico, o.scenario.load).map(rps);
         let ratio = |base: Option<f64>| match base {
             Some(b) if b > 0.0 => format!("{:.2}", rps(o) / b),
@@ -222,6 +222,8 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::PorticoFull => "#2ca02c",
             Target::PorticoCache => "#9467bd",
             Target::Nginx => "#ff7f0e",
+            Target::PorticoTls => "#8c564b",
+            Target::NginxTls => "#e377c2",
         };
         let points: Vec<String> = QUANTILES
             .iter()
