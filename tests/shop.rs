@@ -8,9 +8,9 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use shop_backends::{spawn_all, Options, Ports, Service};
-use support::{gateway, Client};
+use support::{gateway, metric, Client};
 
-fn shop_config(fleet: &shop_backends::Fleet) -> String {
+fn shop_config(fleet: &shop_backends::Fleet, certs: &std::path::Path) -> String {
     let mut yaml =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/shop.yaml"))
             .expect("config/shop.yaml");
@@ -27,11 +27,20 @@ fn shop_config(fleet: &shop_backends::Fleet) -> String {
             &fleet.addr(service).to_string(),
         );
     }
-    yaml.replace(
-        "listen: 127.0.0.1:8080",
-        "listen: 127.0.0.1:0\n  access_log: false",
-    )
-    .replace("listen: 127.0.0.1:9901", "listen: 127.0.0.1:0")
+    let payments_tls = fleet
+        .get(Service::Payments)
+        .and_then(|p| p.tls_addr)
+        .expect("payments serves https");
+    yaml.replace("127.0.0.1:3014", &payments_tls.to_string())
+        .replace(
+            "config/certs/ca.pem",
+            &certs.join("ca.pem").display().to_string(),
+        )
+        .replace(
+            "listen: 127.0.0.1:8080",
+            "listen: 127.0.0.1:0\n  access_log: false",
+        )
+        .replace("listen: 127.0.0.1:9901", "listen: 127.0.0.1:0")
 }
 
 fn json_post(
@@ -64,10 +73,15 @@ async fn sign_up(client: &Client, addr: std::net::SocketAddr, username: &str) ->
 
 #[tokio::test]
 async fn an_order_is_placed_through_the_gateway() {
-    let fleet = spawn_all(Options::default(), Ports::Ephemeral, None)
+    let certs = support::tempfile_path::TempPath::new("shop-certs", "d");
+    let options = Options {
+        tls_dir: Some(certs.path().to_path_buf()),
+        ..Options::default()
+    };
+    let fleet = spawn_all(options, Ports::Ephemeral, None)
         .await
         .expect("shop services start");
-    let (gw, _file) = gateway(&shop_config(&fleet)).await;
+    let (gw, _file) = gateway(&shop_config(&fleet, certs.path())).await;
     let addr = gw.http_addr;
     let client = Client::new();
 
@@ -178,6 +192,29 @@ async fn an_order_is_placed_through_the_gateway() {
         .as_i64()
         .expect("stock");
     assert_eq!(stock_after, stock_before - 1);
+
+    // The order's payment, read through the gateway from payments over HTTPS.
+    let payments = client
+        .get(addr, &format!("/api/payments?orderId={order_id}"))
+        .await;
+    assert_eq!(
+        payments.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&payments.body)
+    );
+    assert!(
+        payments.body.windows(9).any(|w| w == b"completed"),
+        "{}",
+        String::from_utf8_lossy(&payments.body)
+    );
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "portico_upstream_tls_handshake_failures_total{upstream=\"payments\"}"
+        ),
+        0.0
+    );
 
     // Only what the gateway exposes is reachable: payments are read-only.
     let refused = client

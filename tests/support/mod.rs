@@ -96,7 +96,7 @@ pub mod tempfile_path {
 
     static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-    /// A file path in the temp dir, removed on drop.
+    /// A path in the temp dir for a file or a directory, removed on drop.
     pub struct TempPath(PathBuf);
 
     impl TempPath {
@@ -112,7 +112,9 @@ pub mod tempfile_path {
 
     impl Drop for TempPath {
         fn drop(&mut self) {
+            // A directory made at this path goes too.
             let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod products;
+pub mod tls;
 pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -116,6 +117,9 @@ pub struct Options {
     pub relay_max_backoff: Duration,
     /// Timeout of calls from one service to another.
     pub call_timeout: Duration,
+    /// For [`spawn_all`]: payments also serves HTTPS (port 3014, or ephemeral), with a
+    /// test CA and certificate kept in this directory (made when missing).
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -134,6 +138,7 @@ impl Default for Options {
             token_ttl: Duration::from_secs(15 * 60),
             relay_max_backoff: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
+            tls_dir: None,
         }
     }
 }
@@ -142,6 +147,8 @@ impl Default for Options {
 pub struct Running {
     pub service: Service,
     pub addr: SocketAddr,
+    /// Where the service also serves HTTPS, when it does.
+    pub tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -191,7 +198,17 @@ pub async fn spawn(service: Service, opts: Options) -> anyhow::Result<Running> {
 pub async fn spawn_on(
     service: Service,
     listener: TcpListener,
+    opts: Options,
+) -> anyhow::Result<Running> {
+    spawn_with_tls(service, listener, opts, None).await
+}
+
+/// [`spawn_on`], also serving the same router (same state) over TLS on `tls`.
+pub async fn spawn_with_tls(
+    service: Service,
+    listener: TcpListener,
     mut opts: Options,
+    tls: Option<(TcpListener, tls::CertFiles)>,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     opts.addr = addr;
@@ -217,6 +234,15 @@ pub async fn spawn_on(
         router
     };
     let app = common::wrap(router, ctx);
+    let tls_addr = match tls {
+        Some((listener, files)) => {
+            let addr = listener.local_addr()?;
+            tls::serve(listener, app.clone(), &files, rx.clone())?;
+            tracing::info!(service = service.name(), %addr, "listening (https)");
+            Some(addr)
+        }
+        None => None,
+    };
     let mut stop = rx;
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -230,10 +256,14 @@ pub async fn spawn_on(
     Ok(Running {
         service,
         addr,
+        tls_addr,
         shutdown,
         task: Some(task),
     })
 }
+
+/// Where payments serves HTTPS in `shop all --tls-dir` (its plain port plus ten).
+pub const PAYMENTS_TLS_PORT: u16 = 3014;
 
 /// Which ports [`spawn_all`] binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +371,21 @@ pub async fn spawn_all(
             // The monolith's users are not the services' users: keep its events local.
             o.notifications_url = None;
         }
-        services.push(spawn_on(service, listener, o).await?);
+        let tls = match (&opts.tls_dir, service) {
+            (Some(dir), Service::Payments) => {
+                let port = match ports {
+                    Ports::Default => PAYMENTS_TLS_PORT,
+                    Ports::Ephemeral => 0,
+                };
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("payments (https): cannot bind {addr}"))?;
+                Some((listener, tls::ensure_certs(dir)?))
+            }
+            _ => None,
+        };
+        services.push(spawn_with_tls(service, listener, o, tls).await?);
     }
     Ok(Fleet { services })
 }

@@ -26,6 +26,10 @@ struct Args {
     /// For `all`: keep one database file per service in this directory (default: in memory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// For `all`: payments also serves HTTPS on 3014, with a test CA and certificate
+    /// kept in this directory (made when missing).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
     /// Delay added to every request but /health, e.g. 50ms.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     latency: Duration,
@@ -106,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         },
         issuer: args.issuer.clone(),
         token_ttl: args.token_ttl,
+        tls_dir: args.tls_dir.clone(),
         ..Options::default()
     };
 
@@ -117,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
         let fleet = spawn_all(opts, Ports::Default, args.data_dir.clone()).await?;
         for running in &fleet.services {
             println!("{:<14} {}", running.service.name(), running.url());
+            if let Some(addr) = running.tls_addr {
+                println!("{:<14} https://{addr}", running.service.name());
+            }
         }
         shutdown_signal().await;
         tracing::info!("shutting down");
