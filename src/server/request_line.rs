@@ -16,7 +16,8 @@
 //! marked; the gateway answers it 414 before routing, and nothing after its head is read.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body::Body as _;
@@ -26,20 +27,31 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What hyper parses in place of a request line over the limit.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\n";
 
-/// What the service tells the reader about the requests hyper framed, in order.
-#[derive(Debug, Default)]
+/// What the service tells the reader about the requests hyper framed, in order. A
+/// sequence lock, not a mutex (HTTP/1 hands over one request at a time, so there is one
+/// writer): `sequence` is odd while the service writes a request's body length and
+/// twice the number of requests seen once it is done; the reader takes a length only
+/// when it saw the same even sequence before and after reading it.
+#[derive(Debug)]
 pub struct Framing {
-    seen: Mutex<Seen>,
+    sequence: AtomicU64,
+    /// The body length of the last of them; `UNKNOWN` for chunked bodies and upgrades.
+    last_body: AtomicU64,
+    /// The request (by number) whose line was replaced; `NONE` when none was.
+    refused: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct Seen {
-    /// Requests the service has seen.
-    requests: u64,
-    /// The body length of the last of them; None when not known (chunked, an upgrade).
-    last_body: Option<u64>,
-    /// The request (by number) whose line was replaced.
-    refused: Option<u64>,
+const UNKNOWN: u64 = u64::MAX;
+const NONE: u64 = u64::MAX;
+
+impl Default for Framing {
+    fn default() -> Framing {
+        Framing {
+            sequence: AtomicU64::new(0),
+            last_body: AtomicU64::new(UNKNOWN),
+            refused: AtomicU64::new(NONE),
+        }
+    }
 }
 
 enum BodyLength {
@@ -71,32 +83,36 @@ impl Framing {
 
     /// The next request, with the body length hyper framed it with.
     fn record(&self, length: Option<u64>) -> bool {
-        let Ok(mut seen) = self.seen.lock() else {
-            return false;
-        };
-        let number = seen.requests;
-        seen.requests += 1;
-        seen.last_body = length;
-        seen.refused == Some(number)
+        let sequence = self.sequence.load(Ordering::Relaxed);
+        let number = sequence / 2;
+        self.sequence.store(sequence | 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.last_body
+            .store(length.unwrap_or(UNKNOWN), Ordering::Relaxed);
+        self.sequence.store(2 * (number + 1), Ordering::Release);
+        self.refused.load(Ordering::Acquire) == number
     }
 
     fn body_length(&self, number: u64) -> BodyLength {
-        let Ok(seen) = self.seen.lock() else {
-            return BodyLength::Unknown;
-        };
-        match seen.requests.checked_sub(1) {
-            Some(last) if last == number => seen
-                .last_body
-                .map_or(BodyLength::Unknown, BodyLength::Known),
-            Some(last) if last > number => BodyLength::Unknown,
+        let before = self.sequence.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            // Being written: the request is being handed over right now.
+            return BodyLength::NotYet;
+        }
+        let length = self.last_body.load(Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Acquire);
+        if self.sequence.load(Ordering::Relaxed) != before {
+            return BodyLength::NotYet;
+        }
+        match (before / 2).checked_sub(1) {
+            Some(last) if last == number && length != UNKNOWN => BodyLength::Known(length),
+            Some(last) if last >= number => BodyLength::Unknown,
             _ => BodyLength::NotYet,
         }
     }
 
     fn refuse(&self, number: u64) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.refused = Some(number);
-        }
+        self.refused.store(number, Ordering::Release);
     }
 }
 

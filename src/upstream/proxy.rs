@@ -20,6 +20,7 @@ use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
 use crate::wire::idle::{self, Activity, IdleIo};
 use crate::wire::is_idempotent;
 use crate::wire::tls::ClientTls;
+use arc_swap::ArcSwapOption;
 
 /// What goes to the endpoint: the request line's parts and the headers.
 pub struct Outgoing {
@@ -36,14 +37,7 @@ pub async fn send(
     body: Body,
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    let tls = upstream.tls.load();
-    let exchange = exchange(
-        endpoint,
-        upstream.connect_timeout,
-        tls.as_deref(),
-        out,
-        body,
-    );
+    let exchange = exchange(endpoint, upstream.connect_timeout, &upstream.tls, out, body);
     let failure = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => {
             endpoint
@@ -94,7 +88,7 @@ pub async fn send(
 pub(super) async fn exchange(
     endpoint: &Endpoint,
     connect_timeout: Duration,
-    tls: Option<&ClientTls>,
+    tls: &ArcSwapOption<ClientTls>,
     out: &Outgoing,
     body: Body,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
@@ -119,7 +113,9 @@ pub(super) async fn exchange(
             Err(e) => return Err(e),
         }
     }
-    let mut conn = pool::connect(&endpoint.authority, connect_timeout, tls).await?;
+    // The TLS setup is looked up only when a connection is opened, not per request.
+    let tls = tls.load_full();
+    let mut conn = pool::connect(&endpoint.authority, connect_timeout, tls.as_deref()).await?;
     endpoint.metrics.connections_opened.inc();
     let head = round_trip(&mut conn, endpoint, out, body).await?;
     Ok(respond(conn, head, endpoint))

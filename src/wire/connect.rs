@@ -69,6 +69,12 @@ pub async fn connect(
 }
 
 impl UpstreamStream {
+    /// Whether written bytes may wait in a buffer until flushed (TLS records); a plain
+    /// socket sends on write.
+    pub fn buffers_writes(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
+    }
+
     /// True when nothing has arrived since the last response: the upstream has not
     /// closed the idle connection nor sent anything unasked. Over TLS a record that
     /// carries no data (a TLS 1.3 session ticket) is taken in and does not count.

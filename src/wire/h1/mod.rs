@@ -112,6 +112,9 @@ impl Conn {
     {
         self.write_message(method, path_and_query, authority, headers, body)
             .await?;
+        if !self.stream.buffers_writes() {
+            return Ok(());
+        }
         tokio::io::AsyncWriteExt::flush(&mut self.stream)
             .await
             .map_err(ExchangeError::Write)
