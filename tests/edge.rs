@@ -712,3 +712,70 @@ async fn a_request_line_over_the_limit_gets_414_and_higher_minor_versions_read_a
         200
     );
 }
+
+/// A client that only sends HTTP/2 PINGs after its last request is idle: answering its
+/// PINGs is not serving it, and the connection is closed after `idle_timeout`.
+#[tokio::test]
+async fn an_http2_client_that_only_pings_is_closed_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backend().await;
+    let yaml = config("  limits: { idle_timeout: 1s }", &b, "", ALL);
+    let (gw, _f) = gateway(&yaml).await;
+    let stream = tokio::net::TcpStream::connect(gw.http_addr)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    // h2c prior knowledge, an empty SETTINGS, and GET / for a.local on stream 1 (HPACK:
+    // :method GET, :scheme http, :path /, :authority "a.local").
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let block = [&[0x82u8, 0x86, 0x84, 0x41, 7][..], b"a.local"].concat();
+    hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1]);
+    hello.extend_from_slice(&block);
+    write.write_all(&hello).await.expect("request");
+    // The answer comes (the backend's body), then the client acknowledges the server's
+    // SETTINGS and pings every 200 ms, for up to 20 s.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(12).any(|w| w == b"from-backend") {
+        let n = tokio::time::timeout(WAIT, read.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let answered = std::time::Instant::now();
+    write
+        .write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+        .await
+        .expect("settings ack");
+    let pinger = tokio::spawn(async move {
+        for i in 0..100u8 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, i, 0, 0, 0, 0, 0, 0, 0];
+            if write.write_all(&ping).await.is_err() {
+                return;
+            }
+        }
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // PING acknowledgements
+            }
+        }
+    })
+    .await;
+    let took = answered.elapsed();
+    pinger.abort();
+    assert!(
+        closed.is_ok(),
+        "still open {took:?} after the answer, pinging"
+    );
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(8),
+        "closed after {took:?} (idle_timeout 1s)"
+    );
+}

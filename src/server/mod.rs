@@ -144,7 +144,7 @@ pub async fn serve(
             };
             let max_line = limits.max_request_line.0 as usize;
             let stream = RequestLines::new(stream, framing, max_line);
-            let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
+            let io = TokioIo::new(IdleIo::client(stream, activity.clone()));
             let served = watcher.watch(
                 builder
                     .serve_connection_with_upgrades(io, service)

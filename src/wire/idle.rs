@@ -5,6 +5,10 @@
 //! header-read timeout) is cut off like an idle one. A connection must also start its
 //! first request within `header_read_timeout` (`first_request`).
 //!
+//! On a client connection, writes that are only HTTP/2 connection-control frames (PING,
+//! SETTINGS, WINDOW_UPDATE) do not count either: answering a client's PINGs is not
+//! serving it.
+//!
 //! Marking is a counter increment, not a clock read: the watchdog looks at the counter
 //! four times per `idle_timeout` and closes the connection when it has not moved for a
 //! whole timeout, so a connection is closed between 1 and 1.25 times `idle_timeout`
@@ -93,12 +97,64 @@ pub async fn watchdog(activity: Arc<Activity>, timeout: Duration) {
 pub struct IdleIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// A client connection: writes that are only HTTP/2 connection-control frames do
+    /// not count (see `only_h2_control_frames`).
+    client: bool,
 }
 
 impl<T> IdleIo<T> {
+    /// Every write counts (an upgraded tunnel).
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        IdleIo { inner, activity }
+        IdleIo {
+            inner,
+            activity,
+            client: false,
+        }
     }
+
+    /// A client connection: a PING or SETTINGS acknowledgement, a WINDOW_UPDATE or the
+    /// gateway's own keepalive PING is no activity, so a client that only pings after its
+    /// last request is still closed after `idle_timeout`.
+    pub fn client(inner: T, activity: Arc<Activity>) -> Self {
+        IdleIo {
+            inner,
+            activity,
+            client: true,
+        }
+    }
+
+    fn wrote(&self, data: &[u8]) {
+        if !(self.client && only_h2_control_frames(data)) {
+            self.activity.touch();
+        }
+    }
+}
+
+/// True when `data` is one or more whole HTTP/2 frames, all of them on stream 0 and of
+/// type PING, SETTINGS or WINDOW_UPDATE. An HTTP/1 response starts with `HTTP/`, which
+/// reads as a frame length of over 4 MB, so it never matches.
+fn only_h2_control_frames(mut data: &[u8]) -> bool {
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const WINDOW_UPDATE: u8 = 0x8;
+    if data.is_empty() {
+        return false;
+    }
+    while !data.is_empty() {
+        let [l0, l1, l2, kind, _flags, s0, s1, s2, s3, ..] = *data else {
+            return false;
+        };
+        let length = (usize::from(l0) << 16) | (usize::from(l1) << 8) | usize::from(l2);
+        let stream = u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]);
+        if stream != 0 || !matches!(kind, SETTINGS | PING | WINDOW_UPDATE) {
+            return false;
+        }
+        let Some(rest) = data.get(9 + length..) else {
+            return false;
+        };
+        data = rest;
+    }
+    true
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
@@ -118,8 +174,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.wrote(&data[..n]);
+            }
         }
         result
     }
@@ -130,8 +188,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                // Control frames are small and go out in one slice; anything written
+                // across slices counts.
+                match bufs.iter().find(|b| !b.is_empty()) {
+                    Some(first) if first.len() >= n => self.wrote(&first[..n]),
+                    _ => self.activity.touch(),
+                }
+            }
         }
         result
     }
@@ -146,5 +211,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_h2_control_frames;
+
+    #[test]
+    fn only_connection_control_frames_are_not_activity() {
+        let ping_ack = [0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let settings_ack = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+        let window_update = [0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert!(only_h2_control_frames(&ping_ack));
+        assert!(only_h2_control_frames(
+            &[&settings_ack[..], &ping_ack].concat()
+        ));
+        assert!(only_h2_control_frames(&window_update));
+        // DATA on stream 1, a WINDOW_UPDATE for a stream, a cut frame, HTTP/1, nothing.
+        assert!(!only_h2_control_frames(&[0, 0, 1, 0, 0, 0, 0, 0, 1, b'x']));
+        assert!(!only_h2_control_frames(&[
+            0, 0, 4, 8, 0, 0, 0, 0, 3, 0, 0, 1, 0
+        ]));
+        assert!(!only_h2_control_frames(&ping_ack[..12]));
+        assert!(!only_h2_control_frames(b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert!(!only_h2_control_frames(&[]));
     }
 }
