@@ -597,6 +597,29 @@ async fn admin_endpoints_and_token() {
     assert!(metrics.contains("portico_request_duration_seconds_bucket{route=\"all\""));
     assert!(metrics.contains("portico_upstream_requests_total{endpoint="));
     assert!(metrics.contains(r#"portico_upstream_endpoints{state="healthy",upstream="be"} 1"#));
+    // Process and build series, with values that describe this process.
+    assert_eq!(
+        support::metric(
+            &metrics,
+            &format!(
+                "portico_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    let rss = support::metric(&metrics, "process_resident_memory_bytes");
+    assert!(rss > 1_000_000.0, "resident memory {rss}");
+    assert!(support::metric(&metrics, "process_open_fds") >= 3.0);
+    let started = support::metric(&metrics, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 3600.0 && started <= now + 1.0,
+        "start time {started}"
+    );
     // Everything but probes and metrics needs the token.
     assert_eq!(client.get(admin, "/config").await.status, 401);
     let authorized = |path: &str| {

@@ -48,6 +48,21 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        // The standard process series (resident memory, CPU seconds, open fds, start time),
+        // read from /proc when scraped.
+        #[cfg(target_os = "linux")]
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        let build = register(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new("portico_build_info", "1, labelled with the running version"),
+                &["version"],
+            )
+            .expect("valid metric definition"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
         };
