@@ -206,6 +206,23 @@ pub struct UpstreamConfig {
     /// Present: every target of this upstream is reached over TLS.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// The HTTP version spoken to the targets.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`), multiplexed.
+    H2,
+    /// HTTP/2 without TLS, by prior knowledge.
+    H2c,
+    /// ALPN `h2`, else `http/1.1` (not supported yet: refused by check).
+    Auto,
 }
 
 /// TLS to an upstream's targets.

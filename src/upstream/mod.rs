@@ -115,6 +115,8 @@ pub struct Endpoint {
     pub permits: Option<Arc<Semaphore>>,
     /// Idle keep-alive connections to this endpoint.
     pub pool: Arc<Pool>,
+    /// Its multiplexed connections, for `protocol: h2` and `h2c`.
+    pub h2: crate::wire::h2::H2Pool,
 }
 
 impl Endpoint {
@@ -138,6 +140,7 @@ impl Endpoint {
             outlier: outlier::EndpointOutlier::default(),
             permits: max_connections.map(|n| Arc::new(Semaphore::new(n))),
             pool: Arc::new(Pool::new(keepalive.idle_timeout.0, keepalive.max_idle)),
+            h2: crate::wire::h2::H2Pool::default(),
         })
     }
 

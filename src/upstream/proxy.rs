@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Endpoint, Upstream, UpstreamError};
+use crate::config::UpstreamProtocol;
 use crate::observe::AttemptOutcome;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::connect::{self, ConnectError, UpstreamStream};
@@ -37,7 +38,14 @@ pub async fn send(
     body: Body,
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    let exchange = exchange(endpoint, upstream.connect_timeout, &upstream.tls, out, body);
+    let exchange = exchange(
+        endpoint,
+        upstream.config.protocol,
+        upstream.connect_timeout,
+        &upstream.tls,
+        out,
+        body,
+    );
     let failure = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => {
             endpoint
@@ -87,11 +95,15 @@ pub async fn send(
 /// written, or the method is idempotent and the body is in memory.
 pub(super) async fn exchange(
     endpoint: &Endpoint,
+    protocol: UpstreamProtocol,
     connect_timeout: Duration,
     tls: &ArcSwapOption<ClientTls>,
     out: &Outgoing,
     body: Body,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
+    if matches!(protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c) {
+        return exchange_h2(endpoint, protocol, connect_timeout, tls, out, body).await;
+    }
     let mut body = body;
     if let Some(mut conn) = endpoint.pool.take() {
         let replay = replayable(&body);
@@ -119,6 +131,92 @@ pub(super) async fn exchange(
     endpoint.metrics.connections_opened.inc();
     let head = round_trip(&mut conn, endpoint, out, body).await?;
     Ok(respond(conn, head, endpoint))
+}
+
+/// One request on a multiplexed HTTP/2 connection (a new one when none has room). A
+/// request the endpoint never took (the connection closed or was refused before it was
+/// sent, as after a GOAWAY) goes out again once on a new connection when its body is in
+/// memory.
+async fn exchange_h2(
+    endpoint: &Endpoint,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    tls: &ArcSwapOption<ClientTls>,
+    out: &Outgoing,
+    body: Body,
+) -> Result<Response<UpstreamBody>, ExchangeError> {
+    let scheme = match protocol {
+        UpstreamProtocol::H2c => http::uri::Scheme::HTTP,
+        _ => http::uri::Scheme::HTTPS,
+    };
+    let authority = out
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| endpoint.authority.clone());
+    let mut body = body;
+    for attempt in 0..2 {
+        let (mut sender, stream) = match endpoint.h2.take() {
+            Some(open) => open,
+            None => open_h2(endpoint, connect_timeout, tls).await?,
+        };
+        let replay = replayable(&body);
+        let request = crate::wire::h2::request(
+            out.method.clone(),
+            scheme.clone(),
+            authority.clone(),
+            out.path_and_query.clone(),
+            out.headers.clone(),
+            body,
+        )
+        .map_err(|_| ExchangeError::Invalid("request target"))?;
+        match sender.send_request(request).await {
+            Ok(mut response) => {
+                *response.version_mut() = http::Version::HTTP_11;
+                return Ok(crate::wire::h2::into_response(response, stream));
+            }
+            Err(e) if attempt == 0 && (e.is_canceled() || sender.is_closed()) => {
+                let Some(again) = replay.filter(|_| e.is_canceled() || is_idempotent(&out.method))
+                else {
+                    return Err(ExchangeError::Read(std::io::Error::other(e)));
+                };
+                tracing::debug!(endpoint = %endpoint.address, error = %e, "HTTP/2 connection closed before the request was taken; sending on a new one");
+                body = again;
+            }
+            Err(e) => return Err(ExchangeError::Read(std::io::Error::other(e))),
+        }
+    }
+    Err(ExchangeError::Closed)
+}
+
+/// A stream on a connection opened for it, unless another request opened one meanwhile
+/// (only one request at a time opens a connection to an endpoint).
+async fn open_h2(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+    tls: &ArcSwapOption<ClientTls>,
+) -> Result<
+    (
+        hyper::client::conn::http2::SendRequest<Body>,
+        crate::wire::h2::Stream,
+    ),
+    ExchangeError,
+> {
+    let _opening = endpoint.h2.opening().await;
+    if let Some(open) = endpoint.h2.take() {
+        return Ok(open);
+    }
+    let tls = tls.load_full();
+    let conn = connect::connect(&endpoint.authority, connect_timeout, tls.as_deref())
+        .await
+        .map_err(ExchangeError::Connect)?;
+    endpoint.metrics.connections_opened.inc();
+    endpoint
+        .h2
+        .open(conn)
+        .await
+        .map_err(|e| ExchangeError::Read(std::io::Error::other(e)))
 }
 
 async fn round_trip(
@@ -150,7 +248,7 @@ fn replayable(body: &Body) -> Option<Body> {
 }
 
 fn respond(conn: Box<Conn>, head: h1::ResponseHead, endpoint: &Endpoint) -> Response<UpstreamBody> {
-    let body = UpstreamBody::new(conn, &head, endpoint.pool.clone());
+    let body = h1::H1Body::new(conn, &head, endpoint.pool.clone());
     h1::into_response(head, body)
 }
 /// Forwards an HTTP/1.1 upgrade request on a fresh connection (upgraded connections are

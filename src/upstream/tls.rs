@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::observe::ResilienceMetrics;
 use crate::wire::tls::{ClientTls, ClientTlsSettings};
 
@@ -23,6 +23,10 @@ pub fn build_tls(
         client_key: tls.client_key.as_deref(),
         server_name: tls.server_name.as_deref(),
         insecure_skip_verify: tls.insecure_skip_verify,
+        alpn: match config.protocol {
+            UpstreamProtocol::H2 => &[b"h2"],
+            _ => &[b"http/1.1"],
+        },
     })
     .map_err(|e| format!("tls: {e}"))?;
     let insecure = metrics.tls_insecure.with_label_values(&[name]);

@@ -91,6 +91,22 @@ pub fn insecure_upstreams(config: &Config) -> Vec<String> {
 }
 
 fn upstream(p: &str, up: &UpstreamConfig, has_consul: bool, push: &mut impl FnMut(String, String)) {
+    use crate::config::UpstreamProtocol;
+    match (up.protocol, up.tls.is_some()) {
+        (UpstreamProtocol::H2, false) => push(
+            format!("{p}.protocol"),
+            "h2 needs tls: (HTTP/2 over TLS with ALPN h2); for HTTP/2 without TLS use h2c".into(),
+        ),
+        (UpstreamProtocol::H2c, true) => push(
+            format!("{p}.protocol"),
+            "h2c is HTTP/2 without TLS; with tls: use h2".into(),
+        ),
+        (UpstreamProtocol::Auto, _) => push(
+            format!("{p}.protocol"),
+            "auto is not supported yet: use h2 (with tls:) or http1".into(),
+        ),
+        _ => {}
+    }
     if let Some(tls) = &up.tls {
         let settings = ClientTlsSettings {
             ca_file: tls.ca_file.as_deref(),
@@ -98,6 +114,7 @@ fn upstream(p: &str, up: &UpstreamConfig, has_consul: bool, push: &mut impl FnMu
             client_key: tls.client_key.as_deref(),
             server_name: tls.server_name.as_deref(),
             insecure_skip_verify: tls.insecure_skip_verify,
+            alpn: &[],
         };
         if let Err(e) = ClientTls::build(&settings) {
             push(tls_path(&format!("{p}.tls"), &settings, &e), e.to_string());

@@ -14,6 +14,7 @@ pub mod client;
 pub mod connect;
 pub mod forward;
 pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod host;
 pub mod idle;

@@ -90,6 +90,8 @@ pub struct ClientTlsSettings<'a> {
     pub client_key: Option<&'a str>,
     pub server_name: Option<&'a str>,
     pub insecure_skip_verify: bool,
+    /// ALPN protocols offered, in order of preference (empty: none offered).
+    pub alpn: &'a [&'a [u8]],
 }
 
 /// A client TLS setup, built once: the rustls configuration and the name to verify.
@@ -114,13 +116,14 @@ impl ClientTls {
         } else {
             builder.with_root_certificates(roots(settings.ca_file)?)
         };
-        let config = match (settings.client_cert, settings.client_key) {
+        let mut config = match (settings.client_cert, settings.client_key) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(read_certificates(cert)?, read_private_key(key)?)
                 .map_err(|e| ClientTlsError::ClientCert(e.to_string()))?,
             (None, None) => builder.with_no_client_auth(),
             _ => return Err(ClientTlsError::HalfClientCert),
         };
+        config.alpn_protocols = settings.alpn.iter().map(|p| p.to_vec()).collect();
         let server_name = settings
             .server_name
             .map(|name| {

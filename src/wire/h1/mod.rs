@@ -30,7 +30,7 @@ mod response;
 mod tests;
 
 use response::parse_head;
-pub use response::{into_response, Framing, ResponseHead, UpstreamBody};
+pub use response::{into_response, Framing, H1Body, ResponseHead, UpstreamBody};
 
 use super::BoxError;
 use pool::Pool;

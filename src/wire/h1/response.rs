@@ -162,7 +162,7 @@ pub(super) enum State {
 /// or failed, the connection is closed. It also holds the endpoint's connection-limit
 /// permit until it ends.
 #[derive(Debug)]
-pub struct UpstreamBody {
+pub struct H1Body {
     conn: Option<Box<Conn>>,
     state: State,
     reusable: bool,
@@ -170,15 +170,15 @@ pub struct UpstreamBody {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl UpstreamBody {
-    pub fn new(conn: Box<Conn>, head: &ResponseHead, pool: Arc<Pool>) -> UpstreamBody {
+impl H1Body {
+    pub fn new(conn: Box<Conn>, head: &ResponseHead, pool: Arc<Pool>) -> H1Body {
         let state = match head.framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::Chunked(Chunk::Size),
             Framing::UntilClose => State::UntilClose,
         };
-        let mut body = UpstreamBody {
+        let mut body = H1Body {
             conn: Some(conn),
             state,
             reusable: head.reusable,
@@ -217,7 +217,7 @@ impl UpstreamBody {
     }
 }
 
-impl HttpBody for UpstreamBody {
+impl HttpBody for H1Body {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -389,10 +389,58 @@ fn parse_hex(digits: &[u8]) -> Option<u64> {
 }
 
 /// The response as the gateway sees it.
-pub fn into_response(head: ResponseHead, body: UpstreamBody) -> http::Response<UpstreamBody> {
+pub fn into_response(head: ResponseHead, body: H1Body) -> http::Response<UpstreamBody> {
+    let body = UpstreamBody::H1(body);
     let mut response = http::Response::new(body);
     *response.status_mut() = head.status;
     *response.version_mut() = Version::HTTP_11;
     *response.headers_mut() = head.headers;
     response
+}
+
+/// A response body from an endpoint: read off a pooled HTTP/1.1 connection, or a stream of
+/// a multiplexed HTTP/2 connection. Either holds the endpoint's connection-limit permit
+/// until it ends.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    H1(H1Body),
+    H2(crate::wire::h2::H2Body),
+}
+
+impl UpstreamBody {
+    pub fn hold(&mut self, permit: Option<OwnedSemaphorePermit>) {
+        match self {
+            UpstreamBody::H1(b) => b.hold(permit),
+            UpstreamBody::H2(b) => b.hold(permit),
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
