@@ -172,3 +172,72 @@ fn protocol_keys_are_checked() {
     }
     assert!(portico::check::parse(&config("127.0.0.1:9", "    protocol: http1\n")).is_ok());
 }
+
+/// An h2c backend that sends GOAWAY (a graceful close) after every `per_connection`
+/// requests on a connection, as servers do on restart or at a request cap.
+async fn goaway_backend(per_connection: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let served = Arc::new(AtomicUsize::new(0));
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+                let service = {
+                    let served = served.clone();
+                    service_fn(move |_req: Request<Incoming>| {
+                        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                        let tx = tx.clone();
+                        async move {
+                            if n == per_connection {
+                                let _ = tx.try_send(());
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"{\"ok\":true}"),
+                            )))
+                        }
+                    })
+                };
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = rx.recv() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr.to_string(), accepted)
+}
+
+#[tokio::test]
+async fn goaway_mid_run_loses_no_idempotent_request() {
+    let (target, accepted) = goaway_backend(5).await;
+    let (gw, _f) = gateway(&config(&target, "    protocol: h2c\n")).await;
+    let client = Client::new();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for round in 0..10 {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            let (client, addr) = (client.clone(), gw.http_addr);
+            calls.spawn(async move { client.get(addr, &format!("/r{round}/{i}")).await.status });
+        }
+        while let Some(status) = calls.join_next().await {
+            *statuses.entry(status.unwrap()).or_default() += 1;
+        }
+    }
+    assert_eq!(statuses, std::collections::BTreeMap::from([(200, 40)]));
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 2,
+        "the backend closed connections with GOAWAY and new ones were opened"
+    );
+    gw.shutdown().await;
+}

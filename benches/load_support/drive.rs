@@ -31,6 +31,9 @@ pub enum Target {
     /// The same GET through an HTTPS upstream (TLS 1.3, kept alive).
     PorticoTls,
     NginxTls,
+    /// The same GET to an h2c upstream (compared with Portico's own HTTP/1.1 path: nginx
+    /// has no HTTP/2 upstreams).
+    PorticoH2c,
 }
 
 impl Target {
@@ -43,6 +46,7 @@ impl Target {
             Target::Nginx => "nginx plain",
             Target::PorticoTls => "portico https upstream",
             Target::NginxTls => "nginx https upstream",
+            Target::PorticoH2c => "portico h2c upstream",
         }
     }
 
@@ -126,6 +130,7 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
         }
         if *load == Load::Get100 {
             add(Target::PorticoTls, fleet.portico.port, "/tls");
+            add(Target::PorticoH2c, fleet.portico.port, "/h2c");
         }
         if let Some(nginx) = &fleet.nginx {
             add(Target::Nginx, nginx.port, "/plain");
@@ -140,9 +145,11 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
 fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
     match target {
         Target::Direct => None,
-        Target::Portico | Target::PorticoFull | Target::PorticoCache | Target::PorticoTls => {
-            Some(&fleet.portico)
-        }
+        Target::Portico
+        | Target::PorticoFull
+        | Target::PorticoCache
+        | Target::PorticoTls
+        | Target::PorticoH2c => Some(&fleet.portico),
         Target::Nginx | Target::NginxTls => fleet.nginx.as_ref(),
     }
 }

@@ -385,7 +385,14 @@ upstreams:
   backend-tls:
     targets: ["127.0.0.1:{tls}"]
     tls: {{ ca_file: "{ca}", server_name: localhost }}
+  backend-h2c:
+    targets: ["127.0.0.1:{backend}"]
+    protocol: h2c
 routes:
+  - name: h2c
+    match: {{ path_prefix: /h2c }}
+    rewrite: {{ strip_prefix: /h2c }}
+    upstream: backend-h2c
   - name: tls
     match: {{ path_prefix: /tls }}
     rewrite: {{ strip_prefix: /tls }}
@@ -417,7 +424,7 @@ routes:
         tls = backends.tls,
         ca = backends.ca_file.display(),
     );
-    for i in 1..ROUTES - 3 {
+    for i in 1..ROUTES - 4 {
         y.push_str(&format!(
             "  - name: svc-{i}\n    match: {{ path_prefix: /svc-{i}, methods: [GET] }}\n    rewrite: {{ strip_prefix: /svc-{i} }}\n    upstream: backend\n"
         ));

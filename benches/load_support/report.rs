@@ -224,6 +224,7 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::Nginx => "#ff7f0e",
             Target::PorticoTls => "#8c564b",
             Target::NginxTls => "#e377c2",
+            Target::PorticoH2c => "#17becf",
         };
         let points: Vec<String> = QUANTILES
             .iter()
