@@ -158,7 +158,17 @@ async fn forward_request(
     // the cache shares an authenticated request's answer only when the origin allows it.
     let authenticated = route.jwt.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
     let mut headers = std::mem::take(&mut parts.headers);
+    // `TE: trailers` is the one TE an HTTP/2 upstream may receive (RFC 9113 §8.2.2), and
+    // gRPC servers expect it; the HTTP/1.1 client leaves it out.
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
     forward::strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let (Some(verifier), Some(claims)) = (&route.jwt, &ctx.claims) {
         verifier.forward(claims, &mut headers);
     }

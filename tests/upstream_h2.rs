@@ -51,6 +51,7 @@ async fn h2_backend(tls: Option<&Leaf>) -> (String, Arc<AtomicUsize>) {
                         "version": format!("{:?}", req.version()),
                         "authority": req.uri().authority().map(|a| a.to_string()),
                         "host": req.headers().get("host").map(|h| h.to_str().unwrap_or("").to_string()),
+                        "te": req.headers().get("te").map(|h| h.to_str().unwrap_or("").to_string()),
                         "path": req.uri().path(),
                     })
                     .to_string();
@@ -116,6 +117,12 @@ async fn h2c_upstream_serves_http1_clients_over_one_multiplexed_connection() {
         1,
         "40 concurrent requests, one connection"
     );
+    // `TE: trailers` (what gRPC clients send) reaches an HTTP/2 upstream; other TE values
+    // are hop-by-hop and do not.
+    let with_te = support::client::get(&client, gw.http_addr, "/te", &[("te", "trailers")]).await;
+    assert_eq!(with_te.json()["te"], "trailers");
+    let other_te = support::client::get(&client, gw.http_addr, "/te", &[("te", "gzip")]).await;
+    assert_eq!(other_te.json()["te"], serde_json::Value::Null);
     assert_eq!(
         metric(
             &gw.metrics(),

@@ -328,7 +328,10 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        // `TE: trailers` is kept for HTTP/2 upstreams (gRPC needs it); this client
+        // reads no trailers, so it does not offer them.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::TE
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
