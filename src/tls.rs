@@ -15,15 +15,8 @@ use crate::wire::tls::{read_certificates, read_private_key, PemError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: no certificate found in the PEM file")]
-    NoCertificate { path: String },
-    #[error("{path}: no private key found in the PEM file")]
-    NoKey { path: String },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("{path}: unsupported private key: {reason}")]
     BadKey { path: String, reason: String },
     #[error("TLS setup failed: {0}")]
@@ -32,8 +25,8 @@ pub enum TlsError {
 
 /// Loads one certificate chain and its key.
 pub fn load_certificate(config: &CertificateConfig) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = read_certificates(&config.cert).map_err(TlsError::from)?;
-    let key = read_private_key(&config.key).map_err(TlsError::from)?;
+    let chain = read_certificates(&config.cert)?;
+    let key = read_private_key(&config.key)?;
     let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
         TlsError::BadKey {
             path: config.key.clone(),
@@ -41,16 +34,6 @@ pub fn load_certificate(config: &CertificateConfig) -> Result<Arc<CertifiedKey>,
         }
     })?;
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
-}
-
-impl From<PemError> for TlsError {
-    fn from(e: PemError) -> TlsError {
-        match e {
-            PemError::Read { path, source } => TlsError::Read { path, source },
-            PemError::NoCertificate { path } => TlsError::NoCertificate { path },
-            PemError::NoKey { path } => TlsError::NoKey { path },
-        }
-    }
 }
 
 /// A `hosts` entry of a certificate: a DNS name, or `*.` and a DNS name, which matches

@@ -248,3 +248,22 @@ async fn goaway_mid_run_loses_no_idempotent_request() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn health_checks_speak_http2_to_an_h2c_upstream() {
+    let (target, _accepted) = h2_backend(None).await;
+    let extra = "    protocol: h2c\n    health_check: { path: /health, interval: 100ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1 }\n";
+    let yaml = config(&target, extra).replace("routes:", "admin: { listen: 127.0.0.1:0 }\nroutes:");
+    let (gw, _f) = gateway(&yaml).await;
+    let client = Client::new();
+    let admin = gw.admin_addr.unwrap();
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || async {
+            let upstreams = client.get(admin, "/upstreams").await.json();
+            upstreams["upstreams"]["grpcish"]["endpoints"][0]["health"] == "passing"
+        })
+        .await,
+        "the health check passes over HTTP/2 (the backend speaks nothing else)"
+    );
+    gw.shutdown().await;
+}

@@ -252,3 +252,26 @@ async fn bad_tls_files_are_config_errors_and_a_reload_with_them_keeps_the_old_co
     assert_eq!(Client::new().get(gw.http_addr, "/x").await.status, 200);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_rereads_a_renewed_ca_file_under_the_same_path() {
+    let old_ca = TestCa::new("old CA");
+    let new_ca = TestCa::new("new CA");
+    let leaf = new_ca.leaf(&["localhost", "127.0.0.1"], false);
+    let (target, _server) = tls_backend("secure", &leaf, None).await;
+    // The configured CA file holds the old CA: the backend's certificate is not trusted.
+    let ca_file = support::tempfile_path::TempPath::new("renewed-ca", "pem");
+    std::fs::copy(old_ca.ca_file.path(), ca_file.path()).unwrap();
+    let yaml = config(
+        &target,
+        &format!("ca_file: {}", ca_file.path().display()),
+        "",
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    assert_eq!(Client::new().get(gw.http_addr, "/x").await.status, 502);
+    // Same config, renewed file: the reload keeps the upstream and reads the file again.
+    std::fs::copy(new_ca.ca_file.path(), ca_file.path()).unwrap();
+    gw.reload().unwrap();
+    assert_eq!(Client::new().get(gw.http_addr, "/x").await.status, 200);
+    gw.shutdown().await;
+}

@@ -148,16 +148,9 @@ async fn check(up: &Upstream, endpoint: &Arc<Endpoint>, policy: &CheckPolicy) ->
         headers,
     };
     let exchange = async {
-        let response = super::proxy::exchange(
-            endpoint,
-            up.config.protocol,
-            up.connect_timeout,
-            &up.tls,
-            &out,
-            Body::empty(),
-        )
-        .await
-        .ok()?;
+        let response = super::proxy::exchange(up, endpoint, &out, Body::empty())
+            .await
+            .ok()?;
         let passed = response.status().is_success();
         // Read the (small) body so the connection goes back to the pool.
         let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)

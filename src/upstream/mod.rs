@@ -368,9 +368,12 @@ impl Upstream {
         self.tls.store(tls);
     }
 
-    /// The TLS handshake with an endpoint failed.
-    pub fn tls_failed(&self) {
+    /// The TLS handshake with `endpoint` failed: counted, logged with the reason (which
+    /// the client never sees), and answered as `TlsHandshake`.
+    pub fn tls_failed(&self, endpoint: &Endpoint, error: &std::io::Error) -> UpstreamError {
         self.tls_failures.inc();
+        tracing::warn!(upstream = %self.name, endpoint = %endpoint.address, error = %error, "TLS handshake with the upstream failed");
+        UpstreamError::TlsHandshake(self.name.clone())
     }
 
     /// Ready to serve: discovery has answered once, or the static targets are listed.

@@ -20,8 +20,6 @@ use crate::wire::h1::pool;
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
 use crate::wire::idle::{self, Activity, IdleIo};
 use crate::wire::is_idempotent;
-use crate::wire::tls::ClientTls;
-use arc_swap::ArcSwapOption;
 
 /// What goes to the endpoint: the request line's parts and the headers.
 pub struct Outgoing {
@@ -38,14 +36,7 @@ pub async fn send(
     body: Body,
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    let exchange = exchange(
-        endpoint,
-        upstream.config.protocol,
-        upstream.connect_timeout,
-        &upstream.tls,
-        out,
-        body,
-    );
+    let exchange = exchange(upstream, endpoint, out, body);
     let failure = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(response)) => {
             endpoint
@@ -60,14 +51,10 @@ pub async fn send(
         }
     };
     let (outcome, error) = match failure {
-        ExchangeError::Connect(ConnectError::Tls(ref e)) => {
-            upstream.tls_failed();
-            tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "TLS handshake with the upstream failed");
-            (
-                Some(AttemptOutcome::ConnectFailure),
-                UpstreamError::TlsHandshake(upstream.name.clone()),
-            )
-        }
+        ExchangeError::Connect(ConnectError::Tls(ref e)) => (
+            Some(AttemptOutcome::ConnectFailure),
+            upstream.tls_failed(endpoint, e),
+        ),
         ExchangeError::Connect(_) => (
             Some(AttemptOutcome::ConnectFailure),
             UpstreamError::ConnectFailed,
@@ -94,15 +81,16 @@ pub async fn send(
 /// request sent again, when that cannot repeat its effect: nothing of the request was
 /// written, or the method is idempotent and the body is in memory.
 pub(super) async fn exchange(
+    upstream: &Upstream,
     endpoint: &Endpoint,
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
-    tls: &ArcSwapOption<ClientTls>,
     out: &Outgoing,
     body: Body,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
-    if matches!(protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c) {
-        return exchange_h2(endpoint, protocol, connect_timeout, tls, out, body).await;
+    if matches!(
+        upstream.config.protocol,
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c
+    ) {
+        return exchange_h2(upstream, endpoint, out, body).await;
     }
     let mut body = body;
     if let Some(mut conn) = endpoint.pool.take() {
@@ -126,8 +114,13 @@ pub(super) async fn exchange(
         }
     }
     // The TLS setup is looked up only when a connection is opened, not per request.
-    let tls = tls.load_full();
-    let mut conn = pool::connect(&endpoint.authority, connect_timeout, tls.as_deref()).await?;
+    let tls = upstream.tls.load_full();
+    let mut conn = pool::connect(
+        &endpoint.authority,
+        upstream.connect_timeout,
+        tls.as_deref(),
+    )
+    .await?;
     endpoint.metrics.connections_opened.inc();
     let head = round_trip(&mut conn, endpoint, out, body).await?;
     Ok(respond(conn, head, endpoint))
@@ -138,14 +131,12 @@ pub(super) async fn exchange(
 /// sent, as after a GOAWAY) goes out again once on a new connection when its body is in
 /// memory.
 async fn exchange_h2(
+    upstream: &Upstream,
     endpoint: &Endpoint,
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
-    tls: &ArcSwapOption<ClientTls>,
     out: &Outgoing,
     body: Body,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
-    let scheme = match protocol {
+    let scheme = match upstream.config.protocol {
         UpstreamProtocol::H2c => http::uri::Scheme::HTTP,
         _ => http::uri::Scheme::HTTPS,
     };
@@ -159,7 +150,7 @@ async fn exchange_h2(
     for attempt in 0..2 {
         let (mut sender, stream) = match endpoint.h2.take() {
             Some(open) => open,
-            None => open_h2(endpoint, connect_timeout, tls).await?,
+            None => open_h2(upstream, endpoint).await?,
         };
         let replay = replayable(&body);
         let request = crate::wire::h2::request(
@@ -193,9 +184,8 @@ async fn exchange_h2(
 /// A stream on a connection opened for it, unless another request opened one meanwhile
 /// (only one request at a time opens a connection to an endpoint).
 async fn open_h2(
+    upstream: &Upstream,
     endpoint: &Endpoint,
-    connect_timeout: Duration,
-    tls: &ArcSwapOption<ClientTls>,
 ) -> Result<
     (
         hyper::client::conn::http2::SendRequest<Body>,
@@ -207,10 +197,14 @@ async fn open_h2(
     if let Some(open) = endpoint.h2.take() {
         return Ok(open);
     }
-    let tls = tls.load_full();
-    let conn = connect::connect(&endpoint.authority, connect_timeout, tls.as_deref())
-        .await
-        .map_err(ExchangeError::Connect)?;
+    let tls = upstream.tls.load_full();
+    let conn = connect::connect(
+        &endpoint.authority,
+        upstream.connect_timeout,
+        tls.as_deref(),
+    )
+    .await
+    .map_err(ExchangeError::Connect)?;
     endpoint.metrics.connections_opened.inc();
     endpoint
         .h2
@@ -279,9 +273,7 @@ pub async fn upgrade(
         Err(e) => {
             endpoint.metrics.record(AttemptOutcome::ConnectFailure);
             if let ConnectError::Tls(e) = &e {
-                upstream.tls_failed();
-                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "TLS handshake with the upstream failed");
-                return Err(UpstreamError::TlsHandshake(upstream.name.clone()));
+                return Err(upstream.tls_failed(endpoint, e));
             }
             return Err(UpstreamError::ConnectFailed);
         }

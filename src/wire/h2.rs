@@ -102,9 +102,10 @@ impl H2Pool {
     }
 }
 
-/// The request as HTTP/2 carries it: the authority in the target instead of `Host`, and
-/// none of the connection-specific fields RFC 9113 §8.2.2 forbids (`TE` only as
-/// `trailers`). The gateway has already removed hop-by-hop fields.
+/// The request as HTTP/2 carries it: the authority in the target instead of `Host`. The
+/// connection-specific fields RFC 9113 §8.2.2 forbids are already gone: the gateway
+/// strips hop-by-hop fields (keeping only `TE: trailers`), and hyper's HTTP/2 client
+/// drops any left.
 pub fn request(
     method: http::Method,
     scheme: http::uri::Scheme,
@@ -114,21 +115,6 @@ pub fn request(
     body: Body,
 ) -> Result<Request<Body>, http::Error> {
     headers.remove(http::header::HOST);
-    let trailers_only = headers
-        .get(http::header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !trailers_only {
-        headers.remove(http::header::TE);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
     let uri = http::Uri::builder()
         .scheme(scheme)
         .authority(authority)
