@@ -5,6 +5,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::cache::flow::CacheError;
+use crate::grpc;
 use crate::transform::TransformError;
 use crate::upstream::UpstreamError;
 use crate::wire::body::Body;
@@ -63,6 +64,43 @@ impl GatewayError {
             GatewayError::Auth(e) => e.status(),
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
+    }
+
+    /// The gRPC status a gRPC client gets for this refusal (after gRPC's own table of
+    /// HTTP statuses, with the timeouts as DEADLINE_EXCEEDED).
+    pub fn grpc_code(&self) -> grpc::Code {
+        use grpc::Code;
+        match self {
+            GatewayError::NoRoute | GatewayError::MethodNotAllowed(_) => Code::Unimplemented,
+            GatewayError::BadRequest(_) | GatewayError::RequestLineTooLong => Code::Internal,
+            GatewayError::BodyTooLarge => Code::ResourceExhausted,
+            GatewayError::RequestTimeout | GatewayError::UpstreamTimeout => Code::DeadlineExceeded,
+            GatewayError::NoEndpoint(_)
+            | GatewayError::ConnectFailed
+            | GatewayError::BadGateway
+            | GatewayError::UpstreamTls(_)
+            | GatewayError::CircuitOpen(_)
+            | GatewayError::Overloaded(_) => Code::Unavailable,
+            GatewayError::Auth(e) => match e.status() {
+                StatusCode::FORBIDDEN => Code::PermissionDenied,
+                // The keys could not be fetched: the caller did nothing wrong.
+                StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+                _ => Code::Unauthenticated,
+            },
+            GatewayError::RateLimited { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    /// The refusal as a gRPC client reads it: HTTP 200, `grpc-status` and `grpc-message`
+    /// in the head (a trailers-only response), never a JSON page.
+    pub fn to_grpc_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        let mut response = grpc::error_response(self.grpc_code(), &self.to_string());
+        let headers = response.headers_mut();
+        headers.insert(crate::observe::REQUEST_ID.clone(), request_id.clone());
+        if let GatewayError::RateLimited { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        response
     }
 
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {

@@ -15,6 +15,7 @@ use crate::cache;
 use crate::config::UnderscoreHeaders;
 use crate::context::{ConnInfo, Context, RequestLineTooLong};
 use crate::error::GatewayError;
+use crate::grpc;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
@@ -54,7 +55,7 @@ pub async fn handle(
 
     let mut response = match forward_request(&rt, &mut ctx, &mut parts, body).await {
         Ok(response) => response,
-        Err(error) => error.to_response(&ctx.request_id),
+        Err(error) => render_error(&ctx, &parts.headers, &error),
     };
     response
         .headers_mut()
@@ -157,6 +158,12 @@ async fn forward_request(
     // Who asked, before hop-by-hop stripping or a transform can remove `Authorization`:
     // the cache shares an authenticated request's answer only when the origin allows it.
     let authenticated = route.jwt.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
+    // A gRPC call's deadline bounds its upstream call, response stream included.
+    let grpc_deadline = route
+        .grpc
+        .as_ref()
+        .and_then(|_| grpc::timeout(&parts.headers))
+        .map(|d| tokio::time::Instant::from_std(ctx.started) + d);
     let mut headers = std::mem::take(&mut parts.headers);
     // `TE: trailers` is the one TE an HTTP/2 upstream may receive (RFC 9113 §8.2.2), and
     // gRPC servers expect it; the HTTP/1.1 client leaves it out.
@@ -202,6 +209,7 @@ async fn forward_request(
         method: parts.method.clone(),
         path_and_query,
         headers,
+        deadline: grpc_deadline,
     };
 
     let sent = if let Some(protocol) = upgrade {
@@ -233,7 +241,30 @@ async fn forward_request(
         let scope = transform_scope(ctx, &route, upstream);
         transform.response_head(response.headers_mut(), &scope);
     }
+    if let Some(metrics) = &route.grpc {
+        response = grpc::watch(response, metrics.clone(), grpc_deadline);
+    }
     Ok(response)
+}
+
+/// A refusal in the shape its client reads: gRPC on a gRPC route, or for a gRPC call no
+/// route took; the JSON shape otherwise. (The headers are the client's, untouched: a
+/// refusal before routing, or the route's own error, which knows its kind.)
+fn render_error(ctx: &Context, headers: &HeaderMap, error: &GatewayError) -> Response<Body> {
+    let grpc_call = match &ctx.route {
+        Some(route) => {
+            if let Some(metrics) = &route.grpc {
+                metrics.record(Some(error.grpc_code() as u8));
+            }
+            route.grpc.is_some()
+        }
+        None => grpc::is_grpc(headers),
+    };
+    if grpc_call {
+        error.to_grpc_response(&ctx.request_id)
+    } else {
+        error.to_response(&ctx.request_id)
+    }
 }
 
 /// A request that no cache answers: sent (with the upstream's retries and breaker), then

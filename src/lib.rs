@@ -9,6 +9,7 @@ pub mod context;
 pub mod control;
 pub mod error;
 pub mod gateway;
+pub mod grpc;
 pub mod observe;
 pub mod ratelimit;
 pub mod router;

@@ -11,7 +11,7 @@ const ROWS: &[&[&str]] = &[
     &["wire"],
     &["config"],
     &["observe", "window"],
-    &["auth", "router", "tls"],
+    &["auth", "router", "tls", "grpc"],
     &["transform", "ratelimit"],
     &["upstream"],
     &["cache", "split"],

@@ -211,7 +211,7 @@ async fn an_order_is_placed_through_the_gateway() {
     assert_eq!(
         metric(
             &gw.metrics(),
-            "portico_upstream_tls_handshake_failures_total{upstream=\"payments\"}"
+            "portico_upstream_tls_handshakes_total{result=\"failed\",upstream=\"payments\"}"
         ),
         0.0
     );

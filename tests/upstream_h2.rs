@@ -158,6 +158,66 @@ async fn h2_over_tls_negotiates_h2_with_alpn() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn auto_speaks_what_each_endpoint_chooses_in_alpn() {
+    let ca = TestCa::new("auto CA");
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"], false);
+    let extra = format!(
+        "    protocol: auto\n    tls: {{ ca_file: {} }}\n",
+        ca.ca_path()
+    );
+    // An HTTP/2 server: a concurrent burst learns h2 on the first connection and shares it.
+    let (target, accepted) = h2_backend(Some(&leaf)).await;
+    let (gw, _f) = gateway(&config(&target, &extra)).await;
+    let client = Client::new();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (client, addr) = (client.clone(), gw.http_addr);
+        calls.spawn(async move { client.get(addr, &format!("/burst/{i}")).await });
+    }
+    while let Some(reply) = calls.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["version"], "HTTP/2.0");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for the burst"
+    );
+    gw.shutdown().await;
+
+    // An HTTP/1.1-only server (ALPN http/1.1): the same config speaks HTTP/1.1 to it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h1_target = listener.local_addr().unwrap().to_string();
+    let task = support::tls::serve_tls(
+        listener,
+        support::tls::acceptor(&leaf, None),
+        |req: Request<Incoming>| async move {
+            let body = serde_json::json!({ "version": format!("{:?}", req.version()) });
+            Response::new(Full::new(Bytes::from(body.to_string())))
+        },
+    );
+    let (gw, _f) = gateway(&config(&h1_target, &extra)).await;
+    for _ in 0..3 {
+        let reply = client.get(gw.http_addr, "/x").await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["version"], "HTTP/1.1");
+    }
+    gw.shutdown().await;
+    task.abort();
+}
+
 #[test]
 fn protocol_keys_are_checked() {
     for (extra, message) in [
@@ -166,10 +226,7 @@ fn protocol_keys_are_checked() {
             "    protocol: h2c\n    tls: {}\n",
             "h2c is HTTP/2 without TLS",
         ),
-        (
-            "    protocol: auto\n    tls: {}\n",
-            "auto is not supported yet",
-        ),
+        ("    protocol: auto\n", "auto chooses by ALPN"),
     ] {
         let err = portico::check::parse(&config("127.0.0.1:9", extra))
             .expect_err(extra)

@@ -65,6 +65,13 @@ async fn an_https_upstream_is_verified_and_its_connections_are_kept_alive() {
         assert_eq!(
             metric(
                 &gw.metrics(),
+                "portico_upstream_tls_handshakes_total{result=\"ok\",upstream=\"secure\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            metric(
+                &gw.metrics(),
                 "portico_upstream_tls_insecure{upstream=\"secure\"}"
             ),
             0.0
@@ -108,7 +115,7 @@ async fn a_certificate_that_cannot_be_trusted_gives_502_and_is_counted() {
         assert_eq!(
             metric(
                 &gw.metrics(),
-                "portico_upstream_tls_handshake_failures_total{upstream=\"secure\"}"
+                "portico_upstream_tls_handshakes_total{result=\"failed\",upstream=\"secure\"}"
             ),
             1.0,
             "{case}"

@@ -221,7 +221,7 @@ pub enum UpstreamProtocol {
     H2,
     /// HTTP/2 without TLS, by prior knowledge.
     H2c,
-    /// ALPN `h2`, else `http/1.1` (not supported yet: refused by check).
+    /// TLS with ALPN `h2`, else `http/1.1`, as each endpoint chooses.
     Auto,
 }
 
@@ -456,6 +456,10 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     #[serde(default)]
     pub split: Option<SplitConfig>,
+    /// gRPC calls: gateway errors answer as gRPC, `grpc-timeout` bounds the call, each
+    /// call's status is counted.
+    #[serde(default)]
+    pub grpc: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

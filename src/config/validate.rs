@@ -254,6 +254,45 @@ fn route_entry(
             config.caches.contains_key(name),
         );
     }
+    if route.grpc {
+        grpc_route(config, &path, route, issues);
+    }
+}
+
+/// A gRPC route needs HTTP/2 to every upstream it reaches (gRPC has no HTTP/1.1 form),
+/// and passes messages through untouched.
+fn grpc_route(config: &Config, path: &str, route: &RouteConfig, issues: &mut Issues) {
+    use super::UpstreamProtocol;
+    let upstreams = route.upstream.iter().chain(
+        route
+            .split
+            .iter()
+            .flat_map(|s| [&s.stable.upstream, &s.canary.upstream]),
+    );
+    for name in upstreams {
+        let protocol = config.upstreams.get(name).map(|u| u.protocol);
+        if protocol == Some(UpstreamProtocol::Http1) {
+            issues.push(
+                format!("{path}.grpc"),
+                format!("gRPC needs HTTP/2 to its upstream: upstream {name:?} has protocol http1 (use h2c, h2 with tls:, or auto)"),
+            );
+        }
+    }
+    if route.cache.is_some() {
+        issues.push(format!("{path}.cache"), "gRPC calls are not cached");
+    }
+    let edits_body = route.transform.iter().any(|t| {
+        [&t.request, &t.response]
+            .into_iter()
+            .flatten()
+            .any(|m| m.json_body.is_some())
+    });
+    if edits_body {
+        issues.push(
+            format!("{path}.transform"),
+            "a gRPC route's messages are protobuf: JSON body edits do not apply",
+        );
+    }
 }
 
 fn caches_section(config: &Config, issues: &mut Issues) {

@@ -31,6 +31,8 @@ pub struct Metrics {
     ratelimit_rejected: IntCounterVec,
     /// Keys a limiter evicted because it held `max_keys`, by limit.
     pub ratelimit_evicted: IntCounterVec,
+    /// gRPC calls on `grpc: true` routes by final status (handles in `grpc::GrpcMetrics`).
+    pub grpc_responses: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -196,6 +198,14 @@ impl Metrics {
                 &["limit"],
             ),
         );
+        let grpc_responses = register(
+            &registry,
+            counter(
+                "portico_grpc_responses_total",
+                "gRPC calls on grpc routes by route and final grpc-status (none: no status came)",
+                &["route", "grpc_status"],
+            ),
+        );
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -219,6 +229,7 @@ impl Metrics {
             jwt_rejected,
             ratelimit_rejected,
             ratelimit_evicted,
+            grpc_responses,
         }
     }
 

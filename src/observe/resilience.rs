@@ -24,7 +24,7 @@ pub struct ResilienceMetrics {
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
     pub overflow: IntCounterVec,
-    pub tls_handshake_failures: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
     pub tls_insecure: IntGaugeVec,
 }
 
@@ -125,10 +125,10 @@ impl ResilienceMetrics {
                 "Requests refused with 503 because max_connections and max_pending were full",
                 &["upstream"],
             ),
-            tls_handshake_failures: counter(
-                "portico_upstream_tls_handshake_failures_total",
-                "TLS handshakes with an endpoint that failed (untrusted, expired or misnamed certificate, refused client certificate), by upstream",
-                &["upstream"],
+            tls_handshakes: counter(
+                "portico_upstream_tls_handshakes_total",
+                "TLS handshakes with an upstream's endpoints by result: ok, or failed (untrusted, expired or misnamed certificate, refused client certificate)",
+                &["upstream", "result"],
             ),
             tls_insecure: register(
                 registry,

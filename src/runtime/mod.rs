@@ -16,6 +16,7 @@ use prometheus::IntCounter;
 use crate::auth::{AuthError, Verifier};
 use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig, UnderscoreHeaders};
+use crate::grpc::GrpcMetrics;
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::ratelimit::Limiter;
 use crate::router::{Rewrite, RouteMatch, RouteTable};
@@ -45,6 +46,8 @@ pub struct Route {
     pub cache: Option<Arc<ResponseCache>>,
     pub transform: Option<Transform>,
     pub split: Option<Arc<Split>>,
+    /// `grpc: true`: the route's gRPC status counters.
+    pub grpc: Option<Arc<GrpcMetrics>>,
 }
 
 impl Route {
@@ -248,6 +251,9 @@ fn build_route(
         .map(|t| Transform::build(&rc.name, t, &metrics.transform))
         .transpose()
         .map_err(|e| err("transform", e))?;
+    let grpc = rc
+        .grpc
+        .then(|| Arc::new(GrpcMetrics::new(&metrics.grpc_responses, &rc.name)));
     if let Some(split) = split {
         return Ok(Route {
             name: rc.name.clone(),
@@ -261,6 +267,7 @@ fn build_route(
             rate_limit: None,
             jwt_rejected: Vec::new(),
             ratelimit_rejected: None,
+            grpc,
         });
     }
     let upstream_name = rc
@@ -289,6 +296,7 @@ fn build_route(
         rate_limit: None,
         jwt_rejected: Vec::new(),
         ratelimit_rejected: None,
+        grpc,
     })
 }
 

@@ -19,6 +19,9 @@ pub struct UpstreamCall {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
+    /// The caller's own deadline, when it has one before `timeouts.request` (a gRPC
+    /// call's `grpc-timeout`).
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl UpstreamCall {
@@ -35,7 +38,7 @@ impl UpstreamCall {
             path_and_query: self.path_and_query.clone(),
             headers,
         };
-        let response = retry::send(&self.upstream, &mut endpoint, out, body).await?;
+        let response = retry::send(&self.upstream, &mut endpoint, out, body, self.deadline).await?;
         Ok((endpoint, response))
     }
 }

@@ -17,6 +17,7 @@ pub mod health;
 pub mod limit;
 pub mod outlier;
 pub mod proxy;
+mod replay;
 pub mod retry;
 pub mod tls;
 pub mod validate;
@@ -195,7 +196,8 @@ pub struct Upstream {
     refreshing: Mutex<()>,
     /// TLS to the endpoints (`tls:`), swapped in place when a reload re-reads its files.
     pub tls: ArcSwapOption<ClientTls>,
-    tls_failures: prometheus::IntCounter,
+    /// `portico_upstream_tls_handshakes_total` for `ok` and `failed`.
+    tls_handshakes: [prometheus::IntCounter; 2],
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub outlier: Option<outlier::OutlierPolicy>,
@@ -292,7 +294,8 @@ impl Upstream {
                 members: ArcSwap::from_pointee(members),
                 refreshing: Mutex::new(()),
                 tls: ArcSwapOption::from(tls),
-                tls_failures: metrics.tls_handshake_failures.with_label_values(&[&name]),
+                tls_handshakes: ["ok", "failed"]
+                    .map(|result| metrics.tls_handshakes.with_label_values(&[&name, result])),
                 request_timeout: config.timeouts.request.0,
                 connect_timeout: config.timeouts.connect.0,
                 outlier: config
@@ -371,9 +374,17 @@ impl Upstream {
     /// The TLS handshake with `endpoint` failed: counted, logged with the reason (which
     /// the client never sees), and answered as `TlsHandshake`.
     pub fn tls_failed(&self, endpoint: &Endpoint, error: &std::io::Error) -> UpstreamError {
-        self.tls_failures.inc();
+        self.tls_handshakes[1].inc();
         tracing::warn!(upstream = %self.name, endpoint = %endpoint.address, error = %error, "TLS handshake with the upstream failed");
         UpstreamError::TlsHandshake(self.name.clone())
+    }
+
+    /// Counts a connection opened to `endpoint` (and its TLS handshake, when it has one).
+    pub fn opened(&self, endpoint: &Endpoint, stream: &crate::wire::connect::UpstreamStream) {
+        endpoint.metrics.connections_opened.inc();
+        if stream.is_tls() {
+            self.tls_handshakes[0].inc();
+        }
     }
 
     /// Ready to serve: discovery has answered once, or the static targets are listed.

@@ -16,10 +16,11 @@ use crate::config::UpstreamProtocol;
 use crate::observe::AttemptOutcome;
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::connect::{self, ConnectError, UpstreamStream};
-use crate::wire::h1::pool;
 use crate::wire::h1::{self, Conn, ExchangeError, UpstreamBody};
+use crate::wire::h2::Alpn;
 use crate::wire::idle::{self, Activity, IdleIo};
 use crate::wire::is_idempotent;
+use hyper::client::conn::http2::SendRequest;
 
 /// What goes to the endpoint: the request line's parts and the headers.
 pub struct Outgoing {
@@ -86,11 +87,14 @@ pub(super) async fn exchange(
     out: &Outgoing,
     body: Body,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
-    if matches!(
-        upstream.config.protocol,
-        UpstreamProtocol::H2 | UpstreamProtocol::H2c
-    ) {
-        return exchange_h2(upstream, endpoint, out, body).await;
+    let auto = upstream.config.protocol == UpstreamProtocol::Auto;
+    let h2 = match upstream.config.protocol {
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => true,
+        UpstreamProtocol::Auto => endpoint.h2.learned() == Alpn::H2,
+        UpstreamProtocol::Http1 => false,
+    };
+    if h2 {
+        return exchange_h2(upstream, endpoint, out, body, None).await;
     }
     let mut body = body;
     if let Some(mut conn) = endpoint.pool.take() {
@@ -113,15 +117,41 @@ pub(super) async fn exchange(
             Err(e) => return Err(e),
         }
     }
+    // `auto`: the first connection to an endpoint learns what it speaks, and requests
+    // arriving meanwhile wait for it (else a burst would open one connection each).
+    let learning = match auto && endpoint.h2.learned() == Alpn::Unknown {
+        true => Some(endpoint.h2.opening().await),
+        false => None,
+    };
+    if auto && endpoint.h2.learned() == Alpn::H2 {
+        drop(learning);
+        return exchange_h2(upstream, endpoint, out, body, None).await;
+    }
     // The TLS setup is looked up only when a connection is opened, not per request.
     let tls = upstream.tls.load_full();
-    let mut conn = pool::connect(
+    let stream = connect::connect(
         &endpoint.authority,
         upstream.connect_timeout,
         tls.as_deref(),
     )
-    .await?;
-    endpoint.metrics.connections_opened.inc();
+    .await
+    .map_err(ExchangeError::Connect)?;
+    upstream.opened(endpoint, &stream);
+    if auto {
+        if stream.negotiated_h2() {
+            endpoint.h2.learn(Alpn::H2);
+            let opened = endpoint
+                .h2
+                .open(stream)
+                .await
+                .map_err(|e| ExchangeError::Read(std::io::Error::other(e)))?;
+            drop(learning);
+            return exchange_h2(upstream, endpoint, out, body, Some(opened)).await;
+        }
+        endpoint.h2.learn(Alpn::Http1);
+    }
+    drop(learning);
+    let mut conn = Conn::new(stream);
     let head = round_trip(&mut conn, endpoint, out, body).await?;
     Ok(respond(conn, head, endpoint))
 }
@@ -135,6 +165,7 @@ async fn exchange_h2(
     endpoint: &Endpoint,
     out: &Outgoing,
     body: Body,
+    mut opened: Option<(SendRequest<Body>, crate::wire::h2::Stream)>,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
     let scheme = match upstream.config.protocol {
         UpstreamProtocol::H2c => http::uri::Scheme::HTTP,
@@ -148,7 +179,7 @@ async fn exchange_h2(
         .unwrap_or_else(|| endpoint.authority.clone());
     let mut body = body;
     for attempt in 0..2 {
-        let (mut sender, stream) = match endpoint.h2.take() {
+        let (mut sender, stream) = match opened.take().or_else(|| endpoint.h2.take()) {
             Some(open) => open,
             None => open_h2(upstream, endpoint).await?,
         };
@@ -186,13 +217,7 @@ async fn exchange_h2(
 async fn open_h2(
     upstream: &Upstream,
     endpoint: &Endpoint,
-) -> Result<
-    (
-        hyper::client::conn::http2::SendRequest<Body>,
-        crate::wire::h2::Stream,
-    ),
-    ExchangeError,
-> {
+) -> Result<(SendRequest<Body>, crate::wire::h2::Stream), ExchangeError> {
     let _opening = endpoint.h2.opening().await;
     if let Some(open) = endpoint.h2.take() {
         return Ok(open);
@@ -205,7 +230,12 @@ async fn open_h2(
     )
     .await
     .map_err(ExchangeError::Connect)?;
-    endpoint.metrics.connections_opened.inc();
+    upstream.opened(endpoint, &conn);
+    if upstream.config.protocol == UpstreamProtocol::Auto && !conn.negotiated_h2() {
+        // Nothing was sent: the next request goes over HTTP/1.1.
+        endpoint.h2.learn(Alpn::Http1);
+        return Err(ExchangeError::Connect(ConnectError::NoLongerH2));
+    }
     endpoint
         .h2
         .open(conn)
@@ -269,7 +299,10 @@ pub async fn upgrade(
     )
     .await
     {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            upstream.opened(endpoint, &stream);
+            stream
+        }
         Err(e) => {
             endpoint.metrics.record(AttemptOutcome::ConnectFailure);
             if let ConnectError::Tls(e) = &e {

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use super::breaker::Admit;
 pub use super::proxy::Outgoing;
-use super::{proxy, Endpoint, Upstream, UpstreamError};
+use super::{proxy, replay, Endpoint, Upstream, UpstreamError};
 use crate::config::RetriesConfig;
+use crate::grpc;
 use crate::observe::{AttemptOutcome, ResilienceMetrics};
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::UpstreamBody;
@@ -45,6 +46,9 @@ pub struct Conditions {
     pub invalid_response: bool,
     pub any_5xx: bool,
     pub statuses: Vec<u16>,
+    /// gRPC codes (bit n: code n) that retry a trailers-only answer, one whose status is
+    /// in the response head: the call failed before the service sent anything.
+    pub grpc_codes: u32,
 }
 
 impl Conditions {
@@ -59,11 +63,14 @@ impl Conditions {
                 "reset" => c.invalid_response = true,
                 "5xx" => c.any_5xx = true,
                 "gateway_error" => c.statuses.extend([502, 503, 504]),
-                code => match code.parse::<u16>() {
-                    Ok(n) if (400..=599).contains(&n) => c.statuses.push(n),
+                code => match (code.parse::<u16>(), grpc::Code::from_name(code)) {
+                    (Ok(n), _) if (400..=599).contains(&n) => c.statuses.push(n),
+                    (_, Some(grpc)) if grpc != grpc::Code::Ok as u8 => {
+                        c.grpc_codes |= 1 << grpc
+                    }
                     _ => {
                         return Err(format!(
-                            "unknown retry condition {code:?} (expected connect_failure, timeout, reset, 5xx, gateway_error or a status code 400-599)"
+                            "unknown retry condition {code:?} (expected connect_failure, timeout, reset, 5xx, gateway_error, a status code 400-599 or a gRPC code such as unavailable)"
                         ))
                     }
                 },
@@ -72,18 +79,28 @@ impl Conditions {
         Ok(c)
     }
 
-    fn matches(&self, result: &Result<Response<UpstreamBody>, UpstreamError>) -> bool {
+    /// Whether `result` is worth another try. `grpc_only`: the method is not one the
+    /// policy retries (a gRPC call is a POST), so only what cannot repeat its effect
+    /// counts: a connection never made, or a gRPC code the user listed.
+    fn matches(
+        &self,
+        result: &Result<Response<UpstreamBody>, UpstreamError>,
+        grpc_only: bool,
+    ) -> bool {
         match result {
             Ok(r) => {
+                let listed_code = grpc::status_of(r.headers())
+                    .is_some_and(|code| self.grpc_codes & (1 << code) != 0);
                 let s = r.status().as_u16();
-                (self.any_5xx && s >= 500) || self.statuses.contains(&s)
+                listed_code
+                    || (!grpc_only && ((self.any_5xx && s >= 500) || self.statuses.contains(&s)))
             }
             // Nothing was sent either way: another endpoint may have a good certificate.
             Err(UpstreamError::ConnectFailed | UpstreamError::TlsHandshake(_)) => {
                 self.connect_failure
             }
-            Err(UpstreamError::Timeout) => self.timeout,
-            Err(UpstreamError::InvalidResponse) => self.invalid_response,
+            Err(UpstreamError::Timeout) => !grpc_only && self.timeout,
+            Err(UpstreamError::InvalidResponse) => !grpc_only && self.invalid_response,
             Err(_) => false,
         }
     }
@@ -226,6 +243,9 @@ impl RetryPolicy {
 
 enum Payload {
     Replayable(Bytes),
+    /// A body of unknown length: it streams to the first try while a copy is kept,
+    /// which a retry can send when the body ended within `max_body`.
+    Copied(Option<Body>, Arc<replay::Copy>),
     Stream(Option<Body>),
 }
 
@@ -234,7 +254,20 @@ impl Payload {
     fn next_body(&mut self) -> Body {
         match self {
             Payload::Replayable(bytes) => Body::full(bytes.clone()),
+            Payload::Copied(first, copy) => first
+                .take()
+                .or_else(|| copy.whole().map(Body::full))
+                .unwrap_or_else(Body::empty),
             Payload::Stream(streamed) => streamed.take().unwrap_or_else(Body::empty),
+        }
+    }
+
+    /// Whether another try can send the whole body again.
+    fn can_replay(&self) -> bool {
+        match self {
+            Payload::Replayable(_) => true,
+            Payload::Copied(_, copy) => copy.is_whole(),
+            Payload::Stream(_) => false,
         }
     }
 }
@@ -278,21 +311,30 @@ struct Tries<'a> {
     payload: Payload,
     tried: Vec<Arc<Endpoint>>,
     deadline: Instant,
+    grpc_only: bool,
 }
 
 /// Sends the request, retrying by the upstream's policy. Sets `endpoint_used` to the
 /// endpoint of the last try.
+/// `deadline`, when the caller has one (a gRPC call's `grpc-timeout`), bounds the tries
+/// when it comes before `timeouts.request` does.
 pub async fn send(
     upstream: &Upstream,
     endpoint_used: &mut Option<Arc<Endpoint>>,
     out: Outgoing,
     body: Body,
+    deadline: Option<Instant>,
 ) -> Result<Response<Body>, UpstreamError> {
-    let deadline = Instant::now() + upstream.request_timeout;
-    let policy = upstream
+    let until = Instant::now() + upstream.request_timeout;
+    let deadline = deadline.map_or(until, |d| d.min(until));
+    // A gRPC call (a POST) may be retried on the gRPC codes the user listed.
+    let grpc_only = !upstream
         .retry
         .as_ref()
-        .filter(|p| p.attempts > 1 && p.allows(&out.method));
+        .is_some_and(|p| p.allows(&out.method));
+    let policy = upstream.retry.as_ref().filter(|p| {
+        p.attempts > 1 && (!grpc_only || (p.on.grpc_codes != 0 && grpc::is_grpc(&out.headers)))
+    });
     let payload = match policy {
         // The body is read into memory here: the request's deadline bounds it, so a
         // client trickling its body cannot hold the task (the idle watchdog is off while
@@ -306,7 +348,9 @@ pub async fn send(
         None => Payload::Stream(Some(body)),
     };
     let (attempts, _in_flight) = match (&payload, policy) {
-        (Payload::Replayable(_), Some(p)) => (p.attempts, Some(p.budget.in_flight())),
+        (Payload::Replayable(_) | Payload::Copied(..), Some(p)) => {
+            (p.attempts, Some(p.budget.in_flight()))
+        }
         _ => (1, None),
     };
     let mut tries = Tries {
@@ -316,6 +360,7 @@ pub async fn send(
         payload,
         tried: Vec::new(),
         deadline,
+        grpc_only,
     };
     let mut kept = Kept::Nothing;
     for attempt in 0..attempts {
@@ -392,7 +437,11 @@ impl Tries<'_> {
         if let Some(outcome) = outcome_of(&result) {
             upstream.observe(&endpoint, outcome);
         }
-        let again = !last_try && self.policy.is_some_and(|p| p.on.matches(&result));
+        let again = !last_try
+            && self
+                .policy
+                .is_some_and(|p| p.on.matches(&result, self.grpc_only))
+            && self.payload.can_replay();
         if !again {
             return Step::Done(result.map(|response| finish(response, permit)));
         }
@@ -481,6 +530,12 @@ async fn keep_for_replay(
                 }
                 Err(_) => Err(UpstreamError::RequestBodyUnreadable),
             }
+        }
+        // Unknown length (chunked, or HTTP/2 without content-length, as gRPC calls
+        // are): streamed at once, copied on the way.
+        None => {
+            let (body, copy) = replay::copying(body, max);
+            Ok(Payload::Copied(Some(body), copy))
         }
         _ => Ok(Payload::Stream(Some(body))),
     }

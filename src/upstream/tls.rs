@@ -25,6 +25,7 @@ pub fn build_tls(
         insecure_skip_verify: tls.insecure_skip_verify,
         alpn: match config.protocol {
             UpstreamProtocol::H2 => &[b"h2"],
+            UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
             _ => &[b"http/1.1"],
         },
     })

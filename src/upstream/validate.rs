@@ -101,9 +101,9 @@ fn upstream(p: &str, up: &UpstreamConfig, has_consul: bool, push: &mut impl FnMu
             format!("{p}.protocol"),
             "h2c is HTTP/2 without TLS; with tls: use h2".into(),
         ),
-        (UpstreamProtocol::Auto, _) => push(
+        (UpstreamProtocol::Auto, false) => push(
             format!("{p}.protocol"),
-            "auto is not supported yet: use h2 (with tls:) or http1".into(),
+            "auto chooses by ALPN in the TLS handshake: it needs tls: (for HTTP/2 without TLS use h2c)".into(),
         ),
         _ => {}
     }

@@ -29,6 +29,9 @@ pub enum ConnectError {
     Tls(io::Error),
     #[error("no TLS server name for {0} (set tls.server_name)")]
     NoServerName(String),
+    /// `protocol: auto`: the endpoint spoke HTTP/2 before and now chose HTTP/1.1.
+    #[error("the endpoint no longer offers HTTP/2 (ALPN)")]
+    NoLongerH2,
 }
 
 /// A connection to an endpoint, plain or TLS (boxed: a TLS session is large).
@@ -69,6 +72,18 @@ pub async fn connect(
 }
 
 impl UpstreamStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
+    }
+
+    /// Whether the TLS handshake chose HTTP/2 (ALPN `h2`).
+    pub fn negotiated_h2(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(_) => false,
+            UpstreamStream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+
     /// Whether written bytes may wait in a buffer until flushed (TLS records); a plain
     /// socket sends on write.
     pub fn buffers_writes(&self) -> bool {

@@ -5,7 +5,7 @@
 //! and PINGs it when quiet, so a dead peer is found.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,6 +42,17 @@ pub struct H2Pool {
     /// Held while a connection is being opened, so requests that find no room wait for
     /// it instead of each opening their own.
     opening: tokio::sync::Mutex<()>,
+    /// `protocol: auto`: what the endpoint's ALPN chose last (`Alpn` as a number).
+    learned: AtomicU8,
+}
+
+/// What an endpoint of a `protocol: auto` upstream speaks, as its ALPN answer said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// No connection was opened yet.
+    Unknown = 0,
+    Http1 = 1,
+    H2 = 2,
 }
 
 /// A request's place on a connection, given back when its response body ends.
@@ -94,6 +105,18 @@ impl H2Pool {
                 streams: streams.clone(),
             });
         Ok((sender, Stream(streams)))
+    }
+
+    pub fn learned(&self) -> Alpn {
+        match self.learned.load(Ordering::Acquire) {
+            1 => Alpn::Http1,
+            2 => Alpn::H2,
+            _ => Alpn::Unknown,
+        }
+    }
+
+    pub fn learn(&self, alpn: Alpn) {
+        self.learned.store(alpn as u8, Ordering::Release);
     }
 
     /// Drops every connection (the endpoint left).
