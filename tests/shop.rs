@@ -7,7 +7,7 @@ mod support;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use shop_backends::{spawn_all, Options, Ports, Service};
+use shop_backends::{ledger, spawn_all, Options, Ports, Service};
 use support::{gateway, metric, Client};
 
 fn shop_config(fleet: &shop_backends::Fleet, certs: &std::path::Path) -> String {
@@ -31,7 +31,12 @@ fn shop_config(fleet: &shop_backends::Fleet, certs: &std::path::Path) -> String 
         .get(Service::Payments)
         .and_then(|p| p.tls_addr)
         .expect("payments serves https");
+    let ledger = fleet
+        .get(Service::Payments)
+        .and_then(|p| p.grpc_addr)
+        .expect("payments serves its ledger over gRPC");
     yaml.replace("127.0.0.1:3014", &payments_tls.to_string())
+        .replace("127.0.0.1:50051", &ledger.to_string())
         .replace(
             "config/certs/ca.pem",
             &certs.join("ca.pem").display().to_string(),
@@ -215,6 +220,38 @@ async fn an_order_is_placed_through_the_gateway() {
         ),
         0.0
     );
+
+    // The same payment in the ledger, over gRPC through the gateway (h2c both ways).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the gateway takes h2c");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let ask = |token: Option<&str>| {
+        let mut request = tonic::Request::new(ledger::AccountRequest {
+            user_id: user_id.as_i64().expect("user id"),
+        });
+        if let Some(bearer) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.parse().unwrap());
+        }
+        request
+    };
+    let codec =
+        || tonic_prost::ProstCodec::<ledger::AccountRequest, ledger::AccountBalance>::default();
+    let path = http::uri::PathAndQuery::from_static("/shop.ledger.v1.Ledger/Balance");
+    grpc.ready().await.unwrap();
+    let balance = grpc
+        .unary(ask(Some(&bearer)), path.clone(), codec())
+        .await
+        .expect("the ledger answers");
+    assert_eq!(balance.get_ref().payments, 1);
+    assert!(balance.get_ref().paid_cents > 0);
+    grpc.ready().await.unwrap();
+    let refused = grpc.unary(ask(None), path, codec()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // Only what the gateway exposes is reachable: payments are read-only.
     let refused = client

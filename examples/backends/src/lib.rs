@@ -14,6 +14,7 @@ pub mod auth;
 pub mod common;
 pub mod db;
 pub mod idempotency;
+pub mod ledger;
 pub mod monolith;
 pub mod notifications;
 pub mod orders;
@@ -149,6 +150,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where the service also serves HTTPS, when it does.
     pub tls_addr: Option<SocketAddr>,
+    /// Where the service also serves gRPC (payments' ledger, h2c), when it does.
+    pub grpc_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -200,16 +203,26 @@ pub async fn spawn_on(
     listener: TcpListener,
     opts: Options,
 ) -> anyhow::Result<Running> {
-    spawn_with_tls(service, listener, opts, None).await
+    spawn_with(service, listener, opts, Extra::default()).await
 }
 
-/// [`spawn_on`], also serving the same router (same state) over TLS on `tls`.
-pub async fn spawn_with_tls(
+/// The listeners a service may have besides its HTTP one.
+#[derive(Default)]
+pub struct Extra {
+    /// The same router (same state) over TLS.
+    pub tls: Option<(TcpListener, tls::CertFiles)>,
+    /// Payments only: the ledger over gRPC (h2c).
+    pub grpc: Option<TcpListener>,
+}
+
+/// [`spawn_on`], also serving on the `extra` listeners.
+pub async fn spawn_with(
     service: Service,
     listener: TcpListener,
     mut opts: Options,
-    tls: Option<(TcpListener, tls::CertFiles)>,
+    extra: Extra,
 ) -> anyhow::Result<Running> {
+    let Extra { tls, grpc } = extra;
     let addr = listener.local_addr()?;
     opts.addr = addr;
     let (shutdown, rx) = watch::channel(false);
@@ -232,6 +245,15 @@ pub async fn spawn_with_tls(
         router.merge(outbox::router(ctx.clone()))
     } else {
         router
+    };
+    let grpc_addr = match grpc {
+        Some(listener) if service == Service::Payments => {
+            let addr = listener.local_addr()?;
+            ledger::serve(listener, ctx.clone(), rx.clone());
+            tracing::info!(service = service.name(), %addr, "listening (gRPC ledger, h2c)");
+            Some(addr)
+        }
+        _ => None,
     };
     let app = common::wrap(router, ctx);
     let tls_addr = match tls {
@@ -257,6 +279,7 @@ pub async fn spawn_with_tls(
         service,
         addr,
         tls_addr,
+        grpc_addr,
         shutdown,
         task: Some(task),
     })
@@ -385,7 +408,21 @@ pub async fn spawn_all(
             }
             _ => None,
         };
-        services.push(spawn_with_tls(service, listener, o, tls).await?);
+        let grpc = match service {
+            Service::Payments => {
+                let port = match ports {
+                    Ports::Default => ledger::LEDGER_PORT,
+                    Ports::Ephemeral => 0,
+                };
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("payments (gRPC ledger): cannot bind {addr}"))?;
+                Some(listener)
+            }
+            _ => None,
+        };
+        services.push(spawn_with(service, listener, o, Extra { tls, grpc }).await?);
     }
     Ok(Fleet { services })
 }

@@ -125,6 +125,12 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = running.tls_addr {
                 println!("{:<14} https://{addr}", running.service.name());
             }
+            if let Some(addr) = running.grpc_addr {
+                println!(
+                    "{:<14} grpc://{addr} (shop.ledger.v1.Ledger, h2c)",
+                    "ledger"
+                );
+            }
         }
         shutdown_signal().await;
         tracing::info!("shutting down");
