@@ -59,6 +59,10 @@ pub struct Args {
     /// Where the markdown table and the SVG plot go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Only the scenarios whose target label contains one of these comma-separated words,
+    /// e.g. `plain,h2c,grpc` (direct is always run).
+    #[arg(long)]
+    only: Option<String>,
     /// Skip nginx even when it is installed.
     #[arg(long)]
     no_nginx: bool,
@@ -120,7 +124,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let pinning = procs::Pinning::plan(cores);
     pinning.pin_self();
     let mut fleet = procs::Fleet::start(args, &pinning)?;
-    let scenarios = drive::scenarios(&fleet, args.smoke);
+    let scenarios = drive::scenarios(&fleet, args.smoke, args.only.as_deref());
     let results = drive::measure(args, &mut fleet, &scenarios, drive::Pacing::Closed)?;
     let open = if args.rate > 0.0 {
         let pacing = drive::Pacing::Open {

@@ -34,6 +34,9 @@ pub enum Target {
     /// The same GET to an h2c upstream (compared with Portico's own HTTP/1.1 path: nginx
     /// has no HTTP/2 upstreams).
     PorticoH2c,
+    /// The same GET on a `grpc: true` route to the h2c upstream: what the gRPC layer
+    /// (status counting, deadline watch) adds to the h2c path.
+    PorticoGrpc,
 }
 
 impl Target {
@@ -47,6 +50,7 @@ impl Target {
             Target::PorticoTls => "portico https upstream",
             Target::NginxTls => "nginx https upstream",
             Target::PorticoH2c => "portico h2c upstream",
+            Target::PorticoGrpc => "portico grpc route (h2c)",
         }
     }
 
@@ -103,7 +107,9 @@ pub struct Outcome {
     pub proxy_rss_mib: Option<f64>,
 }
 
-pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
+/// Every scenario of a run; `only` keeps those whose target label contains one of its
+/// comma-separated words (the direct scenario is always kept: it calibrates the rest).
+pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario> {
     let loads: &[Load] = if smoke {
         &[Load::Get100]
     } else {
@@ -131,6 +137,7 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
         if *load == Load::Get100 {
             add(Target::PorticoTls, fleet.portico.port, "/tls");
             add(Target::PorticoH2c, fleet.portico.port, "/h2c");
+            add(Target::PorticoGrpc, fleet.portico.port, "/grpc");
         }
         if let Some(nginx) = &fleet.nginx {
             add(Target::Nginx, nginx.port, "/plain");
@@ -138,6 +145,14 @@ pub fn scenarios(fleet: &Fleet, smoke: bool) -> Vec<Scenario> {
                 add(Target::NginxTls, nginx.port, "/tls");
             }
         }
+    }
+    if let Some(only) = only {
+        out.retain(|s| {
+            s.target == Target::Direct
+                || only
+                    .split(',')
+                    .any(|word| s.target.label().contains(word.trim()))
+        });
     }
     out
 }
@@ -149,7 +164,8 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
         | Target::PorticoFull
         | Target::PorticoCache
         | Target::PorticoTls
-        | Target::PorticoH2c => Some(&fleet.portico),
+        | Target::PorticoH2c
+        | Target::PorticoGrpc => Some(&fleet.portico),
         Target::Nginx | Target::NginxTls => fleet.nginx.as_ref(),
     }
 }

@@ -389,6 +389,11 @@ upstreams:
     targets: ["127.0.0.1:{backend}"]
     protocol: h2c
 routes:
+  - name: grpc
+    match: {{ path_prefix: /grpc }}
+    rewrite: {{ strip_prefix: /grpc }}
+    upstream: backend-h2c
+    grpc: true
   - name: h2c
     match: {{ path_prefix: /h2c }}
     rewrite: {{ strip_prefix: /h2c }}

@@ -225,6 +225,7 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::PorticoTls => "#8c564b",
             Target::NginxTls => "#e377c2",
             Target::PorticoH2c => "#17becf",
+            Target::PorticoGrpc => "#bcbd22",
         };
         let points: Vec<String> = QUANTILES
             .iter()
