@@ -63,4 +63,6 @@ pub struct Context {
     pub split_side: Option<crate::split::Side>,
     /// The rate limit decision, reported in `RateLimit-*` headers on the response.
     pub rate_limit: Option<crate::ratelimit::Decision>,
+    /// The request's trace, when `telemetry.tracing` is on.
+    pub trace: Option<Arc<crate::telemetry::TraceScope>>,
 }

@@ -20,6 +20,7 @@ use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::split;
+use crate::telemetry::{self, span::Attributes, TraceScope};
 use crate::transform;
 use crate::upstream::call::{upstream_response, UpstreamCall};
 use crate::upstream::{proxy, Upstream};
@@ -50,12 +51,16 @@ pub async fn handle(
         claims: None,
         split_side: None,
         rate_limit: None,
+        trace: rt
+            .tracer
+            .as_ref()
+            .map(|t| Arc::new(t.begin(&parts.headers))),
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
 
-    let mut response = match forward_request(&rt, &mut ctx, &mut parts, body).await {
-        Ok(response) => response,
-        Err(error) => render_error(&ctx, &parts.headers, &error),
+    let (mut response, failure) = match forward_request(&rt, &mut ctx, &mut parts, body).await {
+        Ok(response) => (response, None),
+        Err(error) => (render_error(&ctx, &parts.headers, &error), Some(error)),
     };
     response
         .headers_mut()
@@ -81,6 +86,9 @@ pub async fn handle(
         );
     }
 
+    if let Some(trace) = ctx.trace.as_deref().filter(|t| t.sampled) {
+        server_span(trace, &ctx, &parts, &response, failure.as_ref());
+    }
     // The stages take the headers but leave method and URI: the log sees what the client sent.
     record(
         &rt,
@@ -165,6 +173,13 @@ async fn forward_request(
         .and_then(|_| grpc::timeout(&parts.headers))
         .map(|d| tokio::time::Instant::from_std(ctx.started) + d);
     let mut headers = std::mem::take(&mut parts.headers);
+    if let Some(trace) = &ctx.trace {
+        trace.strip(&mut headers);
+        // An upgrade is one try on a connection of its own: it carries the server span.
+        if upgrade.is_some() {
+            trace.inject(&mut headers, &trace.span_id);
+        }
+    }
     // `TE: trailers` is the one TE an HTTP/2 upstream may receive (RFC 9113 §8.2.2), and
     // gRPC servers expect it; the HTTP/1.1 client leaves it out.
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
@@ -210,6 +225,7 @@ async fn forward_request(
         path_and_query,
         headers,
         deadline: grpc_deadline,
+        trace: ctx.trace.clone(),
     };
 
     let sent = if let Some(protocol) = upgrade {
@@ -484,6 +500,88 @@ fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Gatew
     result.map_err(|_| GatewayError::BadRequest("invalid request target"))
 }
 
+/// The request's server span (OpenTelemetry HTTP server attributes, Portico's own under
+/// `portico.`), with events for the refusals a trace reader looks for.
+fn server_span(
+    trace: &TraceScope,
+    ctx: &Context,
+    parts: &Parts,
+    response: &Response<Body>,
+    failure: Option<&GatewayError>,
+) {
+    let status = response.status().as_u16();
+    let mut attributes: Attributes = vec![
+        ("http.request.method", parts.method.to_string().into()),
+        ("url.path", parts.uri.path().to_string().into()),
+        ("url.scheme", ctx.conn.proto().into()),
+        ("http.response.status_code", i64::from(status).into()),
+        ("client.address", ctx.client_ip.to_string().into()),
+        (
+            "network.peer.address",
+            ctx.conn.peer.ip().to_string().into(),
+        ),
+        (
+            "portico.request_id",
+            ctx.request_id.to_str().unwrap_or("").to_string().into(),
+        ),
+    ];
+    if let Some(route) = ctx.route.as_deref() {
+        attributes.push(("http.route", route.name.clone().into()));
+        let upstream = route.upstream_for(ctx.split_side);
+        attributes.push(("portico.upstream", upstream.name.clone().into()));
+    }
+    if let Some(endpoint) = &ctx.endpoint {
+        attributes.push(("portico.endpoint", endpoint.address.clone().into()));
+    }
+    if let Some(user) = &ctx.user {
+        attributes.push(("portico.consumer", user.clone().into()));
+    }
+    if let Some(side) = ctx.split_side {
+        attributes.push(("portico.split.side", side.label().into()));
+    }
+    if let Some(cache) = response
+        .headers()
+        .get(&cache::flow::X_CACHE)
+        .and_then(|v| v.to_str().ok())
+    {
+        attributes.push(("portico.cache", cache.to_string().into()));
+    }
+    if let Some(decision) = &ctx.rate_limit {
+        attributes.push((
+            "portico.rate_limited",
+            decision.retry_after.is_some().into(),
+        ));
+    }
+    if let Some(code) = grpc::status_of(response.headers()) {
+        attributes.push(("rpc.grpc.status_code", i64::from(code).into()));
+    }
+    let mut events = Vec::new();
+    match failure {
+        Some(GatewayError::Auth(e)) => events.push(telemetry::event(
+            "jwt rejected",
+            vec![("portico.reason", e.reason().into())],
+        )),
+        Some(GatewayError::CircuitOpen(upstream)) => events.push(telemetry::event(
+            "circuit breaker open",
+            vec![("portico.upstream", upstream.clone().into())],
+        )),
+        Some(GatewayError::RateLimited { retry_after }) => events.push(telemetry::event(
+            "rate limited",
+            vec![("portico.retry_after", (*retry_after as i64).into())],
+        )),
+        _ => {}
+    }
+    let error = (status >= 500).then(|| match failure {
+        Some(e) => e.to_string(),
+        None => format!("upstream answered {status}"),
+    });
+    let name = match ctx.route.as_deref() {
+        Some(route) => format!("{} {}", parts.method, route.name),
+        None => parts.method.to_string(),
+    };
+    trace.finish(name, attributes, events, error);
+}
+
 fn record(
     rt: &Runtime,
     ctx: &Context,
@@ -503,6 +601,10 @@ fn record(
     if !log.enabled() {
         return;
     }
+    let trace_ids = ctx
+        .trace
+        .as_deref()
+        .map(|t| (t.trace_id_hex(), t.span_id_hex()));
     let bytes_out = content_length(response.headers())
         .or_else(|| http_body::Body::size_hint(response.body()).exact())
         .unwrap_or(0);
@@ -520,5 +622,7 @@ fn record(
         bytes_in,
         bytes_out,
         user: ctx.user.as_deref(),
+        trace_id: trace_ids.as_ref().map(|(t, _)| t.as_str()),
+        span_id: trace_ids.as_ref().map(|(_, s)| s.as_str()),
     });
 }

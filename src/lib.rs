@@ -16,6 +16,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod split;
+pub mod telemetry;
 pub mod tls;
 pub mod transform;
 pub mod upstream;

@@ -11,7 +11,7 @@ const ROWS: &[&[&str]] = &[
     &["wire"],
     &["config"],
     &["observe", "window"],
-    &["auth", "router", "tls", "grpc"],
+    &["auth", "router", "tls", "grpc", "telemetry"],
     &["transform", "ratelimit"],
     &["upstream"],
     &["cache", "split"],

@@ -176,9 +176,10 @@ fn deserialize_sections(
             "rate_limits" => config.rate_limits = named(&key, value, issues, broken),
             "caches" => config.caches = named(&key, value, issues, broken),
             "routes" => config.routes = listed(&key, value, issues),
+            "telemetry" => config.telemetry = section(&key, value, issues),
             other => issues.push(issue(
                 other,
-                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes)",
+                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes, telemetry)",
             )),
         }
     }
@@ -343,6 +344,14 @@ pub fn redacted(config: &Config) -> Config {
     if let Some(consul) = config.consul.as_mut() {
         if consul.token.as_deref().is_some_and(|t| !t.is_empty()) {
             consul.token = Some("<redacted>".into());
+        }
+    }
+    // A collector URL may carry credentials in its user part.
+    if let Some(tracing) = config.telemetry.as_mut().and_then(|t| t.tracing.as_mut()) {
+        if let Some((scheme, rest)) = tracing.otlp_endpoint.split_once("://") {
+            if let Some((_, host)) = rest.split_once('@') {
+                tracing.otlp_endpoint = format!("{scheme}://<redacted>@{host}");
+            }
         }
     }
     for jwt in config.jwt.values_mut() {

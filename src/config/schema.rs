@@ -25,6 +25,57 @@ pub struct Config {
     pub caches: BTreeMap<String, CacheConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Distributed tracing: W3C trace context in and out, spans exported over OTLP/HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added); empty: tracing off.
+    #[serde(default)]
+    pub otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded (0.0 to 1.0); a parent's decision is always kept.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Context formats read from clients and sent upstream.
+    #[serde(default = "default_propagate")]
+    pub propagate: Vec<Propagation>,
+}
+
+fn default_service_name() -> String {
+    "portico".into()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_propagate() -> Vec<Propagation> {
+    vec![Propagation::Tracecontext, Propagation::Baggage]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Propagation {
+    /// W3C `traceparent` and `tracestate`.
+    Tracecontext,
+    /// W3C `baggage`, passed on as it came.
+    Baggage,
+    /// Zipkin's single `b3` header.
+    B3,
+    /// Zipkin's `X-B3-*` headers.
+    B3multi,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

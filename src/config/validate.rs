@@ -28,6 +28,7 @@ pub fn validate(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
     upstreams_section(config, &mut issues);
     caches_section(config, &mut issues);
     guards_section(config, &mut issues);
+    telemetry_section(config, &mut issues);
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(config, broken, i, route, &mut issues);
     }
@@ -137,6 +138,34 @@ fn upstreams_section(config: &Config, issues: &mut Issues) {
         if up.timeouts.request.0.is_zero() {
             issues.push(format!("{path}.timeouts.request"), "must be above zero");
         }
+    }
+}
+
+fn telemetry_section(config: &Config, issues: &mut Issues) {
+    let Some(tracing) = config.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) else {
+        return;
+    };
+    let path = "telemetry.tracing";
+    let endpoint = tracing.otlp_endpoint.trim();
+    if !endpoint.is_empty() {
+        match endpoint.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() => {}
+            _ => issues.push(
+                format!("{path}.otlp_endpoint"),
+                "must be an http:// or https:// URL of an OTLP/HTTP collector, such as http://127.0.0.1:4318 (or empty: tracing off)",
+            ),
+        }
+    }
+    if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+        issues.push(
+            format!("{path}.sample_ratio"),
+            "must be between 0.0 and 1.0",
+        );
+    }
+    if tracing.service_name.trim().is_empty() {
+        issues.push(format!("{path}.service_name"), "must not be empty");
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub ratelimit_evicted: IntCounterVec,
     /// gRPC calls on `grpc: true` routes by final status (handles in `grpc::GrpcMetrics`).
     pub grpc_responses: IntCounterVec,
+    /// Spans by what became of them: exported, dropped (queue full), failed (export).
+    pub tracing_spans: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -206,6 +208,17 @@ impl Metrics {
                 &["route", "grpc_status"],
             ),
         );
+        let tracing_spans = register(
+            &registry,
+            counter(
+                "portico_tracing_spans_total",
+                "Spans by result: exported to the collector, dropped (export queue full) or failed (the collector did not take them)",
+                &["result"],
+            ),
+        );
+        for result in ["exported", "dropped", "failed"] {
+            tracing_spans.with_label_values(&[result]);
+        }
         // Show both reload results from the start, so rate() works on the first reload.
         config_reloads.with_label_values(&["success"]);
         config_reloads.with_label_values(&["error"]);
@@ -230,6 +243,7 @@ impl Metrics {
             ratelimit_rejected,
             ratelimit_evicted,
             grpc_responses,
+            tracing_spans,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::ratelimit::Limiter;
 use crate::router::{Rewrite, RouteMatch, RouteTable};
 use crate::split::{Side, Split};
+use crate::telemetry::Tracer;
 use crate::transform::Transform;
 use crate::upstream::Upstream;
 
@@ -89,6 +90,8 @@ pub struct Runtime {
     /// Metrics of requests that matched no route.
     pub no_route: RouteMetrics,
     pub shared: Arc<Shared>,
+    /// `telemetry.tracing` with an endpoint: the request path's one check.
+    pub tracer: Option<Arc<Tracer>>,
     /// TLS setups re-read for upstreams this Runtime keeps from the one before; put in
     /// service by `activate`, so a refused reload changes nothing.
     renewed_tls: Vec<(Arc<Upstream>, Option<Arc<crate::wire::tls::ClientTls>>)>,
@@ -165,7 +168,9 @@ impl Runtime {
             .filter_map(|n| crate::wire::forward::parse_net(n))
             .collect();
         let claim_headers = crate::auth::forwarded_headers(config.jwt.values());
+        let tracer = build_tracer(&config, previous, metrics)?;
         Ok(Runtime {
+            tracer,
             verifiers,
             limiters,
             claim_headers,
@@ -195,6 +200,9 @@ impl Runtime {
     /// ramp) on state that may be carried over from the Runtime it replaced. Building
     /// has no such effects, so a reload that fails changes nothing that serves.
     pub fn activate(&self) {
+        if let Some(tracer) = &self.tracer {
+            tracer.start();
+        }
         for (upstream, tls) in &self.renewed_tls {
             upstream.use_tls(tls.clone());
         }
@@ -205,6 +213,26 @@ impl Runtime {
             split.activate();
         }
     }
+}
+
+/// The tracer of `telemetry.tracing`, the previous Runtime's when its settings are the
+/// same (its export task and queue carry on).
+fn build_tracer(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<Tracer>>, ConfigError> {
+    let Some(cfg) = config.telemetry.as_ref().and_then(|t| t.tracing.as_ref()) else {
+        return Ok(None);
+    };
+    if let Some(reused) = previous
+        .and_then(|p| p.tracer.as_ref())
+        .filter(|t| &t.config == cfg)
+    {
+        return Ok(Some(reused.clone()));
+    }
+    Tracer::build(cfg, &metrics.tracing_spans)
+        .map_err(|e| ConfigError::single("telemetry.tracing.otlp_endpoint", e))
 }
 
 fn build_caches(

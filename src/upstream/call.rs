@@ -8,6 +8,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::{retry, Endpoint, Upstream, UpstreamError};
+use crate::telemetry::TraceScope;
 use crate::wire::body::Body;
 use crate::wire::forward;
 
@@ -22,6 +23,8 @@ pub struct UpstreamCall {
     /// The caller's own deadline, when it has one before `timeouts.request` (a gRPC
     /// call's `grpc-timeout`).
     pub deadline: Option<tokio::time::Instant>,
+    /// The request's trace, when tracing is on: each try gets a client span.
+    pub trace: Option<Arc<TraceScope>>,
 }
 
 impl UpstreamCall {
@@ -38,7 +41,17 @@ impl UpstreamCall {
             path_and_query: self.path_and_query.clone(),
             headers,
         };
-        let response = retry::send(&self.upstream, &mut endpoint, out, body, self.deadline).await?;
+        let response = retry::send(
+            &self.upstream,
+            &mut endpoint,
+            out,
+            body,
+            retry::Bounds {
+                deadline: self.deadline,
+                trace: self.trace.as_deref(),
+            },
+        )
+        .await?;
         Ok((endpoint, response))
     }
 }

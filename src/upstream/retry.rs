@@ -25,6 +25,7 @@ use super::{proxy, replay, Endpoint, Upstream, UpstreamError};
 use crate::config::RetriesConfig;
 use crate::grpc;
 use crate::observe::{AttemptOutcome, ResilienceMetrics};
+use crate::telemetry::{self, TraceScope};
 use crate::wire::body::{is_body_too_large, Body};
 use crate::wire::h1::UpstreamBody;
 use crate::wire::headers::content_length;
@@ -307,26 +308,37 @@ enum Step {
 struct Tries<'a> {
     upstream: &'a Upstream,
     policy: Option<&'a RetryPolicy>,
-    out: &'a Outgoing,
+    out: Outgoing,
     payload: Payload,
     tried: Vec<Arc<Endpoint>>,
     deadline: Instant,
     grpc_only: bool,
+    trace: Option<&'a TraceScope>,
+    /// Why the try before this one failed (for its client span).
+    retry_reason: Option<String>,
 }
 
 /// Sends the request, retrying by the upstream's policy. Sets `endpoint_used` to the
 /// endpoint of the last try.
-/// `deadline`, when the caller has one (a gRPC call's `grpc-timeout`), bounds the tries
-/// when it comes before `timeouts.request` does.
+/// What the caller adds to a request's tries.
+#[derive(Default)]
+pub struct Bounds<'a> {
+    /// The caller's own deadline (a gRPC call's `grpc-timeout`): it bounds the tries when
+    /// it comes before `timeouts.request` does.
+    pub deadline: Option<Instant>,
+    /// The request's trace: every try carries a child span id and is recorded.
+    pub trace: Option<&'a TraceScope>,
+}
+
 pub async fn send(
     upstream: &Upstream,
     endpoint_used: &mut Option<Arc<Endpoint>>,
     out: Outgoing,
     body: Body,
-    deadline: Option<Instant>,
+    bounds: Bounds<'_>,
 ) -> Result<Response<Body>, UpstreamError> {
     let until = Instant::now() + upstream.request_timeout;
-    let deadline = deadline.map_or(until, |d| d.min(until));
+    let deadline = bounds.deadline.map_or(until, |d| d.min(until));
     // A gRPC call (a POST) may be retried on the gRPC codes the user listed.
     let grpc_only = !upstream
         .retry
@@ -356,11 +368,13 @@ pub async fn send(
     let mut tries = Tries {
         upstream,
         policy,
-        out: &out,
+        out,
         payload,
         tried: Vec::new(),
         deadline,
         grpc_only,
+        trace: bounds.trace,
+        retry_reason: None,
     };
     let mut kept = Kept::Nothing;
     for attempt in 0..attempts {
@@ -431,9 +445,13 @@ impl Tries<'_> {
             return Step::Stop(Some(UpstreamError::Timeout));
         };
         let body = self.payload.next_body();
+        let span = self.trace.map(|t| t.attempt(&mut self.out.headers));
         let awaiting_head = endpoint.await_head();
-        let result = proxy::send(upstream, &endpoint, self.out, body, timeout).await;
+        let result = proxy::send(upstream, &endpoint, &self.out, body, timeout).await;
         drop(awaiting_head);
+        if let (Some(trace), Some(span)) = (self.trace, span) {
+            self.record_attempt(trace, span, attempt, &endpoint, &result);
+        }
         if let Some(outcome) = outcome_of(&result) {
             upstream.observe(&endpoint, outcome);
         }
@@ -453,6 +471,56 @@ impl Tries<'_> {
             Ok(response) => Kept::Answer(response),
             Err(e) => Kept::Failure(e),
         })
+    }
+
+    /// The try's client span, with what it met (OpenTelemetry HTTP client attributes).
+    fn record_attempt(
+        &mut self,
+        trace: &TraceScope,
+        span: telemetry::Attempt,
+        attempt: u32,
+        endpoint: &Endpoint,
+        result: &Result<Response<UpstreamBody>, UpstreamError>,
+    ) {
+        let mut attributes: telemetry::span::Attributes = vec![
+            ("http.request.method", self.out.method.to_string().into()),
+            (
+                "server.address",
+                endpoint.authority.host().to_string().into(),
+            ),
+            (
+                "url.path",
+                self.out.path_and_query.path().to_string().into(),
+            ),
+            ("portico.upstream", self.upstream.name.clone().into()),
+            ("portico.endpoint", endpoint.address.clone().into()),
+        ];
+        if let Some(port) = endpoint.authority.port_u16() {
+            attributes.push(("server.port", i64::from(port).into()));
+        }
+        if attempt > 0 {
+            attributes.push(("http.request.resend_count", i64::from(attempt).into()));
+            if let Some(reason) = self.retry_reason.take() {
+                attributes.push(("portico.retry_reason", reason.into()));
+            }
+        }
+        let (outcome, error) = match result {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                attributes.push(("http.response.status_code", i64::from(status).into()));
+                (
+                    status.to_string(),
+                    (status >= 500).then(|| status.to_string()),
+                )
+            }
+            Err(e) => {
+                let kind = failure_kind(e);
+                attributes.push(("error.type", kind.into()));
+                (kind.to_string(), Some(e.to_string()))
+            }
+        };
+        self.retry_reason = Some(outcome);
+        trace.finish_attempt(span, self.out.method.as_str(), attributes, error);
     }
 
     /// A place in the retry budget for one more try (counted either way), waiting at
@@ -491,6 +559,16 @@ fn finish(
         body.hold(permit);
         Body::upstream(body)
     })
+}
+
+/// A failed try in the words of `retries.on`.
+fn failure_kind(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::ConnectFailed | UpstreamError::TlsHandshake(_) => "connect_failure",
+        UpstreamError::Timeout => "timeout",
+        UpstreamError::InvalidResponse => "reset",
+        _ => "request_body",
+    }
 }
 
 fn outcome_of(result: &Result<Response<UpstreamBody>, UpstreamError>) -> Option<AttemptOutcome> {

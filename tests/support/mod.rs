@@ -7,6 +7,7 @@ pub mod cache_backend;
 pub mod client;
 pub mod consul;
 pub mod flaky;
+pub mod otlp;
 pub mod scripted;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,328 @@
+//! Distributed tracing (`telemetry.tracing`): the trace context a client sends is
+//! continued (or a trace started), every upstream try gets a child span id in the
+//! context it carries, and sampled requests leave a server span and one client span per
+//! try for the exporter. Without `telemetry.tracing` none of this runs: the Runtime has
+//! no tracer and the request path checks one `Option`.
+
+pub mod context;
+mod export;
+mod otlp;
+pub mod span;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderValue, Uri};
+use prometheus::IntCounterVec;
+
+use crate::config::{Propagation, TracingConfig};
+use context::{SpanId, TraceId};
+use span::{Attributes, Kind, SpanEvent, SpanRecord};
+
+/// What one tracing configuration needs on the request path, built once.
+#[derive(Debug)]
+pub struct Tracer {
+    pub config: TracingConfig,
+    /// New traces are sampled when the low 64 bits of their id are below this.
+    threshold: u64,
+    tracecontext: bool,
+    baggage: bool,
+    b3_single: bool,
+    b3_multi: bool,
+    exporter: export::Exporter,
+}
+
+impl Tracer {
+    /// The tracer of `config`, or None when tracing is off (no endpoint).
+    pub fn build(
+        config: &TracingConfig,
+        spans: &IntCounterVec,
+    ) -> Result<Option<Arc<Tracer>>, String> {
+        let endpoint = config.otlp_endpoint.trim();
+        if endpoint.is_empty() {
+            return Ok(None);
+        }
+        let endpoint = traces_url(endpoint)?;
+        let has = |p: Propagation| config.propagate.contains(&p);
+        Ok(Some(Arc::new(Tracer {
+            threshold: if config.sample_ratio >= 1.0 {
+                u64::MAX
+            } else {
+                (config.sample_ratio.max(0.0) * u64::MAX as f64) as u64
+            },
+            tracecontext: has(Propagation::Tracecontext),
+            baggage: has(Propagation::Baggage),
+            b3_single: has(Propagation::B3),
+            b3_multi: has(Propagation::B3multi),
+            exporter: export::Exporter::new(endpoint, &config.service_name, spans),
+            config: config.clone(),
+        })))
+    }
+
+    /// Starts the export task (when the Runtime goes live; `check` never does).
+    pub fn start(&self) {
+        self.exporter.start();
+    }
+
+    /// The request's trace: the client's continued (a parent's sampling decision is
+    /// kept), or a new one sampled by `sample_ratio`.
+    pub fn begin(self: &Arc<Self>, headers: &HeaderMap) -> TraceScope {
+        let parent = context::extract(headers, self.tracecontext, self.b3_single || self.b3_multi);
+        let (trace_id, parent_span, sampled, tracestate) = match parent {
+            Some(p) => (p.trace_id, Some(p.span_id), p.sampled, p.tracestate),
+            None => {
+                let trace_id = random_trace_id();
+                let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or([0; 8]));
+                let sampled = self.threshold == u64::MAX || low < self.threshold;
+                (trace_id, None, sampled, None)
+            }
+        };
+        TraceScope {
+            tracer: self.clone(),
+            trace_id,
+            span_id: random_span_id(),
+            parent: parent_span,
+            sampled,
+            tracestate,
+            start: SystemTime::now(),
+        }
+    }
+}
+
+/// `/v1/traces` under the configured base URL, unless the URL names it already.
+fn traces_url(endpoint: &str) -> Result<Uri, String> {
+    let base = endpoint.trim_end_matches('/');
+    let url = if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    };
+    url.parse::<Uri>()
+        .map_err(|e| format!("invalid otlp_endpoint: {e}"))
+}
+
+/// One request's place in its trace: the server span's ids and whether it is recorded.
+#[derive(Debug)]
+pub struct TraceScope {
+    tracer: Arc<Tracer>,
+    pub trace_id: TraceId,
+    /// The server span (the gateway's own span for this request).
+    pub span_id: SpanId,
+    parent: Option<SpanId>,
+    pub sampled: bool,
+    tracestate: Option<HeaderValue>,
+    start: SystemTime,
+}
+
+/// One upstream try's client span, open until `finish`.
+#[derive(Debug)]
+pub struct Attempt {
+    pub span_id: SpanId,
+    start: SystemTime,
+}
+
+impl TraceScope {
+    /// Removes the client's trace headers before the request goes upstream (the
+    /// gateway sends its own on every try).
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        context::strip(headers, self.tracer.baggage);
+    }
+
+    /// A new client span for one try, its context written into `headers`.
+    pub fn attempt(&self, headers: &mut HeaderMap) -> Attempt {
+        let attempt = Attempt {
+            span_id: random_span_id(),
+            start: SystemTime::now(),
+        };
+        self.inject(headers, &attempt.span_id);
+        attempt
+    }
+
+    /// Writes the context with `span_id` as the parent the upstream sees.
+    pub fn inject(&self, headers: &mut HeaderMap, span_id: &SpanId) {
+        let tracer = &self.tracer;
+        if tracer.tracecontext {
+            headers.insert(
+                context::TRACEPARENT.clone(),
+                context::traceparent(&self.trace_id, span_id, self.sampled),
+            );
+            if let Some(state) = &self.tracestate {
+                headers.insert(context::TRACESTATE.clone(), state.clone());
+            }
+        }
+        if tracer.b3_single || tracer.b3_multi {
+            context::inject_b3(
+                headers,
+                tracer.b3_single,
+                &self.trace_id,
+                span_id,
+                &self.span_id,
+                self.sampled,
+            );
+        }
+    }
+
+    /// Records a try's client span (when sampled).
+    pub fn finish_attempt(
+        &self,
+        attempt: Attempt,
+        name: &str,
+        attributes: Attributes,
+        error: Option<String>,
+    ) {
+        if !self.sampled {
+            return;
+        }
+        self.tracer.exporter.record(SpanRecord {
+            trace_id: self.trace_id,
+            span_id: attempt.span_id,
+            parent: Some(self.span_id),
+            trace_state: None,
+            name: name.to_string(),
+            kind: Kind::Client,
+            start_unix_nano: span::unix_nanos(attempt.start),
+            end_unix_nano: span::unix_nanos(SystemTime::now()),
+            attributes,
+            events: Vec::new(),
+            error,
+        });
+    }
+
+    /// Records the server span (when sampled).
+    pub fn finish(
+        &self,
+        name: String,
+        attributes: Attributes,
+        events: Vec<SpanEvent>,
+        error: Option<String>,
+    ) {
+        if !self.sampled {
+            return;
+        }
+        self.tracer.exporter.record(SpanRecord {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent: self.parent,
+            trace_state: self
+                .tracestate
+                .as_ref()
+                .and_then(|s| s.to_str().ok())
+                .map(str::to_string),
+            name,
+            kind: Kind::Server,
+            start_unix_nano: span::unix_nanos(self.start),
+            end_unix_nano: span::unix_nanos(SystemTime::now()),
+            attributes,
+            events,
+            error,
+        });
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        context::hex(&self.trace_id)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        context::hex(&self.span_id)
+    }
+}
+
+/// An event stamped now.
+pub fn event(name: &'static str, attributes: Attributes) -> SpanEvent {
+    SpanEvent {
+        unix_nano: span::unix_nanos(SystemTime::now()),
+        name,
+        attributes,
+    }
+}
+
+fn random_trace_id() -> TraceId {
+    loop {
+        let id: TraceId = rand::random();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+fn random_span_id() -> SpanId {
+    loop {
+        let id: SpanId = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracer(ratio: f64, propagate: Vec<Propagation>) -> Arc<Tracer> {
+        let spans = IntCounterVec::new(prometheus::Opts::new("t", "t"), &["result"]).unwrap();
+        let config = TracingConfig {
+            otlp_endpoint: "http://127.0.0.1:4318".into(),
+            service_name: "portico".into(),
+            sample_ratio: ratio,
+            propagate,
+        };
+        Tracer::build(&config, &spans).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_endpoint_gets_its_path() {
+        assert_eq!(
+            traces_url("http://c:4318").unwrap().to_string(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/v1/traces").unwrap().to_string(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("https://c/otlp/").unwrap().to_string(),
+            "https://c/otlp/v1/traces"
+        );
+    }
+
+    #[test]
+    fn sampling_keeps_the_parents_decision_and_follows_the_ratio() {
+        let t = tracer(0.0, vec![Propagation::Tracecontext]);
+        let mut h = HeaderMap::new();
+        assert!(!t.begin(&h).sampled, "ratio 0, no parent");
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let scope = t.begin(&h);
+        assert!(scope.sampled, "a sampled parent is kept");
+        assert_eq!(scope.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(scope.span_id_hex(), "00f067aa0ba902b7", "a span of its own");
+        let all = tracer(1.0, vec![Propagation::Tracecontext]);
+        assert!(all.begin(&HeaderMap::new()).sampled);
+        let half = tracer(0.5, vec![Propagation::Tracecontext]);
+        let sampled = (0..2000)
+            .filter(|_| half.begin(&HeaderMap::new()).sampled)
+            .count();
+        assert!((800..1200).contains(&sampled), "{sampled} of 2000 at 0.5");
+    }
+
+    #[test]
+    fn each_attempt_carries_its_own_span_id() {
+        let t = tracer(1.0, vec![Propagation::Tracecontext, Propagation::B3multi]);
+        let scope = t.begin(&HeaderMap::new());
+        let mut headers = HeaderMap::new();
+        let first = scope.attempt(&mut headers);
+        let sent = headers["traceparent"].to_str().unwrap().to_string();
+        assert!(sent.contains(&context::hex(&first.span_id)));
+        assert!(sent.starts_with(&format!("00-{}-", scope.trace_id_hex())));
+        assert!(sent.ends_with("-01"));
+        assert_eq!(headers["x-b3-parentspanid"], scope.span_id_hex().as_str());
+        let second = scope.attempt(&mut headers);
+        assert_ne!(first.span_id, second.span_id);
+        assert!(headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .contains(&context::hex(&second.span_id)));
+    }
+}
