@@ -298,10 +298,12 @@ impl Upstream {
                     .map(|result| metrics.tls_handshakes.with_label_values(&[&name, result])),
                 request_timeout: config.timeouts.request.0,
                 connect_timeout: config.timeouts.connect.0,
-                outlier: config
-                    .outlier_detection
-                    .as_ref()
-                    .map(outlier::OutlierPolicy::from),
+                outlier: config.outlier_detection.as_ref().map(|c| {
+                    // The series exists from the start, at 0, so rate() and alerts work
+                    // before the first ejection.
+                    metrics.ejections.with_label_values(&[&name]);
+                    outlier::OutlierPolicy::from(c)
+                }),
                 breaker,
                 retry,
                 limits: limit::Limits::new(&name, config.max_pending, &metrics),
