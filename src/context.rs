@@ -64,5 +64,5 @@ pub struct Context {
     /// The rate limit decision, reported in `RateLimit-*` headers on the response.
     pub rate_limit: Option<crate::ratelimit::Decision>,
     /// The request's trace, when `telemetry.tracing` is on.
-    pub trace: Option<Arc<crate::telemetry::TraceScope>>,
+    pub trace: Option<crate::telemetry::TraceScope>,
 }

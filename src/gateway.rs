@@ -51,10 +51,7 @@ pub async fn handle(
         claims: None,
         split_side: None,
         rate_limit: None,
-        trace: rt
-            .tracer
-            .as_ref()
-            .map(|t| Arc::new(t.begin(&parts.headers))),
+        trace: rt.tracer.as_ref().map(|t| t.begin(&parts.headers)),
     };
     let bytes_in = content_length(&parts.headers).unwrap_or(0);
 
@@ -86,7 +83,7 @@ pub async fn handle(
         );
     }
 
-    if let Some(trace) = ctx.trace.as_deref().filter(|t| t.sampled) {
+    if let Some(trace) = ctx.trace.as_ref().filter(|t| t.sampled) {
         server_span(trace, &ctx, &parts, &response, failure.as_ref());
     }
     // The stages take the headers but leave method and URI: the log sees what the client sent.
@@ -511,20 +508,30 @@ fn server_span(
 ) {
     let status = response.status().as_u16();
     let mut attributes: Attributes = vec![
-        ("http.request.method", parts.method.to_string().into()),
+        (
+            "http.request.method",
+            telemetry::method_value(&parts.method),
+        ),
         ("url.path", parts.uri.path().to_string().into()),
         ("url.scheme", ctx.conn.proto().into()),
         ("http.response.status_code", i64::from(status).into()),
-        ("client.address", ctx.client_ip.to_string().into()),
-        (
-            "network.peer.address",
-            ctx.conn.peer.ip().to_string().into(),
-        ),
         (
             "portico.request_id",
             ctx.request_id.to_str().unwrap_or("").to_string().into(),
         ),
     ];
+    // The peer's address is formatted once per connection already (X-Forwarded-For);
+    // the client's is usually the same.
+    let peer = ctx.conn.peer_header.to_str().unwrap_or("").to_string();
+    let client = if ctx.client_ip == ctx.conn.peer.ip() {
+        peer.clone()
+    } else {
+        ctx.client_ip.to_string()
+    };
+    attributes.extend([
+        ("client.address", client.into()),
+        ("network.peer.address", peer.into()),
+    ]);
     if let Some(route) = ctx.route.as_deref() {
         attributes.push(("http.route", route.name.clone().into()));
         let upstream = route.upstream_for(ctx.split_side);
@@ -603,7 +610,7 @@ fn record(
     }
     let trace_ids = ctx
         .trace
-        .as_deref()
+        .as_ref()
         .map(|t| (t.trace_id_hex(), t.span_id_hex()));
     let bytes_out = content_length(response.headers())
         .or_else(|| http_body::Body::size_hint(response.body()).exact())

@@ -37,6 +37,9 @@ pub enum Target {
     /// The same GET on a `grpc: true` route to the h2c upstream: what the gRPC layer
     /// (status counting, deadline watch) adds to the h2c path.
     PorticoGrpc,
+    /// The plain route on a Portico with tracing on, `sample_ratio` 0.01 and 1.0.
+    PorticoTraced1,
+    PorticoTraced100,
 }
 
 impl Target {
@@ -51,6 +54,8 @@ impl Target {
             Target::NginxTls => "nginx https upstream",
             Target::PorticoH2c => "portico h2c upstream",
             Target::PorticoGrpc => "portico grpc route (h2c)",
+            Target::PorticoTraced1 => "portico traced 1%",
+            Target::PorticoTraced100 => "portico traced 100%",
         }
     }
 
@@ -138,6 +143,14 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
             add(Target::PorticoTls, fleet.portico.port, "/tls");
             add(Target::PorticoH2c, fleet.portico.port, "/h2c");
             add(Target::PorticoGrpc, fleet.portico.port, "/grpc");
+            for (ratio, proc) in &fleet.traced {
+                let target = if *ratio < 1.0 {
+                    Target::PorticoTraced1
+                } else {
+                    Target::PorticoTraced100
+                };
+                add(target, proc.port, "/plain");
+            }
         }
         if let Some(nginx) = &fleet.nginx {
             add(Target::Nginx, nginx.port, "/plain");
@@ -166,6 +179,14 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
         | Target::PorticoTls
         | Target::PorticoH2c
         | Target::PorticoGrpc => Some(&fleet.portico),
+        Target::PorticoTraced1 | Target::PorticoTraced100 => {
+            let sampled_all = target == Target::PorticoTraced100;
+            fleet
+                .traced
+                .iter()
+                .find(|(ratio, _)| (*ratio >= 1.0) == sampled_all)
+                .map(|(_, proc)| proc)
+        }
         Target::Nginx | Target::NginxTls => fleet.nginx.as_ref(),
     }
 }

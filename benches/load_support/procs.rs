@@ -186,10 +186,16 @@ pub fn timestamp() -> String {
     format!("{secs}")
 }
 
+/// The `sample_ratio`s of the traced Portico processes.
+pub const TRACED_RATIOS: [f64; 2] = [0.01, 1.0];
+
 pub struct Fleet {
     pub backend: Proc,
     pub portico: Proc,
     pub nginx: Option<Proc>,
+    /// Portico with `telemetry.tracing` on (the backend takes the exports), by
+    /// `sample_ratio`: the same config otherwise, measured on its plain route.
+    pub traced: Vec<(f64, Proc)>,
     pub portico_routes: usize,
     pub nginx_version: Option<String>,
     /// `Authorization` value for the JWT route (an RS256 token minted at start).
@@ -251,6 +257,29 @@ impl Fleet {
         let portico = spawn("portico", portico_port, cmd)?;
         wait_listening(portico_port, "portico")?;
 
+        let mut traced = Vec::new();
+        if !args.smoke {
+            for ratio in TRACED_RATIOS {
+                let port = free_port()?;
+                let config = dir.0.join(format!("portico-traced-{ratio}.yaml"));
+                let text = format!(
+                    "{}telemetry:\n  tracing:\n    otlp_endpoint: http://127.0.0.1:{backend_port}\n    sample_ratio: {ratio}\n",
+                    portico_config(port, &backends, &public_key)
+                );
+                std::fs::write(&config, text).map_err(|e| e.to_string())?;
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+                cmd.args(["run", "--watch-interval", "0", "--threads"])
+                    .arg(args.proxy_threads.to_string())
+                    .arg("-c")
+                    .arg(&config)
+                    .env("RUST_LOG", "warn");
+                pinning.pin_child(&mut cmd);
+                let proc = spawn("portico (traced)", port, cmd)?;
+                wait_listening(port, "portico (traced)")?;
+                traced.push((ratio, proc));
+            }
+        }
+
         let mut nginx = None;
         let mut nginx_version = None;
         if !args.no_nginx {
@@ -279,6 +308,7 @@ impl Fleet {
             backend,
             portico,
             nginx,
+            traced,
             portico_routes: ROUTES,
             nginx_version,
             bearer,

@@ -226,6 +226,8 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::NginxTls => "#e377c2",
             Target::PorticoH2c => "#17becf",
             Target::PorticoGrpc => "#bcbd22",
+            Target::PorticoTraced1 => "#7f7f7f",
+            Target::PorticoTraced100 => "#393b79",
         };
         let points: Vec<String> = QUANTILES
             .iter()

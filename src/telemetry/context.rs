@@ -129,20 +129,19 @@ fn b3_trace_id(text: &str) -> Option<TraceId> {
     (id != [0; 16]).then_some(id)
 }
 
-/// Removes every trace context header a client sent, so only the gateway's reach the
-/// upstream (`baggage` too, unless it is propagated).
-pub fn strip(headers: &mut HeaderMap, keep_baggage: bool) {
-    for name in [
-        &TRACEPARENT,
-        &TRACESTATE,
-        &B3,
-        &B3_TRACE_ID,
-        &B3_SPAN_ID,
-        &B3_PARENT_SPAN_ID,
-        &B3_SAMPLED,
-        &B3_FLAGS,
-    ] {
-        headers.remove(name);
+/// Removes the client's trace headers of the formats the gateway writes, so only its own
+/// reach the upstream (`baggage` too, unless it is propagated). What every try sets in
+/// the map anyway (`b3`, the `X-B3-*` ids) is replaced then, not removed here: each
+/// removal is a lookup on every request.
+pub fn strip(headers: &mut HeaderMap, keep_tracestate: bool, b3: bool, keep_baggage: bool) {
+    if !keep_tracestate {
+        headers.remove(&TRACESTATE);
+    }
+    // Each try writes its own `traceparent` beside the map (or none without
+    // `tracecontext`): the client's goes either way.
+    headers.remove(&TRACEPARENT);
+    if b3 {
+        headers.remove(&B3_FLAGS);
     }
     if !keep_baggage {
         headers.remove(&BAGGAGE);
@@ -151,6 +150,13 @@ pub fn strip(headers: &mut HeaderMap, keep_baggage: bool) {
 
 /// `00-{trace}-{span}-{flags}`.
 pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> HeaderValue {
+    let out = traceparent_bytes(trace_id, span_id, sampled);
+    // Hex digits and dashes only: always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The same, as bytes on the stack (the HTTP/1.1 client writes them as they are).
+pub fn traceparent_bytes(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; 55] {
     let mut out = [0u8; 55];
     out[0..3].copy_from_slice(b"00-");
     write_hex(&mut out[3..35], trace_id);
@@ -158,8 +164,7 @@ pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> Heade
     write_hex(&mut out[36..52], span_id);
     out[52] = b'-';
     out[53..55].copy_from_slice(if sampled { b"01" } else { b"00" });
-    // Hex digits and dashes only: always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    out
 }
 
 /// The same context as B3 headers: one `b3`, or the `X-B3-*` set.

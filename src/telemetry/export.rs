@@ -80,6 +80,7 @@ impl Exporter {
                         _ => break,
                     }
                 }
+                let spans = batch.len() as u64;
                 let body = super::otlp::encode(&service, &batch);
                 let request = Request::post(endpoint.clone())
                     .header(
@@ -88,7 +89,7 @@ impl Exporter {
                     )
                     .body(Body::full(body));
                 let Ok(request) = request else {
-                    failed.inc_by(batch.len() as u64);
+                    failed.inc_by(spans);
                     continue;
                 };
                 let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.request(request)).await;
@@ -100,14 +101,14 @@ impl Exporter {
                 };
                 match outcome {
                     Ok(()) => {
-                        exported.inc_by(batch.len() as u64);
+                        exported.inc_by(spans);
                         if failing {
                             tracing::info!("tracing: the collector takes spans again");
                             failing = false;
                         }
                     }
                     Err(error) => {
-                        failed.inc_by(batch.len() as u64);
+                        failed.inc_by(spans);
                         // Once per outage, not once per batch.
                         if !failing {
                             tracing::warn!(%error, endpoint = %endpoint, "tracing: spans could not be exported (counted in portico_tracing_spans_total{{result=\"failed\"}})");

@@ -102,7 +102,8 @@ fn traces_url(endpoint: &str) -> Result<Uri, String> {
 }
 
 /// One request's place in its trace: the server span's ids and whether it is recorded.
-#[derive(Debug)]
+/// Cloned into the upstream call (an `Arc` and a few ids).
+#[derive(Clone, Debug)]
 pub struct TraceScope {
     tracer: Arc<Tracer>,
     pub trace_id: TraceId,
@@ -118,24 +119,44 @@ pub struct TraceScope {
 #[derive(Debug)]
 pub struct Attempt {
     pub span_id: SpanId,
+    /// The try's `traceparent` value (with `tracecontext`).
+    pub traceparent: Option<[u8; 55]>,
     start: SystemTime,
 }
 
 impl TraceScope {
     /// Removes the client's trace headers before the request goes upstream (the
     /// gateway sends its own on every try).
+    /// (The `tracestate` of a valid parent is the client's own header: it stays.)
     pub fn strip(&self, headers: &mut HeaderMap) {
-        context::strip(headers, self.tracer.baggage);
+        let t = &self.tracer;
+        let keep_state = t.tracecontext && self.tracestate.is_some();
+        context::strip(headers, keep_state, t.b3_single || t.b3_multi, t.baggage);
     }
 
-    /// A new client span for one try, its context written into `headers`.
+    /// A new client span for one try: its `traceparent` comes back for the client to
+    /// write (no header map insert per try); B3 headers, when configured, go into
+    /// `headers`.
     pub fn attempt(&self, headers: &mut HeaderMap) -> Attempt {
-        let attempt = Attempt {
-            span_id: random_span_id(),
+        let span_id = random_span_id();
+        let tracer = &self.tracer;
+        if tracer.b3_single || tracer.b3_multi {
+            context::inject_b3(
+                headers,
+                tracer.b3_single,
+                &self.trace_id,
+                &span_id,
+                &self.span_id,
+                self.sampled,
+            );
+        }
+        Attempt {
+            traceparent: tracer
+                .tracecontext
+                .then(|| context::traceparent_bytes(&self.trace_id, &span_id, self.sampled)),
+            span_id,
             start: SystemTime::now(),
-        };
-        self.inject(headers, &attempt.span_id);
-        attempt
+        }
     }
 
     /// Writes the context with `span_id` as the parent the upstream sees.
@@ -236,21 +257,52 @@ pub fn event(name: &'static str, attributes: Attributes) -> SpanEvent {
     }
 }
 
-fn random_trace_id() -> TraceId {
-    loop {
-        let id: TraceId = rand::random();
-        if id != [0; 16] {
+thread_local! {
+    // Ids need to be unpredictable enough not to collide, not secret: a small fast
+    // generator per thread, seeded from the OS (ChaCha, rand's default, costs a block
+    // refill every few requests).
+    static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    IDS.with(|rng| loop {
+        let mut id = [0u8; N];
+        rand::RngCore::fill_bytes(&mut *rng.borrow_mut(), &mut id);
+        if id != [0; N] {
             return id;
         }
-    }
+    })
+}
+
+fn random_trace_id() -> TraceId {
+    random_bytes()
 }
 
 fn random_span_id() -> SpanId {
-    loop {
-        let id: SpanId = rand::random();
-        if id != [0; 8] {
-            return id;
-        }
+    random_bytes()
+}
+
+/// The method as an attribute value, without an allocation for the standard ones.
+pub fn method_value(method: &http::Method) -> span::Value {
+    use http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|m| m == method) {
+        Some(i) => NAMES[i].into(),
+        None => method.to_string().into(),
     }
 }
 
@@ -313,15 +365,14 @@ mod tests {
         let scope = t.begin(&HeaderMap::new());
         let mut headers = HeaderMap::new();
         let first = scope.attempt(&mut headers);
-        let sent = headers["traceparent"].to_str().unwrap().to_string();
+        let sent = String::from_utf8(first.traceparent.unwrap().to_vec()).unwrap();
         assert!(sent.contains(&context::hex(&first.span_id)));
         assert!(sent.starts_with(&format!("00-{}-", scope.trace_id_hex())));
         assert!(sent.ends_with("-01"));
         assert_eq!(headers["x-b3-parentspanid"], scope.span_id_hex().as_str());
         let second = scope.attempt(&mut headers);
         assert_ne!(first.span_id, second.span_id);
-        assert!(headers["traceparent"]
-            .to_str()
+        assert!(String::from_utf8(second.traceparent.unwrap().to_vec())
             .unwrap()
             .contains(&context::hex(&second.span_id)));
     }

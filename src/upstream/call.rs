@@ -24,7 +24,7 @@ pub struct UpstreamCall {
     /// call's `grpc-timeout`).
     pub deadline: Option<tokio::time::Instant>,
     /// The request's trace, when tracing is on: each try gets a client span.
-    pub trace: Option<Arc<TraceScope>>,
+    pub trace: Option<TraceScope>,
 }
 
 impl UpstreamCall {
@@ -37,6 +37,7 @@ impl UpstreamCall {
     ) -> Result<(Option<Arc<Endpoint>>, Response<Body>), UpstreamError> {
         let mut endpoint = None;
         let out = retry::Outgoing {
+            traceparent: None,
             method: self.method.clone(),
             path_and_query: self.path_and_query.clone(),
             headers,
@@ -48,7 +49,7 @@ impl UpstreamCall {
             body,
             retry::Bounds {
                 deadline: self.deadline,
-                trace: self.trace.as_deref(),
+                trace: self.trace.as_ref(),
             },
         )
         .await?;

@@ -143,6 +143,7 @@ async fn check(up: &Upstream, endpoint: &Arc<Endpoint>, policy: &CheckPolicy) ->
         HeaderValue::from_static("portico-health-check"),
     );
     let out = super::proxy::Outgoing {
+        traceparent: None,
         method: http::Method::GET,
         path_and_query,
         headers,

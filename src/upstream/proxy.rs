@@ -27,6 +27,8 @@ pub struct Outgoing {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
+    /// This try's `traceparent`, written after `headers` (tracing on).
+    pub traceparent: Option<[u8; 55]>,
 }
 
 /// Sends the request to `endpoint` and waits at most `timeout` for the response head.
@@ -184,12 +186,18 @@ async fn exchange_h2(
             None => open_h2(upstream, endpoint).await?,
         };
         let replay = replayable(&body);
+        let mut headers = out.headers.clone();
+        if let Some(value) = &out.traceparent {
+            if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                headers.insert(crate::telemetry::context::TRACEPARENT.clone(), value);
+            }
+        }
         let request = crate::wire::h2::request(
             out.method.clone(),
             scheme.clone(),
             authority.clone(),
             out.path_and_query.clone(),
-            out.headers.clone(),
+            headers,
             body,
         )
         .map_err(|_| ExchangeError::Invalid("request target"))?;
@@ -254,6 +262,9 @@ async fn round_trip(
         &out.path_and_query,
         &endpoint.authority,
         &out.headers,
+        out.traceparent
+            .as_ref()
+            .map(|value| (&crate::telemetry::context::TRACEPARENT, &value[..])),
         body,
     )
     .await?;

@@ -446,10 +446,12 @@ impl Tries<'_> {
         };
         let body = self.payload.next_body();
         let span = self.trace.map(|t| t.attempt(&mut self.out.headers));
+        self.out.traceparent = span.as_ref().and_then(|s| s.traceparent);
         let awaiting_head = endpoint.await_head();
         let result = proxy::send(upstream, &endpoint, &self.out, body, timeout).await;
         drop(awaiting_head);
-        if let (Some(trace), Some(span)) = (self.trace, span) {
+        // Attributes are built only for a span that is recorded.
+        if let (Some(trace), Some(span)) = (self.trace.filter(|t| t.sampled), span) {
             self.record_attempt(trace, span, attempt, &endpoint, &result);
         }
         if let Some(outcome) = outcome_of(&result) {
@@ -483,7 +485,10 @@ impl Tries<'_> {
         result: &Result<Response<UpstreamBody>, UpstreamError>,
     ) {
         let mut attributes: telemetry::span::Attributes = vec![
-            ("http.request.method", self.out.method.to_string().into()),
+            (
+                "http.request.method",
+                telemetry::method_value(&self.out.method),
+            ),
             (
                 "server.address",
                 endpoint.authority.host().to_string().into(),

@@ -99,18 +99,21 @@ impl Conn {
 
     /// Writes the request and flushes it (TLS keeps written bytes in its records until
     /// flushed).
+    /// `extra`: one more header field written after `headers` (a try's `traceparent`),
+    /// so a per-try value costs no header map insert.
     pub async fn write_request<B>(
         &mut self,
         method: &Method,
         path_and_query: &PathAndQuery,
         authority: &Authority,
         headers: &HeaderMap,
+        extra: Option<(&HeaderName, &[u8])>,
         body: B,
     ) -> Result<(), ExchangeError>
     where
         B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
     {
-        self.write_message(method, path_and_query, authority, headers, body)
+        self.write_message(method, path_and_query, authority, headers, extra, body)
             .await?;
         if !self.stream.buffers_writes() {
             return Ok(());
@@ -127,6 +130,7 @@ impl Conn {
         path_and_query: &PathAndQuery,
         authority: &Authority,
         headers: &HeaderMap,
+        extra: Option<(&HeaderName, &[u8])>,
         mut body: B,
     ) -> Result<(), ExchangeError>
     where
@@ -142,6 +146,14 @@ impl Conn {
             headers,
             framing,
         );
+        if let Some((name, value)) = extra {
+            // Before the blank line that ends the head.
+            self.write.truncate(self.write.len() - 2);
+            self.write.extend_from_slice(name.as_str().as_bytes());
+            self.write.extend_from_slice(b": ");
+            self.write.extend_from_slice(value);
+            self.write.extend_from_slice(b"\r\n\r\n");
+        }
         // A small body of known length is gathered behind the head and goes out in one
         // write: one segment and one wake-up for the upstream instead of two, even when
         // the client's body arrives a moment after its head.
