@@ -150,8 +150,36 @@ pub fn rfc3339(at: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{rfc3339, AccessRecord};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn trace_ids_are_logged_only_when_there_is_a_trace() {
+        let mut record = AccessRecord {
+            time: "t".into(),
+            request_id: "r",
+            client_ip: "127.0.0.1".into(),
+            method: "GET",
+            path: "/",
+            route: "api",
+            upstream: "b",
+            endpoint: "127.0.0.1:1",
+            status: 200,
+            duration_ms: 1.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            user: None,
+            trace_id: None,
+            span_id: None,
+        };
+        let line = serde_json::to_value(&record).unwrap();
+        assert!(line.get("trace_id").is_none() && line.get("span_id").is_none());
+        record.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736");
+        record.span_id = Some("00f067aa0ba902b7");
+        let line = serde_json::to_value(&record).unwrap();
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["span_id"], "00f067aa0ba902b7");
+    }
 
     #[test]
     fn fixed_instants() {
