@@ -57,6 +57,10 @@ const SERVICE: &str = "/portico.test.Echo/";
 struct Calls(Arc<Mutex<HashMap<String, u32>>>);
 
 impl Calls {
+    fn seen(&self, message: &str) -> u32 {
+        self.0.lock().unwrap().get(message).copied().unwrap_or(0)
+    }
+
     fn count(&self, message: &str) -> u32 {
         let mut calls = self.0.lock().unwrap();
         let n = calls.entry(message.to_string()).or_insert(0);
@@ -570,6 +574,27 @@ async fn calls_are_retried_on_listed_grpc_codes_only() {
         2.0,
         "{metrics}"
     );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_split_moves_grpc_calls_to_the_canary_service() {
+    let (stable, stable_calls) = echo_service().await;
+    let (canary, canary_calls) = echo_service().await;
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0, access_log: false }}\nupstreams:\n  stable: {{ targets: [\"{stable}\"], protocol: h2c }}\n  canary: {{ targets: [\"{canary}\"], protocol: h2c }}\nroutes:\n  - name: echo\n    match: {{ path_prefix: {SERVICE} }}\n    grpc: true\n    split: {{ stable: {{ upstream: stable }}, canary: {{ upstream: canary }}, percent: 100, side_header: true }}\n"
+    );
+    let (gw, _f) = gateway(&yaml).await;
+    let mut client = client(gw.http_addr).await;
+    for i in 0..5 {
+        let message = format!("m{i}");
+        let answer = unary(&mut client, Request::new(ping(&message)))
+            .await
+            .unwrap();
+        assert_eq!(answer.metadata().get("x-portico-split").unwrap(), "canary");
+        assert_eq!(canary_calls.seen(&message), 1);
+        assert_eq!(stable_calls.seen(&message), 0);
+    }
     gw.shutdown().await;
 }
 
