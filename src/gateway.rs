@@ -20,7 +20,8 @@ use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
 use crate::split;
-use crate::telemetry::{self, span::Attributes, TraceScope};
+use crate::telemetry::otlp::Any;
+use crate::telemetry::TraceScope;
 use crate::transform;
 use crate::upstream::call::{upstream_response, UpstreamCall};
 use crate::upstream::{proxy, Upstream};
@@ -506,87 +507,80 @@ fn server_span(
     response: &Response<Body>,
     failure: Option<&GatewayError>,
 ) {
+    let route = ctx.route.as_deref();
+    let method = parts.method.as_str();
+    let mut span = match route {
+        Some(route) => {
+            let mut name = String::with_capacity(method.len() + 1 + route.name.len());
+            name.push_str(method);
+            name.push(' ');
+            name.push_str(&route.name);
+            trace.server_span(&name)
+        }
+        None => trace.server_span(method),
+    };
     let status = response.status().as_u16();
-    let mut attributes: Attributes = vec![
-        (
-            "http.request.method",
-            telemetry::method_value(&parts.method),
-        ),
-        ("url.path", parts.uri.path().to_string().into()),
-        ("url.scheme", ctx.conn.proto().into()),
-        ("http.response.status_code", i64::from(status).into()),
-        (
-            "portico.request_id",
-            ctx.request_id.to_str().unwrap_or("").to_string().into(),
-        ),
-    ];
+    span.str("http.request.method", method);
+    span.str("url.path", parts.uri.path());
+    span.str("url.scheme", ctx.conn.proto());
+    span.int("http.response.status_code", i64::from(status));
+    span.str("portico.request_id", ctx.request_id.to_str().unwrap_or(""));
     // The peer's address is formatted once per connection already (X-Forwarded-For);
     // the client's is usually the same.
-    let peer = ctx.conn.peer_header.to_str().unwrap_or("").to_string();
-    let client = if ctx.client_ip == ctx.conn.peer.ip() {
-        peer.clone()
+    let peer = ctx.conn.peer_header.to_str().unwrap_or("");
+    span.str("network.peer.address", peer);
+    if ctx.client_ip == ctx.conn.peer.ip() {
+        span.str("client.address", peer);
     } else {
-        ctx.client_ip.to_string()
-    };
-    attributes.extend([
-        ("client.address", client.into()),
-        ("network.peer.address", peer.into()),
-    ]);
-    if let Some(route) = ctx.route.as_deref() {
-        attributes.push(("http.route", route.name.clone().into()));
-        let upstream = route.upstream_for(ctx.split_side);
-        attributes.push(("portico.upstream", upstream.name.clone().into()));
+        span.str("client.address", &ctx.client_ip.to_string());
+    }
+    if let Some(route) = route {
+        span.str("http.route", &route.name);
+        span.str("portico.upstream", &route.upstream_for(ctx.split_side).name);
     }
     if let Some(endpoint) = &ctx.endpoint {
-        attributes.push(("portico.endpoint", endpoint.address.clone().into()));
+        span.str("portico.endpoint", &endpoint.address);
     }
     if let Some(user) = &ctx.user {
-        attributes.push(("portico.consumer", user.clone().into()));
+        span.str("portico.consumer", user);
     }
     if let Some(side) = ctx.split_side {
-        attributes.push(("portico.split.side", side.label().into()));
+        span.str("portico.split.side", side.label());
     }
     if let Some(cache) = response
         .headers()
         .get(&cache::flow::X_CACHE)
         .and_then(|v| v.to_str().ok())
     {
-        attributes.push(("portico.cache", cache.to_string().into()));
+        span.str("portico.cache", cache);
     }
     if let Some(decision) = &ctx.rate_limit {
-        attributes.push((
-            "portico.rate_limited",
-            decision.retry_after.is_some().into(),
-        ));
+        span.bool("portico.rate_limited", decision.retry_after.is_some());
     }
     if let Some(code) = grpc::status_of(response.headers()) {
-        attributes.push(("rpc.grpc.status_code", i64::from(code).into()));
+        span.int("rpc.grpc.status_code", i64::from(code));
     }
-    let mut events = Vec::new();
     match failure {
-        Some(GatewayError::Auth(e)) => events.push(telemetry::event(
-            "jwt rejected",
-            vec![("portico.reason", e.reason().into())],
-        )),
-        Some(GatewayError::CircuitOpen(upstream)) => events.push(telemetry::event(
+        Some(GatewayError::Auth(e)) => {
+            span.event("jwt rejected", "portico.reason", Any::Str(e.reason()))
+        }
+        Some(GatewayError::CircuitOpen(upstream)) => span.event(
             "circuit breaker open",
-            vec![("portico.upstream", upstream.clone().into())],
-        )),
-        Some(GatewayError::RateLimited { retry_after }) => events.push(telemetry::event(
+            "portico.upstream",
+            Any::Str(upstream),
+        ),
+        Some(GatewayError::RateLimited { retry_after }) => span.event(
             "rate limited",
-            vec![("portico.retry_after", (*retry_after as i64).into())],
-        )),
+            "portico.retry_after",
+            Any::Int(*retry_after as i64),
+        ),
         _ => {}
     }
     let error = (status >= 500).then(|| match failure {
         Some(e) => e.to_string(),
         None => format!("upstream answered {status}"),
     });
-    let name = match ctx.route.as_deref() {
-        Some(route) => format!("{} {}", parts.method, route.name),
-        None => parts.method.to_string(),
-    };
-    trace.finish(name, attributes, events, error);
+    trace.record(span, error.as_deref());
 }
 
 fn record(

@@ -11,7 +11,6 @@ use http::{header, HeaderValue, Request, Uri};
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::mpsc;
 
-use super::span::SpanRecord;
 use crate::wire::body::Body;
 use crate::wire::client::build_client;
 
@@ -23,9 +22,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct Exporter {
-    tx: mpsc::Sender<SpanRecord>,
+    tx: mpsc::Sender<Vec<u8>>,
     /// Taken by `start`: the export task owns it.
-    rx: Mutex<Option<mpsc::Receiver<SpanRecord>>>,
+    rx: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
     endpoint: Uri,
     service_name: String,
     exported: IntCounter,
@@ -48,7 +47,8 @@ impl Exporter {
         }
     }
 
-    pub fn record(&self, span: SpanRecord) {
+    /// A finished span (its OTLP `Span` fields).
+    pub fn record(&self, span: Vec<u8>) {
         if self.tx.try_send(span).is_err() {
             self.dropped.inc();
         }

@@ -6,7 +6,7 @@
 
 pub mod context;
 mod export;
-mod otlp;
+pub mod otlp;
 pub mod span;
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use prometheus::IntCounterVec;
 
 use crate::config::{Propagation, TracingConfig};
 use context::{SpanId, TraceId};
-use span::{Attributes, Kind, SpanEvent, SpanRecord};
+use span::{Ids, Kind, SpanBuf};
 
 /// What one tracing configuration needs on the request path, built once.
 #[derive(Debug)]
@@ -183,60 +183,33 @@ impl TraceScope {
         }
     }
 
-    /// Records a try's client span (when sampled).
-    pub fn finish_attempt(
-        &self,
-        attempt: Attempt,
-        name: &str,
-        attributes: Attributes,
-        error: Option<String>,
-    ) {
-        if !self.sampled {
-            return;
-        }
-        self.tracer.exporter.record(SpanRecord {
-            trace_id: self.trace_id,
-            span_id: attempt.span_id,
-            parent: Some(self.span_id),
-            trace_state: None,
-            name: name.to_string(),
-            kind: Kind::Client,
-            start_unix_nano: span::unix_nanos(attempt.start),
-            end_unix_nano: span::unix_nanos(SystemTime::now()),
-            attributes,
-            events: Vec::new(),
-            error,
-        });
+    /// The server span, to fill and `record` (sampled requests only).
+    pub fn server_span(&self, name: &str) -> SpanBuf {
+        let ids = Ids {
+            trace_id: &self.trace_id,
+            span_id: &self.span_id,
+            parent: self.parent.as_ref(),
+            trace_state: self.tracestate.as_ref().and_then(|s| s.to_str().ok()),
+        };
+        SpanBuf::start(ids, name, Kind::Server, self.start)
     }
 
-    /// Records the server span (when sampled).
-    pub fn finish(
-        &self,
-        name: String,
-        attributes: Attributes,
-        events: Vec<SpanEvent>,
-        error: Option<String>,
-    ) {
-        if !self.sampled {
-            return;
+    /// A try's client span, to fill and `record` (sampled requests only).
+    pub fn client_span(&self, attempt: &Attempt, name: &str) -> SpanBuf {
+        let ids = Ids {
+            trace_id: &self.trace_id,
+            span_id: &attempt.span_id,
+            parent: Some(&self.span_id),
+            trace_state: None,
+        };
+        SpanBuf::start(ids, name, Kind::Client, attempt.start)
+    }
+
+    /// Ends `span` now and hands it to the exporter (when the request is sampled).
+    pub fn record(&self, span: SpanBuf, error: Option<&str>) {
+        if self.sampled {
+            self.tracer.exporter.record(span.finish(error));
         }
-        self.tracer.exporter.record(SpanRecord {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent: self.parent,
-            trace_state: self
-                .tracestate
-                .as_ref()
-                .and_then(|s| s.to_str().ok())
-                .map(str::to_string),
-            name,
-            kind: Kind::Server,
-            start_unix_nano: span::unix_nanos(self.start),
-            end_unix_nano: span::unix_nanos(SystemTime::now()),
-            attributes,
-            events,
-            error,
-        });
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -245,15 +218,6 @@ impl TraceScope {
 
     pub fn span_id_hex(&self) -> String {
         context::hex(&self.span_id)
-    }
-}
-
-/// An event stamped now.
-pub fn event(name: &'static str, attributes: Attributes) -> SpanEvent {
-    SpanEvent {
-        unix_nano: span::unix_nanos(SystemTime::now()),
-        name,
-        attributes,
     }
 }
 
@@ -281,29 +245,6 @@ fn random_trace_id() -> TraceId {
 
 fn random_span_id() -> SpanId {
     random_bytes()
-}
-
-/// The method as an attribute value, without an allocation for the standard ones.
-pub fn method_value(method: &http::Method) -> span::Value {
-    use http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match known.iter().position(|m| m == method) {
-        Some(i) => NAMES[i].into(),
-        None => method.to_string().into(),
-    }
 }
 
 #[cfg(test)]

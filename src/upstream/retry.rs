@@ -479,40 +479,31 @@ impl Tries<'_> {
     fn record_attempt(
         &mut self,
         trace: &TraceScope,
-        span: telemetry::Attempt,
+        attempt_span: telemetry::Attempt,
         attempt: u32,
         endpoint: &Endpoint,
         result: &Result<Response<UpstreamBody>, UpstreamError>,
     ) {
-        let mut attributes: telemetry::span::Attributes = vec![
-            (
-                "http.request.method",
-                telemetry::method_value(&self.out.method),
-            ),
-            (
-                "server.address",
-                endpoint.authority.host().to_string().into(),
-            ),
-            (
-                "url.path",
-                self.out.path_and_query.path().to_string().into(),
-            ),
-            ("portico.upstream", self.upstream.name.clone().into()),
-            ("portico.endpoint", endpoint.address.clone().into()),
-        ];
+        let method = self.out.method.as_str();
+        let mut span = trace.client_span(&attempt_span, method);
+        span.str("http.request.method", method);
+        span.str("server.address", endpoint.authority.host());
         if let Some(port) = endpoint.authority.port_u16() {
-            attributes.push(("server.port", i64::from(port).into()));
+            span.int("server.port", i64::from(port));
         }
+        span.str("url.path", self.out.path_and_query.path());
+        span.str("portico.upstream", &self.upstream.name);
+        span.str("portico.endpoint", &endpoint.address);
         if attempt > 0 {
-            attributes.push(("http.request.resend_count", i64::from(attempt).into()));
+            span.int("http.request.resend_count", i64::from(attempt));
             if let Some(reason) = self.retry_reason.take() {
-                attributes.push(("portico.retry_reason", reason.into()));
+                span.str("portico.retry_reason", &reason);
             }
         }
         let (outcome, error) = match result {
             Ok(r) => {
                 let status = r.status().as_u16();
-                attributes.push(("http.response.status_code", i64::from(status).into()));
+                span.int("http.response.status_code", i64::from(status));
                 (
                     status.to_string(),
                     (status >= 500).then(|| status.to_string()),
@@ -520,12 +511,12 @@ impl Tries<'_> {
             }
             Err(e) => {
                 let kind = failure_kind(e);
-                attributes.push(("error.type", kind.into()));
+                span.str("error.type", kind);
                 (kind.to_string(), Some(e.to_string()))
             }
         };
         self.retry_reason = Some(outcome);
-        trace.finish_attempt(span, self.out.method.as_str(), attributes, error);
+        trace.record(span, error.as_deref());
     }
 
     /// A place in the retry budget for one more try (counted either way), waiting at
