@@ -320,3 +320,71 @@ fn tracing_settings_are_checked() {
     // An empty endpoint (the default of ${OTEL_EXPORTER_OTLP_ENDPOINT:-}) is tracing off.
     assert!(portico::check::parse(&config("127.0.0.1:9", "", "    otlp_endpoint: \"\"\n")).is_ok());
 }
+
+/// An HTTP/2-only backend (h2c) answering with the `traceparent` values it received.
+async fn h2c_echo() -> String {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let sent: Vec<String> = req
+                            .headers()
+                            .get_all("traceparent")
+                            .iter()
+                            .map(|v| v.to_str().unwrap_or("").to_string())
+                            .collect();
+                        let body = serde_json::json!({ "traceparent": sent }).to_string();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )))
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_http2_upstream_gets_the_try_context_too() {
+    let backend = h2c_echo().await;
+    let collector = Collector::start().await;
+    let (gw, _f) = gateway(&config(
+        &backend,
+        "    protocol: h2c\n",
+        &tracing(&collector.url, ""),
+    ))
+    .await;
+    let reply = get(
+        &Client::new(),
+        gw.http_addr,
+        "/x",
+        &[("traceparent", PARENT)],
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let sent = reply.json()["traceparent"].clone();
+    let sent: Vec<String> = serde_json::from_value(sent).unwrap();
+    assert_eq!(
+        sent.len(),
+        1,
+        "the client's traceparent is replaced: {sent:?}"
+    );
+    let (trace, parent, _) = parts(&sent[0]);
+    assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let spans = collector.wait_for(2, Duration::from_secs(10)).await;
+    let upstream = spans.iter().find(|s| s.kind == 3).expect("a client span");
+    assert_eq!(hex(&upstream.span_id), parent);
+    gw.shutdown().await;
+}

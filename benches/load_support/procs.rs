@@ -247,15 +247,7 @@ impl Fleet {
         };
         f.write_all(portico_config(portico_port, &backends, &public_key).as_bytes())
             .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
-        cmd.args(["run", "--watch-interval", "0", "--threads"])
-            .arg(args.proxy_threads.to_string())
-            .arg("-c")
-            .arg(&config)
-            .env("RUST_LOG", "warn");
-        pinning.pin_child(&mut cmd);
-        let portico = spawn("portico", portico_port, cmd)?;
-        wait_listening(portico_port, "portico")?;
+        let portico = start_portico("portico", portico_port, &config, args, pinning)?;
 
         let mut traced = Vec::new();
         if !args.smoke {
@@ -267,15 +259,7 @@ impl Fleet {
                     portico_config(port, &backends, &public_key)
                 );
                 std::fs::write(&config, text).map_err(|e| e.to_string())?;
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
-                cmd.args(["run", "--watch-interval", "0", "--threads"])
-                    .arg(args.proxy_threads.to_string())
-                    .arg("-c")
-                    .arg(&config)
-                    .env("RUST_LOG", "warn");
-                pinning.pin_child(&mut cmd);
-                let proc = spawn("portico (traced)", port, cmd)?;
-                wait_listening(port, "portico (traced)")?;
+                let proc = start_portico("portico (traced)", port, &config, args, pinning)?;
                 traced.push((ratio, proc));
             }
         }
@@ -315,6 +299,26 @@ impl Fleet {
             _dir: dir,
         })
     }
+}
+
+/// A Portico process on `config`, pinned like the other proxies, once it listens.
+fn start_portico(
+    name: &'static str,
+    port: u16,
+    config: &std::path::Path,
+    args: &Args,
+    pinning: &Pinning,
+) -> Result<Proc, String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+    cmd.args(["run", "--watch-interval", "0", "--threads"])
+        .arg(args.proxy_threads.to_string())
+        .arg("-c")
+        .arg(config)
+        .env("RUST_LOG", "warn");
+    pinning.pin_child(&mut cmd);
+    let proc = spawn(name, port, cmd)?;
+    wait_listening(port, name)?;
+    Ok(proc)
 }
 
 fn spawn(name: &'static str, port: u16, mut cmd: Command) -> Result<Proc, String> {

@@ -129,16 +129,7 @@ pub(super) async fn exchange(
         drop(learning);
         return exchange_h2(upstream, endpoint, out, body, None).await;
     }
-    // The TLS setup is looked up only when a connection is opened, not per request.
-    let tls = upstream.tls.load_full();
-    let stream = connect::connect(
-        &endpoint.authority,
-        upstream.connect_timeout,
-        tls.as_deref(),
-    )
-    .await
-    .map_err(ExchangeError::Connect)?;
-    upstream.opened(endpoint, &stream);
+    let stream = open_connection(upstream, endpoint).await?;
     if auto {
         if stream.negotiated_h2() {
             endpoint.h2.learn(Alpn::H2);
@@ -220,6 +211,24 @@ async fn exchange_h2(
     Err(ExchangeError::Closed)
 }
 
+/// A new connection to `endpoint` (TCP, then TLS with the upstream's setup), counted.
+/// The TLS setup is looked up only when a connection is opened, not per request.
+async fn open_connection(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+) -> Result<UpstreamStream, ExchangeError> {
+    let tls = upstream.tls.load_full();
+    let stream = connect::connect(
+        &endpoint.authority,
+        upstream.connect_timeout,
+        tls.as_deref(),
+    )
+    .await
+    .map_err(ExchangeError::Connect)?;
+    upstream.opened(endpoint, &stream);
+    Ok(stream)
+}
+
 /// A stream on a connection opened for it, unless another request opened one meanwhile
 /// (only one request at a time opens a connection to an endpoint).
 async fn open_h2(
@@ -230,15 +239,7 @@ async fn open_h2(
     if let Some(open) = endpoint.h2.take() {
         return Ok(open);
     }
-    let tls = upstream.tls.load_full();
-    let conn = connect::connect(
-        &endpoint.authority,
-        upstream.connect_timeout,
-        tls.as_deref(),
-    )
-    .await
-    .map_err(ExchangeError::Connect)?;
-    upstream.opened(endpoint, &conn);
+    let conn = open_connection(upstream, endpoint).await?;
     if upstream.config.protocol == UpstreamProtocol::Auto && !conn.negotiated_h2() {
         // Nothing was sent: the next request goes over HTTP/1.1.
         endpoint.h2.learn(Alpn::Http1);

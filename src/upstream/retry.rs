@@ -504,10 +504,9 @@ impl Tries<'_> {
             Ok(r) => {
                 let status = r.status().as_u16();
                 span.int("http.response.status_code", i64::from(status));
-                (
-                    status.to_string(),
-                    (status >= 500).then(|| status.to_string()),
-                )
+                let text = status.to_string();
+                let error = (status >= 500).then(|| text.clone());
+                (text, error)
             }
             Err(e) => {
                 let kind = failure_kind(e);

@@ -144,16 +144,9 @@ impl Conn {
             path_and_query,
             authority,
             headers,
+            extra,
             framing,
         );
-        if let Some((name, value)) = extra {
-            // Before the blank line that ends the head.
-            self.write.truncate(self.write.len() - 2);
-            self.write.extend_from_slice(name.as_str().as_bytes());
-            self.write.extend_from_slice(b": ");
-            self.write.extend_from_slice(value);
-            self.write.extend_from_slice(b"\r\n\r\n");
-        }
         // A small body of known length is gathered behind the head and goes out in one
         // write: one segment and one wake-up for the upstream instead of two, even when
         // the client's body arrives a moment after its head.
@@ -322,12 +315,20 @@ fn request_framing(method: &Method, body: &impl HttpBody) -> RequestFraming {
 
 /// The request line and header section. The framing headers are ours, whatever the
 /// client sent; Host falls back to the endpoint's authority.
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn encode_head(
     out: &mut Vec<u8>,
     method: &Method,
     path_and_query: &PathAndQuery,
     authority: &Authority,
     headers: &HeaderMap,
+    extra: Option<(&HeaderName, &[u8])>,
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -346,10 +347,10 @@ fn encode_head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name, value.as_bytes());
+    }
+    if let Some((name, value)) = extra {
+        push_field(out, name, value);
     }
     match framing {
         RequestFraming::None => {}

@@ -119,6 +119,7 @@ fn request_heads() {
         &PathAndQuery::from_static("/p?q=1"),
         &Authority::from_static("b:80"),
         &headers,
+        None,
         RequestFraming::Length(1234),
     );
     assert_eq!(
