@@ -94,6 +94,7 @@ fn header_template(c: &mut Criterion) {
         claims: Some(&claims),
         request_id: &id,
         client_ip: "10.0.0.1".parse().unwrap(),
+        consumer: None,
         route: "legacy",
         upstream: "monolith",
     };

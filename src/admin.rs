@@ -65,6 +65,7 @@ pub async fn handle(control: &Arc<Control>, req: Request<Incoming>) -> Response<
             put_split(control, &p["/splits/".len()..], req).await
         }
         (Method::GET, "/upstreams") => upstreams(control),
+        (Method::GET, "/consumers") => consumers(control),
         (Method::POST, "/reload") => match control.reload_off_thread().await {
             Ok(()) => json(StatusCode::OK, json!({"status": "reloaded"})),
             Err(e) => json(
@@ -232,6 +233,22 @@ fn routes(control: &Control) -> Response<Body> {
         })
         .collect();
     json(StatusCode::OK, json!({ "routes": list }))
+}
+
+/// `GET /consumers`: names and groups, never a credential.
+fn consumers(control: &Control) -> Response<Body> {
+    let rt = control.runtime.load();
+    let list: Vec<Value> = rt
+        .edge
+        .consumers
+        .listing()
+        .into_iter()
+        .map(|(name, groups)| {
+            let groups: Vec<&str> = groups.iter().map(|g| &**g).collect();
+            json!({ "name": name, "groups": groups })
+        })
+        .collect();
+    json(StatusCode::OK, json!({ "consumers": list }))
 }
 
 fn upstreams(control: &Control) -> Response<Body> {

@@ -55,8 +55,11 @@ pub struct Context {
     pub peer_trusted: bool,
     pub route: Option<Arc<Route>>,
     pub endpoint: Option<Arc<Endpoint>>,
-    /// The authenticated user (a JWT `sub`), for the access log.
-    pub user: Option<String>,
+    /// Who the request is, once a method of the route's auth accepted it.
+    pub identity: Option<crate::auth::route::Identity>,
+    /// The client's `Origin` on a CORS route (not a preflight): the response's CORS
+    /// headers are decided from it at the end.
+    pub cors_origin: Option<HeaderValue>,
     /// The verified JWT claims, for later stages (`${claim.X}`, `claim:X` keys).
     pub claims: Option<Arc<crate::auth::Claims>>,
     /// The side a migration split chose for this request.
@@ -65,4 +68,11 @@ pub struct Context {
     pub rate_limit: Option<crate::ratelimit::Decision>,
     /// The request's trace, when `telemetry.tracing` is on.
     pub trace: Option<crate::telemetry::TraceScope>,
+}
+
+impl Context {
+    /// The consumer's name, for logs, spans, rate-limit keys and templates.
+    pub fn consumer(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| &*i.consumer.name)
+    }
 }

@@ -4,6 +4,7 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::auth::route::Rejection;
 use crate::cache::flow::CacheError;
 use crate::grpc;
 use crate::transform::TransformError;
@@ -40,6 +41,10 @@ pub enum GatewayError {
     Overloaded(String),
     #[error("{0}")]
     Auth(crate::auth::AuthError),
+    #[error("{0}")]
+    Rejected(crate::auth::route::Rejection),
+    #[error("client address not allowed")]
+    IpRefused,
     #[error("too many requests")]
     RateLimited { retry_after: u64 },
 }
@@ -62,6 +67,15 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::Auth(e) => e.status(),
+            GatewayError::Rejected(r) => match r {
+                Rejection::Token(e) => e.status(),
+                Rejection::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+                Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
+                Rejection::KeysUnavailable | Rejection::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
+            GatewayError::IpRefused => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -84,6 +98,11 @@ impl GatewayError {
             GatewayError::Auth(e) => match e.status() {
                 StatusCode::FORBIDDEN => Code::PermissionDenied,
                 // The keys could not be fetched: the caller did nothing wrong.
+                StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+                _ => Code::Unauthenticated,
+            },
+            GatewayError::Rejected(_) | GatewayError::IpRefused => match self.status() {
+                StatusCode::FORBIDDEN => Code::PermissionDenied,
                 StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
                 _ => Code::Unauthenticated,
             },
@@ -112,12 +131,20 @@ impl GatewayError {
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            GatewayError::Auth(e) => {
+            GatewayError::Auth(e) | GatewayError::Rejected(Rejection::Token(e)) => {
                 if let Some(challenge) = e.challenge() {
                     response
                         .headers_mut()
                         .insert(header::WWW_AUTHENTICATE, challenge);
                 }
+            }
+            GatewayError::Rejected(Rejection::Unauthenticated {
+                challenge: Some(challenge),
+                ..
+            }) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge.clone());
             }
             GatewayError::RateLimited { retry_after } => {
                 response

@@ -11,9 +11,11 @@ use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::auth::route::{self as auth_route, KeySource};
 use crate::cache;
 use crate::config::UnderscoreHeaders;
 use crate::context::{ConnInfo, Context, RequestLineTooLong};
+use crate::cors;
 use crate::error::GatewayError;
 use crate::grpc;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
@@ -48,7 +50,8 @@ pub async fn handle(
         peer_trusted,
         route: None,
         endpoint: None,
-        user: None,
+        identity: None,
+        cors_origin: None,
         claims: None,
         split_side: None,
         rate_limit: None,
@@ -72,6 +75,13 @@ pub async fn handle(
     }
     if let Some(outcome) = &ctx.rate_limit {
         outcome.apply(response.headers_mut());
+    }
+    // A preflight's answer (its headers are still in `parts`) has its CORS headers.
+    if let Some(cors) = ctx.route.as_ref().and_then(|r| r.edge.cors.as_ref()) {
+        if !cors::is_preflight(&parts.method, &parts.headers) {
+            cors.policy
+                .actual(ctx.cors_origin.as_ref(), response.headers_mut());
+        }
     }
     // Every response of a caching route says what the cache did: one the cache never saw
     // (a refusal before it, an error of the upstream call) is a BYPASS.
@@ -124,14 +134,21 @@ async fn forward_request(
         .ok_or(GatewayError::NoRoute)?
         .clone();
     ctx.route = Some(route.clone());
+    if let Some(cors) = &route.edge.cors {
+        if cors::is_preflight(&parts.method, &parts.headers) {
+            return preflight(&route, cors, ctx, &parts.headers);
+        }
+        ctx.cors_origin = parts.headers.get(header::ORIGIN).cloned();
+    }
+    check_ip(&route, ctx)?;
     // Branches only some routes take are boxed, so the future every request carries
     // (and hyper moves into place) stays small.
-    if route.jwt.is_some() {
-        Box::pin(authenticate(&route, ctx, &parts.headers)).await?;
+    if route.edge.auth.is_some() {
+        Box::pin(authenticate(&route, ctx, &mut parts.headers, &parts.uri)).await?;
     }
     rate_limit(&route, ctx, &parts.headers)?;
 
-    if content_length(&parts.headers).is_some_and(|len| len > rt.max_request_body) {
+    if content_length(&parts.headers).is_some_and(|len| len > route.max_request_body) {
         return Err(GatewayError::BodyTooLarge);
     }
 
@@ -154,7 +171,8 @@ async fn forward_request(
         Some(rewrite) => rewrite.apply(&normalised),
         None => Cow::Borrowed(normalised.as_ref()),
     };
-    let path_and_query = path_and_query(&upstream_path, parts.uri.query())?;
+    let query = upstream_query(&route, parts.uri.query());
+    let path_and_query = path_and_query(&upstream_path, query.as_deref())?;
 
     let upgrade = if parts.version == Version::HTTP_11 {
         forward::upgrade_protocol(&parts.headers)
@@ -163,7 +181,8 @@ async fn forward_request(
     };
     // Who asked, before hop-by-hop stripping or a transform can remove `Authorization`:
     // the cache shares an authenticated request's answer only when the origin allows it.
-    let authenticated = route.jwt.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
+    let authenticated =
+        route.edge.auth.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
     // A gRPC call's deadline bounds its upstream call, response stream included.
     let grpc_deadline = route
         .grpc
@@ -192,6 +211,9 @@ async fn forward_request(
     if let (Some(verifier), Some(claims)) = (&route.jwt, &ctx.claims) {
         verifier.forward(claims, &mut headers);
     }
+    if let Some(identity) = &ctx.identity {
+        identity.forward(&mut headers);
+    }
     forward::set_forwarded(
         &mut headers,
         &ctx.conn.peer_header,
@@ -211,7 +233,7 @@ async fn forward_request(
     headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 
     let mut path_and_query = path_and_query;
-    let mut body = Body::limited(body, rt.max_request_body);
+    let mut body = Body::limited(body, route.max_request_body);
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);
         path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
@@ -356,6 +378,7 @@ fn transform_scope<'a>(
 ) -> transform::Scope<'a> {
     transform::Scope {
         claims: ctx.claims.as_deref().map(|c| &c.0),
+        consumer: ctx.consumer(),
         request_id: &ctx.request_id,
         client_ip: ctx.client_ip,
         route: &route.name,
@@ -363,34 +386,88 @@ fn transform_scope<'a>(
     }
 }
 
-/// The `jwt` stage: verifies the bearer token and keeps the claims in the context.
+/// The `auth` stage: the route's methods in order, then `allow`. The identity and any
+/// verified claims stay in the context; the credential that only the gateway needs (an
+/// API key, basic credentials) is taken out of the request.
 async fn authenticate(
     route: &Route,
     ctx: &mut Context,
-    headers: &http::HeaderMap,
+    headers: &mut HeaderMap,
+    uri: &Uri,
 ) -> Result<(), GatewayError> {
-    let Some(verifier) = &route.jwt else {
+    let Some(auth) = &route.edge.auth else {
         return Ok(());
     };
-    match verifier.authenticate(headers).await {
-        Ok(claims) => {
-            ctx.user = claims.subject().map(str::to_string);
-            ctx.claims = Some(claims);
-            Ok(())
-        }
-        Err(e) => {
-            if let Some(counter) = route.jwt_rejected.get(e.index()) {
-                counter.inc();
-            }
-            tracing::info!(
-                route = %route.name,
-                reason = e.reason(),
-                request_id = ctx.request_id.to_str().unwrap_or(""),
-                "JWT rejected"
-            );
-            Err(GatewayError::Auth(e))
-        }
+    let outcome = match auth.authenticate(headers, uri).await {
+        Ok((identity, claims)) => match &route.edge.allow {
+            Some(allow) => auth
+                .authorize(allow, &identity, claims.as_deref())
+                .map(|()| (identity, claims)),
+            None => Ok((identity, claims)),
+        },
+        Err(rejection) => Err(rejection),
+    };
+    let (identity, claims) = outcome.map_err(|rejection| {
+        let (method, reason) = rejection.labels();
+        tracing::info!(
+            route = %route.name,
+            method,
+            reason,
+            request_id = ctx.request_id.to_str().unwrap_or(""),
+            "request refused by auth"
+        );
+        GatewayError::Rejected(rejection)
+    })?;
+    // A query key is taken out where the upstream target is made (`upstream_query`).
+    if let Some(KeySource::Header(name)) = auth.key_source() {
+        headers.remove(name);
     }
+    if identity.method == auth_route::Method::Basic {
+        headers.remove(header::AUTHORIZATION);
+    }
+    ctx.identity = Some(identity);
+    ctx.claims = claims;
+    Ok(())
+}
+
+/// The query the upstream gets: the client's, without an API key parameter.
+fn upstream_query<'a>(route: &Route, query: Option<&'a str>) -> Option<Cow<'a, str>> {
+    let query = query?;
+    match route.edge.auth.as_ref().and_then(|a| a.key_source()) {
+        Some(KeySource::Query(name)) => forward::without_query_param(query, name),
+        _ => Some(Cow::Borrowed(query)),
+    }
+}
+
+/// The `ip` stage: the route's lists on the client address.
+fn check_ip(route: &Route, ctx: &Context) -> Result<(), GatewayError> {
+    match &route.edge.ip {
+        Some(ip) => ip.filter.check(ctx.client_ip).map_err(|refusal| {
+            ip.count(refusal);
+            GatewayError::IpRefused
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A CORS preflight on a route with a policy: answered here, never forwarded. It carries
+/// no credentials, so auth does not apply; the IP lists and the rate limit do.
+fn preflight(
+    route: &Route,
+    cors: &crate::runtime::edge::RouteCors,
+    ctx: &mut Context,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, GatewayError> {
+    check_ip(route, ctx)?;
+    rate_limit(route, ctx, headers)?;
+    let mut response = Response::new(Body::empty());
+    let result = cors.policy.preflight(headers, response.headers_mut());
+    cors.count(result);
+    *response.status_mut() = match result {
+        cors::Preflight::Allowed => http::StatusCode::NO_CONTENT,
+        cors::Preflight::Rejected => http::StatusCode::FORBIDDEN,
+    };
+    Ok(response)
 }
 
 /// The `rate_limit` stage: spends one request of the key's budget or refuses with 429.
@@ -406,6 +483,7 @@ fn rate_limit(
         client_ip: ctx.client_ip,
         headers,
         claims: ctx.claims.as_deref(),
+        consumer: ctx.consumer(),
     });
     let retry_after = outcome.retry_after;
     ctx.rate_limit = Some(outcome);
@@ -541,8 +619,8 @@ fn server_span(
     if let Some(endpoint) = &ctx.endpoint {
         span.str("portico.endpoint", &endpoint.address);
     }
-    if let Some(user) = &ctx.user {
-        span.str("portico.consumer", user);
+    if let Some(consumer) = ctx.consumer() {
+        span.str("portico.consumer", consumer);
     }
     if let Some(side) = ctx.split_side {
         span.str("portico.split.side", side.label());
@@ -563,6 +641,9 @@ fn server_span(
     match failure {
         Some(GatewayError::Auth(e)) => {
             span.event("jwt rejected", "portico.reason", Any::Str(e.reason()))
+        }
+        Some(GatewayError::Rejected(r)) => {
+            span.event("auth rejected", "portico.reason", Any::Str(r.labels().1))
         }
         Some(GatewayError::CircuitOpen(upstream)) => span.event(
             "circuit breaker open",
@@ -622,7 +703,7 @@ fn record(
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         bytes_in,
         bytes_out,
-        user: ctx.user.as_deref(),
+        consumer: ctx.consumer(),
         trace_id: trace_ids.as_ref().map(|(t, _)| t.as_str()),
         span_id: trace_ids.as_ref().map(|(_, s)| s.as_str()),
     });

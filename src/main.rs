@@ -50,6 +50,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print an argon2id hash of a password read from stdin, for
+    /// `consumers.NAME.basic_auth.password_hash`.
+    HashPassword,
     /// Print the version.
     Version,
 }
@@ -62,6 +65,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format, cli.log_level.as_deref());
     match cli.command {
+        Command::HashPassword => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() {
+                eprintln!("could not read a password from stdin");
+                return ExitCode::FAILURE;
+            }
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("the password is empty");
+                return ExitCode::FAILURE;
+            }
+            match portico::auth::basic::hash_password(password) {
+                Ok(hash) => {
+                    println!("{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("could not hash the password: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

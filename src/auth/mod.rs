@@ -1,3 +1,6 @@
+//! Authentication. `route` tries a route's methods (`auth.any`: API keys, JWT, basic)
+//! against `consumers`; the rest of this module is JWT verification.
+//!
 //! JWT verification. A `Verifier` is built once per named `jwt` section and shared by the
 //! routes that name it. `verify` reads `Authorization: Bearer <token>` and either returns
 //! the verified claims or an `AuthError` whose `reason` labels the metric.
@@ -12,8 +15,11 @@
 //! verifier; `authenticate` adds the one async step: on an unknown `kid` it asks for a
 //! (rate-limited) refetch and tries once more.
 
+pub mod basic;
+pub mod consumers;
 pub mod jwks;
 pub mod keys;
+pub mod route;
 mod verified;
 
 use std::borrow::Cow;

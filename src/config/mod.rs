@@ -2,6 +2,7 @@
 //! time, so one typo does not hide the next) -> validation. Every problem carries its YAML
 //! path and, when the locator finds it, line and column.
 
+mod edge;
 mod env;
 mod locate;
 mod schema;
@@ -14,6 +15,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+pub use edge::*;
 pub use locate::Locator;
 pub use schema::*;
 pub use units::{Duration, Percent, Size};
@@ -177,9 +179,11 @@ fn deserialize_sections(
             "caches" => config.caches = named(&key, value, issues, broken),
             "routes" => config.routes = listed(&key, value, issues),
             "telemetry" => config.telemetry = section(&key, value, issues),
+            "consumers" => config.consumers = named(&key, value, issues, broken),
+            "cors" => config.cors = named(&key, value, issues, broken),
             other => issues.push(issue(
                 other,
-                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes, telemetry)",
+                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes, telemetry, consumers, cors)",
             )),
         }
     }
@@ -357,6 +361,14 @@ pub fn redacted(config: &Config) -> Config {
     for jwt in config.jwt.values_mut() {
         if jwt.secret.is_some() {
             jwt.secret = Some("<redacted>".into());
+        }
+    }
+    for consumer in config.consumers.values_mut() {
+        for key in &mut consumer.api_keys {
+            *key = "<redacted>".into();
+        }
+        if let Some(basic) = consumer.basic_auth.as_mut() {
+            basic.password_hash = "<redacted>".into();
         }
     }
     // Header values a route matches on, sets or forces a split with are often shared

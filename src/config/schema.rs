@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::edge::*;
 use super::units::{Duration, Percent, Size};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub telemetry: Option<TelemetryConfig>,
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerConfig>,
+    #[serde(default)]
+    pub cors: BTreeMap<String, CorsConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -511,6 +516,16 @@ pub struct RouteConfig {
     /// call's status is counted.
     #[serde(default)]
     pub grpc: bool,
+    #[serde(default)]
+    pub auth: Option<RouteAuthConfig>,
+    #[serde(default)]
+    pub allow: Option<AllowConfig>,
+    #[serde(default)]
+    pub cors: Option<String>,
+    #[serde(default)]
+    pub ip: Option<IpConfig>,
+    #[serde(default)]
+    pub limits: Option<RouteLimitsConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -178,7 +178,7 @@ fn guards_section(config: &Config, issues: &mut Issues) {
             .as_ref()
             .and_then(|n| config.rate_limits.get(n))
             .is_some_and(|l| l.key.starts_with("claim:"));
-        if claim_keyed && route.jwt.is_none() {
+        if claim_keyed && route.verifier_name().is_none() {
             issues.push(
                 format!("routes[{i}].rate_limit"),
                 "this rate limit is keyed by a claim: the route needs jwt",

@@ -40,7 +40,7 @@ pub struct AccessRecord<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<&'a str>,
+    pub consumer: Option<&'a str>,
     /// The request's trace and server span, when tracing is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<&'a str>,
@@ -168,7 +168,7 @@ mod tests {
             duration_ms: 1.0,
             bytes_in: 0,
             bytes_out: 0,
-            user: None,
+            consumer: None,
             trace_id: None,
             span_id: None,
         };

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub resilience: super::ResilienceMetrics,
     pub cache: super::CacheMetrics,
     pub transform: super::TransformMetrics,
+    pub edge: super::EdgeMetrics,
     jwt_rejected: IntCounterVec,
     ratelimit_rejected: IntCounterVec,
     /// Keys a limiter evicted because it held `max_keys`, by limit.
@@ -224,9 +225,11 @@ impl Metrics {
         config_reloads.with_label_values(&["error"]);
         let cache = super::CacheMetrics::register(&registry);
         let transform = super::TransformMetrics::register(&registry);
+        let edge = super::EdgeMetrics::register(&registry);
         Metrics {
             cache,
             transform,
+            edge,
             registry,
             requests,
             duration,

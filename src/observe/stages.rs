@@ -94,3 +94,46 @@ impl TransformMetrics {
         TransformMetrics { skipped }
     }
 }
+
+/// Who-may-call metric families: authentication and authorization refusals, CORS
+/// preflights, IP list refusals.
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    pub auth_rejected: IntCounterVec,
+    pub cors_preflights: IntCounterVec,
+    pub ip_rejected: IntCounterVec,
+}
+
+impl std::fmt::Debug for EdgeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeMetrics")
+    }
+}
+
+impl EdgeMetrics {
+    pub fn register(registry: &Registry) -> EdgeMetrics {
+        let family = |name: &str, help: &str, labels: &[&str]| {
+            let c =
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        EdgeMetrics {
+            auth_rejected: family(
+                "portico_auth_rejected_total",
+                "Requests refused by a route's auth (401) or allow (403), by route, method and reason",
+                &["route", "method", "reason"],
+            ),
+            cors_preflights: family(
+                "portico_cors_preflights_total",
+                "CORS preflights answered by the gateway, by route and result (allowed, rejected)",
+                &["route", "result"],
+            ),
+            ip_rejected: family(
+                "portico_ip_rejected_total",
+                "Requests refused with 403 by a route's IP lists, by route and list (allow, deny)",
+                &["route", "list"],
+            ),
+        }
+    }
+}

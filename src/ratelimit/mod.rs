@@ -46,15 +46,23 @@ pub enum KeyRule {
     ClientIp,
     Header(HeaderName),
     Claim(String),
+    /// The authenticated consumer's name.
+    Consumer,
 }
 
 impl KeyRule {
     /// Parses `client_ip`, `header:NAME` or `claim:NAME`.
     pub fn parse(text: &str) -> Result<KeyRule, String> {
-        let bad =
-            || format!("invalid key {text:?} (expected client_ip, header:NAME or claim:NAME)");
+        let bad = || {
+            format!(
+                "invalid key {text:?} (expected client_ip, consumer, header:NAME or claim:NAME)"
+            )
+        };
         if text == "client_ip" {
             return Ok(KeyRule::ClientIp);
+        }
+        if text == "consumer" {
+            return Ok(KeyRule::Consumer);
         }
         match text.split_once(':') {
             Some(("header", name)) if !name.is_empty() => HeaderName::from_bytes(name.as_bytes())
@@ -95,6 +103,7 @@ pub struct KeyInput<'a> {
     pub client_ip: IpAddr,
     pub headers: &'a HeaderMap,
     pub claims: Option<&'a Claims>,
+    pub consumer: Option<&'a str>,
 }
 
 type Keyed = RateLimiter<BucketKey, BoundedStore, MonotonicClock, StateInformationMiddleware>;
@@ -241,6 +250,9 @@ impl Limiter {
                 .map_or(BucketKey::Anonymous, |v| {
                     BucketKey::from_bytes(v.as_bytes())
                 }),
+            KeyRule::Consumer => input.consumer.map_or(BucketKey::Anonymous, |c| {
+                BucketKey::from_bytes(c.as_bytes())
+            }),
         }
     }
 
@@ -393,6 +405,7 @@ mod tests {
             client_ip: "10.0.0.1".parse().unwrap(),
             headers: &headers,
             claims: None,
+            consumer: None,
         };
         assert_eq!(limiter.key(&input), BucketKey::Anonymous);
         headers.insert(
@@ -403,6 +416,7 @@ mod tests {
             client_ip: "10.0.0.1".parse().unwrap(),
             headers: &headers,
             claims: None,
+            consumer: None,
         };
         assert!(matches!(limiter.key(&input), BucketKey::Digest(_)));
     }

@@ -30,12 +30,14 @@ pub fn parse_with_env(
 }
 
 /// What is allowed but worth saying: the YAML paths of settings that weaken security
-/// (`tls.insecure_skip_verify`).
+/// (`tls.insecure_skip_verify`), and `allow.groups` naming a group no consumer has.
 pub fn warnings(config: &Config) -> Vec<String> {
-    upstream::validate::insecure_upstreams(config)
+    let mut out: Vec<String> = upstream::validate::insecure_upstreams(config)
         .into_iter()
         .map(|path| format!("{path}: certificates of this upstream are not verified"))
-        .collect()
+        .collect();
+    out.extend(super::edge::warnings(config));
+    out
 }
 
 /// Checks a config built in code (files are checked by `parse`).
@@ -81,6 +83,9 @@ pub fn problems(config: &Config, _broken: &BrokenNames) -> Vec<ConfigIssue> {
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(i, route, &mut issues);
     }
+    for (path, message) in super::edge::problems(config) {
+        issues.push(path, message);
+    }
     issues.0
 }
 
@@ -94,7 +99,7 @@ fn route_entry(i: usize, route: &RouteConfig, issues: &mut Issues) {
                 }
             }
         }
-        for (field, problem) in split::validate(split, route.jwt.is_some()) {
+        for (field, problem) in split::validate(split, route.verifier_name().is_some()) {
             issues.push(format!("{path}.split.{field}"), problem);
         }
     }

@@ -4,6 +4,7 @@
 //! pools and in-flight counters carry over) and swaps it in whole.
 
 pub mod check;
+pub mod edge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use ipnet::IpNet;
 use http::HeaderName;
 use prometheus::IntCounter;
 
-use crate::auth::{AuthError, Verifier};
+use crate::auth::Verifier;
 use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig, UnderscoreHeaders};
 use crate::grpc::GrpcMetrics;
@@ -39,10 +40,13 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// The verifier whose claims are forwarded (`jwt:`, or `auth.jwt`).
     pub jwt: Option<Arc<Verifier>>,
     pub rate_limit: Option<Arc<Limiter>>,
-    /// `portico_jwt_rejected_total` handles, indexed by `AuthError::index`.
-    pub jwt_rejected: Vec<IntCounter>,
+    /// Auth, allow, CORS and IP lists.
+    pub edge: edge::RouteEdge,
+    /// `limits.max_request_body`, at most the server's.
+    pub max_request_body: u64,
     pub ratelimit_rejected: Option<IntCounter>,
     pub cache: Option<Arc<ResponseCache>>,
     pub transform: Option<Transform>,
@@ -73,7 +77,10 @@ pub struct Runtime {
     /// Named JWT verifiers and rate limiters, shared by the routes that name them.
     pub verifiers: BTreeMap<String, Arc<Verifier>>,
     pub limiters: BTreeMap<String, Arc<Limiter>>,
-    /// Every `forward_claims` header: removed from every incoming request.
+    /// The `consumers` and `cors` sections.
+    pub edge: edge::Edge,
+    /// Every `forward_claims` header and the consumer headers: removed from every
+    /// incoming request.
     pub claim_headers: Vec<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
@@ -138,6 +145,7 @@ impl Runtime {
         }
         let caches = build_caches(&config, previous, metrics);
         let (verifiers, limiters) = build_guards(&config, previous, metrics)?;
+        let edge = edge::build(&config)?;
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
@@ -157,6 +165,9 @@ impl Runtime {
             };
             let mut route = build_route(i, rc, &upstreams, &caches, metrics, split)?;
             attach_guards(i, &mut route, rc, &verifiers, &limiters, metrics)?;
+            route.edge = edge::route(i, rc, &edge, &verifiers, metrics)?;
+            route.max_request_body =
+                edge::max_request_body(rc, config.server.limits.max_request_body.0);
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -167,12 +178,15 @@ impl Runtime {
             .iter()
             .filter_map(|n| crate::wire::forward::parse_net(n))
             .collect();
-        let claim_headers = crate::auth::forwarded_headers(config.jwt.values());
+        let mut claim_headers = crate::auth::forwarded_headers(config.jwt.values());
+        claim_headers.push(crate::auth::route::CONSUMER_HEADER.clone());
+        claim_headers.push(crate::auth::route::CONSUMER_GROUPS_HEADER.clone());
         let tracer = build_tracer(&config, previous, metrics)?;
         Ok(Runtime {
             tracer,
             verifiers,
             limiters,
+            edge,
             claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
             allow_trace: config.server.allow_trace,
@@ -293,7 +307,8 @@ fn build_route(
             transform,
             jwt: None,
             rate_limit: None,
-            jwt_rejected: Vec::new(),
+            edge: edge::RouteEdge::default(),
+            max_request_body: 0,
             ratelimit_rejected: None,
             grpc,
         });
@@ -322,7 +337,8 @@ fn build_route(
         transform,
         jwt: None,
         rate_limit: None,
-        jwt_rejected: Vec::new(),
+        edge: edge::RouteEdge::default(),
+        max_request_body: 0,
         ratelimit_rejected: None,
         grpc,
     })
@@ -384,7 +400,7 @@ fn attach_guards(
     limiters: &BTreeMap<String, Arc<Limiter>>,
     metrics: &Metrics,
 ) -> Result<(), ConfigError> {
-    if let Some(name) = &rc.jwt {
+    if let Some(name) = rc.verifier_name() {
         let verifier = verifiers.get(name).ok_or_else(|| {
             ConfigError::single(
                 format!("routes[{i}].jwt"),
@@ -392,8 +408,6 @@ fn attach_guards(
             )
         })?;
         route.jwt = Some(verifier.clone());
-        route.jwt_rejected =
-            metrics.jwt_rejections(&rc.name, AuthError::ALL.iter().map(|e| e.reason()));
     }
     if let Some(name) = &rc.rate_limit {
         let limiter = limiters.get(name).ok_or_else(|| {

@@ -49,6 +49,7 @@ pub struct Scope<'a> {
     pub claims: Option<&'a Map<String, Value>>,
     pub request_id: &'a HeaderValue,
     pub client_ip: IpAddr,
+    pub consumer: Option<&'a str>,
     pub route: &'a str,
     pub upstream: &'a str,
 }
@@ -60,6 +61,7 @@ impl<'a> Scope<'a> {
             headers,
             request_id: self.request_id,
             client_ip: self.client_ip,
+            consumer: self.consumer,
             route: self.route,
             upstream: self.upstream,
         }
@@ -497,6 +499,7 @@ mod tests {
             claims: Some(&claims),
             request_id: &id,
             client_ip: "127.0.0.1".parse().unwrap(),
+            consumer: None,
             route: "r",
             upstream: "u",
         };

@@ -1,6 +1,6 @@
 //! Header and query templates, compiled once when the config is built into literal and
 //! variable segments: `${claim.NAME}`, `${header.NAME}`, `${request_id}`, `${client_ip}`,
-//! `${route}`, `${upstream}`; `$$` is a literal `$`. Rendering never produces the literal
+//! `${consumer}`, `${route}`, `${upstream}`; `$$` is a literal `$`. Rendering never produces the literal
 //! `${...}`: when a variable has no value the whole template renders to `None` and the
 //! header (or query parameter) is left out.
 
@@ -19,6 +19,7 @@ enum Segment {
     Header(HeaderName),
     RequestId,
     ClientIp,
+    Consumer,
     Route,
     Upstream,
 }
@@ -38,6 +39,8 @@ pub struct Vars<'a> {
     pub headers: &'a HeaderMap,
     pub request_id: &'a HeaderValue,
     pub client_ip: IpAddr,
+    /// The authenticated consumer's name.
+    pub consumer: Option<&'a str>,
     pub route: &'a str,
     pub upstream: &'a str,
 }
@@ -98,6 +101,7 @@ impl Template {
                 Segment::ClientIp => {
                     let _ = write!(out, "{}", vars.client_ip);
                 }
+                Segment::Consumer => out.push_str(vars.consumer?),
                 Segment::Route => out.push_str(vars.route),
                 Segment::Upstream => out.push_str(vars.upstream),
             }
@@ -130,10 +134,11 @@ fn variable(name: &str) -> Result<Segment, String> {
     match name {
         "request_id" => Ok(Segment::RequestId),
         "client_ip" => Ok(Segment::ClientIp),
+        "consumer" => Ok(Segment::Consumer),
         "route" => Ok(Segment::Route),
         "upstream" => Ok(Segment::Upstream),
         other => Err(format!(
-            "unknown template variable ${{{other}}} (use claim.NAME, header.NAME, request_id, client_ip, route, upstream)"
+            "unknown template variable ${{{other}}} (use claim.NAME, header.NAME, request_id, client_ip, consumer, route, upstream)"
         )),
     }
 }
@@ -152,6 +157,7 @@ mod tests {
             headers,
             request_id: id,
             client_ip: "10.1.2.3".parse().unwrap(),
+            consumer: Some("mobile-app"),
             route: "legacy",
             upstream: "monolith",
         }

@@ -2,6 +2,7 @@
 //! directions, X-Forwarded-* set from what the gateway saw (a client's own values kept
 //! only when the peer is a trusted proxy), the client address resolved the same way.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -84,7 +85,19 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// A query without the parameters named `name` (an API key the gateway consumed); None
+/// when nothing is left.
+pub fn without_query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    let named = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
+    if !query.split('&').any(|p| named(&p)) {
+        return Some(Cow::Borrowed(query));
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
+    (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
