@@ -2,12 +2,12 @@
 //!
 //! Only names that look like environment variables (`[A-Za-z_][A-Za-z0-9_]*`) are
 //! substituted. Template placeholders that transforms evaluate per request
-//! (`${claim.sub}`, `${header.X}`, `${request_id}`, `${client_ip}`, `${route}`,
+//! (`${claim.sub}`, `${header.X}`, `${request_id}`, `${client_ip}`, `${consumer}`, `${route}`,
 //! `${upstream}`) are left alone, as are comments, so the commented examples of
 //! CONFIG.md do not demand variables. `$${` writes a literal `${`.
 
 /// Placeholders that belong to request-time templates, never to the environment.
-const TEMPLATE_NAMES: &[&str] = &["request_id", "client_ip", "route", "upstream"];
+const TEMPLATE_NAMES: &[&str] = &["request_id", "client_ip", "consumer", "route", "upstream"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvError {
