@@ -253,6 +253,62 @@ async fn an_order_is_placed_through_the_gateway() {
     let refused = grpc.unary(ask(None), path, codec()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
+    // The partner API takes the partner's key (never forwarded) or an admin's token;
+    // a signed-in customer is authenticated but not allowed.
+    let partner = |headers: &[(&str, &str)]| {
+        let mut request = Request::get(format!("http://{addr}/api/partner/products?limit=2"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        client.send(request.body(Full::default()).unwrap())
+    };
+    let with_key = partner(&[("x-api-key", "acme-demo-key-0123456789")]).await;
+    assert_eq!(
+        with_key.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&with_key.body)
+    );
+    assert_eq!(partner(&[]).await.status, 401);
+    assert_eq!(partner(&[("authorization", &bearer)]).await.status, 403);
+
+    // The ops view of notifications: basic auth, from loopback.
+    let ops = |credentials: &str| {
+        use base64::Engine;
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        );
+        client.send(
+            Request::get(format!("http://{addr}/api/notifications?userId={user_id}"))
+                .header("authorization", value)
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
+    assert_eq!(ops("ops:ops-demo-password").await.status, 200);
+    assert_eq!(ops("ops:guess").await.status, 401);
+
+    // The storefront origin's preflight for an order is answered by the gateway.
+    let preflight = client
+        .send(
+            Request::options(format!("http://{addr}/api/orders"))
+                .header("origin", "http://localhost:5173")
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                )
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://localhost:5173")
+    );
+
     // Only what the gateway exposes is reachable: payments are read-only.
     let refused = client
         .send(json_post(addr, "/api/payments", serde_json::json!({})))
