@@ -19,7 +19,9 @@ use crate::config::CorsConfig;
 #[derive(Debug)]
 pub struct Policy {
     any_origin: bool,
-    exact: HashSet<Box<[u8]>>,
+    /// Lower-case exact origins; a short list is compared in order, a long one hashed.
+    exact: Vec<Box<[u8]>>,
+    exact_set: HashSet<Box<[u8]>>,
     /// `https://*.shop.example` as ("https://", ".shop.example").
     wildcards: Vec<(String, String)>,
     methods: Vec<Method>,
@@ -37,6 +39,9 @@ pub enum Preflight {
     Rejected,
 }
 
+/// Up to this many exact origins are compared one by one (cheaper than hashing).
+const SHORT_LIST: usize = 16;
+
 const DEFAULT_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
 impl Policy {
@@ -47,7 +52,8 @@ impl Policy {
         }
         let mut policy = Policy {
             any_origin: false,
-            exact: HashSet::new(),
+            exact: Vec::new(),
+            exact_set: HashSet::new(),
             wildcards: Vec::new(),
             methods: Vec::new(),
             allow_methods: HeaderValue::from_static(""),
@@ -93,7 +99,7 @@ impl Policy {
                 _ => {
                     policy
                         .exact
-                        .insert(origin.to_ascii_lowercase().into_bytes().into_boxed_slice());
+                        .push(origin.to_ascii_lowercase().into_bytes().into_boxed_slice());
                 }
             }
         }
@@ -123,6 +129,9 @@ impl Policy {
         policy.allow_headers = non_empty(&config.headers).map_err(|e| ("headers".into(), e))?;
         policy.expose = non_empty(&config.expose).map_err(|e| ("expose".into(), e))?;
         policy.max_age = config.max_age.map(|d| HeaderValue::from(d.0.as_secs()));
+        if policy.exact.len() > SHORT_LIST {
+            policy.exact_set = std::mem::take(&mut policy.exact).into_iter().collect();
+        }
         Ok(policy)
     }
 
@@ -131,10 +140,14 @@ impl Policy {
             return true;
         }
         let bytes = origin.as_bytes();
+        if self.exact.iter().any(|o| o.eq_ignore_ascii_case(bytes)) {
+            return true;
+        }
         // Browsers send origins in lower case; only an odd one pays for a copy.
-        if self.exact.contains(bytes)
-            || (bytes.iter().any(u8::is_ascii_uppercase)
-                && self.exact.contains(&*bytes.to_ascii_lowercase()))
+        if !self.exact_set.is_empty()
+            && (self.exact_set.contains(bytes)
+                || (bytes.iter().any(u8::is_ascii_uppercase)
+                    && self.exact_set.contains(&*bytes.to_ascii_lowercase())))
         {
             return true;
         }
@@ -212,7 +225,7 @@ impl Policy {
     /// Adds what an actual response needs when the request's origin is allowed, and
     /// `Vary: Origin` whatever it is.
     pub fn actual(&self, origin: Option<&HeaderValue>, out: &mut HeaderMap) {
-        if !(self.any_origin && !self.credentials) {
+        if !self.any_origin || self.credentials {
             out.append(header::VARY, HeaderValue::from_static("Origin"));
         }
         let Some(origin) = origin.filter(|o| self.allows(o)) else {
@@ -276,6 +289,18 @@ mod tests {
         assert!(!p.allows(&origin("https://evilshop.example")));
         assert!(!p.allows(&origin("https://shop.example.evil")));
         assert!(!p.allows(&origin("null")));
+    }
+
+    #[test]
+    fn a_long_list_is_hashed_and_still_case_blind() {
+        let origins: Vec<String> = (0..40)
+            .map(|i| format!("\"https://s{i}.example\""))
+            .collect();
+        let p = policy(&format!("{{ origins: [{}] }}", origins.join(", ")));
+        assert!(p.exact.is_empty());
+        assert!(p.allows(&origin("https://s39.example")));
+        assert!(p.allows(&origin("https://S7.example")));
+        assert!(!p.allows(&origin("https://s40.example")));
     }
 
     #[test]

@@ -31,33 +31,29 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// The page: a GET with credentials, then a PUT with a custom header (which needs a
 /// preflight), each recorded as what the page could read, then reported. The API's
 /// origin comes in the page's query (`?api=http://127.0.0.1:PORT`).
-fn page() -> String {
-    format!(
-        r#"<!doctype html><html><body><script>
+const PAGE: &str = r#"<!doctype html><html><body><script>
 const api = new URLSearchParams(location.search).get("api");
-async function attempt(init, path) {{
-  try {{
+async function attempt(init, path) {
+  try {
     const r = await fetch(api + path, init);
     const body = await r.json();
-    return {{ status: r.status, backend: body.backend, method: body.method,
+    return { status: r.status, backend: body.backend, method: body.method,
              tag: (body.headers["x-trace-tag"] || [])[0] || null,
-             requestId: r.headers.get("x-request-id") }};
-  }} catch (e) {{
-    return {{ error: String(e) }};
-  }}
-}}
-(async () => {{
-  document.cookie = "session=abc; path=/";
-  const out = {{}};
-  out.get = await attempt({{ credentials: "include" }}, "/api/store/items");
-  out.put = await attempt({{ method: "PUT", credentials: "include",
-    headers: {{ "Content-Type": "application/json", "X-Trace-Tag": "t-1" }},
-    body: "{{}}" }}, "/api/store/items/1");
-  await fetch("/report", {{ method: "POST", body: JSON.stringify(out) }});
-}})();
-</script></body></html>"#
-    )
+             requestId: r.headers.get("x-request-id") };
+  } catch (e) {
+    return { error: String(e) };
+  }
 }
+(async () => {
+  document.cookie = "session=abc; path=/";
+  const out = {};
+  out.get = await attempt({ credentials: "include" }, "/api/store/items");
+  out.put = await attempt({ method: "PUT", credentials: "include",
+    headers: { "Content-Type": "application/json", "X-Trace-Tag": "t-1" },
+    body: "{}" }, "/api/store/items/1");
+  await fetch("/report", { method: "POST", body: JSON.stringify(out) });
+})();
+</script></body></html>"#;
 
 /// A page server on its own origin: `/` serves the page, `POST /report` hands the
 /// page's report to the test.
@@ -158,8 +154,8 @@ async fn a_browser_reads_the_api_only_from_an_allowed_origin() {
         return;
     }
     let backend = Backend::start("store").await;
-    let (allowed, mut allowed_reports) = page_server(page()).await;
-    let (blocked, mut blocked_reports) = page_server(page()).await;
+    let (allowed, mut allowed_reports) = page_server(PAGE.to_string()).await;
+    let (blocked, mut blocked_reports) = page_server(PAGE.to_string()).await;
     let yaml = format!(
         r#"
 server: {{ listen: 127.0.0.1:0, access_log: false }}

@@ -65,14 +65,19 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 
 /// What `Authorization: Basic` carried.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Presented {
+pub enum Presented<'a> {
     Absent,
     Malformed,
-    Credential(Vec<u8>),
+    /// The decoded `user:password`, in the caller's buffer.
+    Credential(&'a [u8]),
 }
 
-/// The decoded `user:password` of the request's one `Authorization: Basic` field.
-pub fn credential(headers: &HeaderMap) -> Presented {
+/// The decoded `user:password` of the request's one `Authorization: Basic` field,
+/// decoded into `buffer` (no allocation per request).
+pub fn credential<'a>(
+    headers: &HeaderMap,
+    buffer: &'a mut [u8; MAX_CREDENTIAL_BYTES],
+) -> Presented<'a> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Presented::Absent;
@@ -85,11 +90,11 @@ pub fn credential(headers: &HeaderMap) -> Presented {
     else {
         return Presented::Absent;
     };
-    if values.next().is_some() || rest.len() > MAX_CREDENTIAL_BYTES * 4 / 3 + 4 {
+    if values.next().is_some() {
         return Presented::Malformed;
     }
-    match base64::engine::general_purpose::STANDARD.decode(rest.trim_ascii()) {
-        Ok(decoded) if split(&decoded).is_some() => Presented::Credential(decoded),
+    match base64::engine::general_purpose::STANDARD.decode_slice(rest.trim_ascii(), buffer) {
+        Ok(n) if split(&buffer[..n]).is_some() => Presented::Credential(&buffer[..n]),
         _ => Presented::Malformed,
     }
 }
@@ -116,16 +121,26 @@ mod tests {
     fn reads_the_credential() {
         // "ops:s3cret:with:colons"
         let b64 = base64::engine::general_purpose::STANDARD.encode("ops:s3cret:with:colons");
-        let Presented::Credential(c) = credential(&with(&format!("Basic {b64}"))) else {
+        let mut buf = [0u8; MAX_CREDENTIAL_BYTES];
+        let Presented::Credential(c) = credential(&with(&format!("Basic {b64}")), &mut buf) else {
             panic!("a credential");
         };
-        assert_eq!(split(&c), Some(("ops", &b"s3cret:with:colons"[..])));
-        assert_eq!(credential(&with("Bearer abc")), Presented::Absent);
-        assert_eq!(credential(&HeaderMap::new()), Presented::Absent);
-        assert_eq!(credential(&with("Basic !!!")), Presented::Malformed);
+        assert_eq!(split(c), Some(("ops", &b"s3cret:with:colons"[..])));
+        assert_eq!(credential(&with("Bearer abc"), &mut buf), Presented::Absent);
+        assert_eq!(credential(&HeaderMap::new(), &mut buf), Presented::Absent);
+        assert_eq!(
+            credential(&with("Basic !!!"), &mut buf),
+            Presented::Malformed
+        );
         let no_colon = base64::engine::general_purpose::STANDARD.encode("nocolon");
         assert_eq!(
-            credential(&with(&format!("basic {no_colon}"))),
+            credential(&with(&format!("basic {no_colon}")), &mut buf),
+            Presented::Malformed
+        );
+        let long =
+            base64::engine::general_purpose::STANDARD.encode(format!("u:{}", "x".repeat(2000)));
+        assert_eq!(
+            credential(&with(&format!("Basic {long}")), &mut buf),
             Presented::Malformed
         );
     }

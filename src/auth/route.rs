@@ -328,19 +328,21 @@ impl RouteAuth {
                         }
                     }
                 }
-                Method::Basic => match basic::credential(headers) {
-                    Presented::Absent => {}
-                    Presented::Malformed => {
-                        failure.get_or_insert(("basic", "malformed"));
-                    }
-                    Presented::Credential(c) => match self.consumers.verify_basic(&c).await {
-                        Ok(consumer) => return Ok((identity(&consumer, *method), None)),
-                        Err(BasicError::Unavailable) => return Err(Rejection::Unavailable),
-                        Err(BasicError::Invalid) => {
-                            failure.get_or_insert(("basic", "invalid"));
+                Method::Basic => {
+                    match basic::credential(headers, &mut [0u8; basic::MAX_CREDENTIAL_BYTES]) {
+                        Presented::Absent => {}
+                        Presented::Malformed => {
+                            failure.get_or_insert(("basic", "malformed"));
                         }
-                    },
-                },
+                        Presented::Credential(c) => match self.consumers.verify_basic(c).await {
+                            Ok(consumer) => return Ok((identity(&consumer, *method), None)),
+                            Err(BasicError::Unavailable) => return Err(Rejection::Unavailable),
+                            Err(BasicError::Invalid) => {
+                                failure.get_or_insert(("basic", "invalid"));
+                            }
+                        },
+                    }
+                }
             }
         }
         let (method, reason) = failure.unwrap_or(("none", "missing"));
