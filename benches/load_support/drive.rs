@@ -40,6 +40,9 @@ pub enum Target {
     /// The plain route on a Portico with tracing on, `sample_ratio` 0.01 and 1.0.
     PorticoTraced1,
     PorticoTraced100,
+    /// The plain route's request on a route with an API key, `allow`, a CORS policy and an
+    /// IP allow list (the request carries the key and an allowed `Origin`).
+    PorticoEdge,
 }
 
 impl Target {
@@ -56,6 +59,7 @@ impl Target {
             Target::PorticoGrpc => "portico grpc route (h2c)",
             Target::PorticoTraced1 => "portico traced 1%",
             Target::PorticoTraced100 => "portico traced 100%",
+            Target::PorticoEdge => "portico api_key+allow+cors+ip",
         }
     }
 
@@ -98,7 +102,8 @@ pub struct Scenario {
     pub load: Load,
     pub port: u16,
     pub path: String,
-    pub authorization: Option<String>,
+    /// Extra request headers (a bearer token, an API key, an origin).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 pub struct Outcome {
@@ -128,13 +133,21 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
                 load: *load,
                 port,
                 path: format!("{prefix}{}", load.path()),
-                authorization: (target == Target::PorticoFull).then(|| fleet.bearer.clone()),
+                headers: match target {
+                    Target::PorticoFull => vec![("authorization", fleet.bearer.clone())],
+                    Target::PorticoEdge => vec![
+                        ("x-api-key", super::procs::BENCH_API_KEY.to_string()),
+                        ("origin", "https://shop.example".to_string()),
+                    ],
+                    _ => Vec::new(),
+                },
             })
         };
         add(Target::Direct, fleet.backend.port, "");
         add(Target::Portico, fleet.portico.port, "/plain");
         if !smoke {
             add(Target::PorticoFull, fleet.portico.port, "/full");
+            add(Target::PorticoEdge, fleet.portico.port, "/edge");
             if *load != Load::Post1k {
                 add(Target::PorticoCache, fleet.portico.port, "/cached");
             }
@@ -178,7 +191,8 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
         | Target::PorticoCache
         | Target::PorticoTls
         | Target::PorticoH2c
-        | Target::PorticoGrpc => Some(&fleet.portico),
+        | Target::PorticoGrpc
+        | Target::PorticoEdge => Some(&fleet.portico),
         Target::PorticoTraced1 | Target::PorticoTraced100 => {
             let sampled_all = target == Target::PorticoTraced100;
             fleet
@@ -365,8 +379,8 @@ impl Client {
         let mut req = Request::builder()
             .uri(&self.uri)
             .header("host", "bench.local");
-        if let Some(auth) = &s.authorization {
-            req = req.header("authorization", auth);
+        for (name, value) in &s.headers {
+            req = req.header(*name, value);
         }
         let body = if s.load == Load::Post1k {
             req = req

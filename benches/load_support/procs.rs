@@ -392,6 +392,17 @@ fn test_certificates(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf
     Ok(paths)
 }
 
+/// The key the edge scenario's consumer holds.
+pub const BENCH_API_KEY: &str = "bench-api-key-0123456789abcdef";
+
+/// The edge route's IP allow list: loopback among 1 000 other ranges, so the check is a
+/// real search.
+fn edge_allow_list() -> String {
+    let mut list = vec!["127.0.0.0/8".to_string()];
+    list.extend((0..1000u32).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)));
+    list.join(", ")
+}
+
 /// The measured routes first (plain; JWT + rate limit + header transform; cached; an
 /// HTTPS upstream), then filler routes up to `ROUTES`.
 fn portico_config(port: u16, backends: &Backends<'_>, public_key: &std::path::Path) -> String {
@@ -413,6 +424,13 @@ rate_limits:
   never-trips: {{ key: client_ip, limit: 1000000000, per: 1s }}
 caches:
   bench: {{ max_size: 64MiB, max_entry: 1MiB, default_ttl: 60s }}
+consumers:
+  bench-app: {{ api_keys: ["{api_key}"], groups: [apps] }}
+cors:
+  storefront:
+    origins: ["https://shop.example", "https://*.shop.example"]
+    expose: [X-Request-Id]
+    credentials: true
 upstreams:
   backend:
     targets: ["127.0.0.1:{backend}"]
@@ -453,6 +471,14 @@ routes:
         set_headers: {{ X-Gateway: portico }}
         remove_headers: [Server]
     upstream: backend
+  - name: edge
+    match: {{ path_prefix: /edge }}
+    rewrite: {{ strip_prefix: /edge }}
+    auth: {{ any: [api_key] }}
+    allow: {{ groups: [apps] }}
+    cors: storefront
+    ip: {{ allow: [{allow_list}], deny: [10.6.6.0/24] }}
+    upstream: backend
   - name: cached
     match: {{ path_prefix: /cached }}
     rewrite: {{ strip_prefix: /cached }}
@@ -460,10 +486,12 @@ routes:
     upstream: backend
 "#,
         key = public_key.display(),
+        api_key = BENCH_API_KEY,
+        allow_list = edge_allow_list(),
         tls = backends.tls,
         ca = backends.ca_file.display(),
     );
-    for i in 1..ROUTES - 4 {
+    for i in 1..ROUTES - 5 {
         y.push_str(&format!(
             "  - name: svc-{i}\n    match: {{ path_prefix: /svc-{i}, methods: [GET] }}\n    rewrite: {{ strip_prefix: /svc-{i} }}\n    upstream: backend\n"
         ));
