@@ -99,6 +99,7 @@ fn limiter_check(c: &mut Criterion) {
         per: Duration::from_secs(1),
         burst: None,
         max_keys: None,
+        scope: Default::default(),
     };
     // No Tokio runtime here, so no housekeeping task: the keys all stay.
     let one = Limiter::build("one", &config, None).expect("limiter");

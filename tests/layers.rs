@@ -11,6 +11,7 @@ const ROWS: &[&[&str]] = &[
     &["wire"],
     &["config"],
     &["observe", "window"],
+    &["cluster"],
     &[
         "auth",
         "cors",

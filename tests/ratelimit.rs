@@ -224,6 +224,7 @@ async fn two_hundred_thousand_keys_fall_back_after_the_idle_period() {
         per: ConfigDuration::from_secs(1),
         burst: None,
         max_keys: Some(300_000),
+        scope: Default::default(),
     };
     let limiter = Limiter::build("flood", &config, Some(Duration::from_millis(100))).unwrap();
     for i in 0..200_000u32 {
@@ -250,6 +251,7 @@ async fn a_key_flood_is_bounded_by_max_keys() {
         per: ConfigDuration::from_secs(60),
         burst: None,
         max_keys: Some(1_000),
+        scope: Default::default(),
     };
     let limiter = Limiter::build("flood", &config, None).unwrap();
     let regular = BucketKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));

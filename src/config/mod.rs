@@ -2,6 +2,7 @@
 //! time, so one typo does not hide the next) -> validation. Every problem carries its YAML
 //! path and, when the locator finds it, line and column.
 
+mod cluster;
 mod edge;
 mod env;
 mod locate;
@@ -15,6 +16,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+pub use cluster::*;
 pub use edge::*;
 pub use locate::Locator;
 pub use schema::*;
@@ -181,9 +183,10 @@ fn deserialize_sections(
             "telemetry" => config.telemetry = section(&key, value, issues),
             "consumers" => config.consumers = named(&key, value, issues, broken),
             "cors" => config.cors = named(&key, value, issues, broken),
+            "cluster" => config.cluster = section(&key, value, issues),
             other => issues.push(issue(
                 other,
-                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes, telemetry, consumers, cors)",
+                "unknown section (expected one of server, admin, consul, upstreams, jwt, rate_limits, caches, routes, telemetry, consumers, cors, cluster)",
             )),
         }
     }
@@ -337,6 +340,17 @@ pub fn check_with(config: &Config, extra: ExtraChecks<'_>) -> Result<(), ConfigE
     }
 }
 
+/// A URL with its `user:password@` part replaced.
+pub fn redact_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// The config with secrets replaced, for `GET /config`.
 pub fn redacted(config: &Config) -> Config {
     let mut config = config.clone();
@@ -362,6 +376,9 @@ pub fn redacted(config: &Config) -> Config {
         if jwt.secret.is_some() {
             jwt.secret = Some("<redacted>".into());
         }
+    }
+    if let Some(redis) = config.cluster.as_mut().map(|c| &mut c.redis) {
+        redis.url = redact_userinfo(&redis.url);
     }
     for consumer in config.consumers.values_mut() {
         for key in &mut consumer.api_keys {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::*;
 use super::edge::*;
 use super::units::{Duration, Percent, Size};
 
@@ -32,6 +33,8 @@ pub struct Config {
     pub consumers: BTreeMap<String, ConsumerConfig>,
     #[serde(default)]
     pub cors: BTreeMap<String, CorsConfig>,
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -480,6 +483,9 @@ pub struct RateLimitConfig {
     /// Keys held at most (default 100 000); past it the least recently used quarter goes.
     #[serde(default)]
     pub max_keys: Option<u64>,
+    /// `cluster`: one budget for all replicas, kept in Redis (needs `cluster.redis`).
+    #[serde(default)]
+    pub scope: Scope,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub cache: super::CacheMetrics,
     pub transform: super::TransformMetrics,
     pub edge: super::EdgeMetrics,
+    pub cluster: super::ClusterMetrics,
     jwt_rejected: IntCounterVec,
     ratelimit_rejected: IntCounterVec,
     /// Keys a limiter evicted because it held `max_keys`, by limit.
@@ -226,10 +227,12 @@ impl Metrics {
         let cache = super::CacheMetrics::register(&registry);
         let transform = super::TransformMetrics::register(&registry);
         let edge = super::EdgeMetrics::register(&registry);
+        let cluster = super::ClusterMetrics::register(&registry);
         Metrics {
             cache,
             transform,
             edge,
+            cluster,
             registry,
             requests,
             duration,

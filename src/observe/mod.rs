@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 pub use access_log::{AccessLog, AccessRecord};
 pub use metrics::{AttemptOutcome, EndpointMetrics, Metrics, RouteMetrics};
 pub use resilience::ResilienceMetrics;
-pub use stages::{CacheMetrics, EdgeMetrics, TransformMetrics};
+pub use stages::{CacheMetrics, ClusterMetrics, EdgeMetrics, TransformMetrics};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

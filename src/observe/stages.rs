@@ -137,3 +137,65 @@ impl EdgeMetrics {
         }
     }
 }
+
+/// Shared-state metric families (`cluster.redis`).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub errors: IntCounterVec,
+    pub duration: prometheus::HistogramVec,
+    pub up: prometheus::IntGauge,
+    pub ratelimit_fallback: IntCounterVec,
+}
+
+impl std::fmt::Debug for ClusterMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterMetrics")
+    }
+}
+
+impl ClusterMetrics {
+    pub fn register(registry: &Registry) -> ClusterMetrics {
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "portico_cluster_redis_errors_total",
+                "Redis commands that failed or timed out, by operation (ratelimit, ping)",
+            ),
+            &["op"],
+        )
+        .expect("valid metric definition");
+        let duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "portico_cluster_redis_duration_seconds",
+                "Redis command latency seen by the gateway, by operation",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric definition");
+        let up = prometheus::IntGauge::new(
+            "portico_cluster_redis_up",
+            "1 while the last Redis command succeeded, 0 otherwise",
+        )
+        .expect("valid metric definition");
+        let ratelimit_fallback = IntCounterVec::new(
+            Opts::new(
+                "portico_ratelimit_fallback_total",
+                "Decisions of scope: cluster limits taken without Redis (local limiter or 503), by limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric definition");
+        let _ = registry.register(Box::new(errors.clone()));
+        let _ = registry.register(Box::new(duration.clone()));
+        let _ = registry.register(Box::new(up.clone()));
+        let _ = registry.register(Box::new(ratelimit_fallback.clone()));
+        ClusterMetrics {
+            errors,
+            duration,
+            up,
+            ratelimit_fallback,
+        }
+    }
+}

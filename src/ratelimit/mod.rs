@@ -27,7 +27,10 @@ pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-
 pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
+mod shared;
 mod store;
+
+pub use shared::Unavailable;
 
 use store::{BoundedStore, Evictions};
 
@@ -150,6 +153,8 @@ pub struct Limiter {
     policy: HeaderValue,
     housekeeping: Option<tokio::task::JoinHandle<()>>,
     evictions: Arc<Evictions>,
+    /// `scope: cluster`: the budget in Redis (the local state is the fallback).
+    shared: Option<shared::Shared>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -234,7 +239,19 @@ impl Limiter {
             policy: HeaderValue::from_str(&policy).map_err(|_| "invalid policy")?,
             housekeeping,
             evictions,
+            shared: None,
         })
+    }
+
+    /// Keeps this limit's budget in Redis (`scope: cluster`), deciding locally without it.
+    pub fn shared_through(mut self, cluster: &Arc<crate::cluster::Cluster>, fallback: prometheus::IntCounter) -> Limiter {
+        self.shared = Some(shared::Shared::new(cluster, &self.name, self.interval, fallback));
+        self
+    }
+
+    /// The cluster this limit shares its budget through, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.shared.as_ref().map(|s| s.cluster())
     }
 
     /// The key of one request.
@@ -353,6 +370,7 @@ mod tests {
             per: ConfigDuration::from_secs(per),
             burst,
             max_keys: None,
+            scope: Default::default(),
         }
     }
 

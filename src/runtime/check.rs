@@ -79,6 +79,17 @@ pub fn problems(config: &Config, _broken: &BrokenNames) -> Vec<ConfigIssue> {
         for (field, message) in ratelimit::check(limit) {
             issues.push(format!("rate_limits.{name}.{field}"), message);
         }
+        if limit.scope == crate::config::Scope::Cluster && config.cluster.is_none() {
+            issues.push(
+                format!("rate_limits.{name}.scope"),
+                "scope: cluster needs cluster.redis (a shared store)",
+            );
+        }
+    }
+    if let Some(cluster) = &config.cluster {
+        for (field, message) in crate::cluster::check(cluster) {
+            issues.push(format!("cluster.{field}"), message);
+        }
     }
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(i, route, &mut issues);

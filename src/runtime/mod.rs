@@ -79,6 +79,8 @@ pub struct Runtime {
     pub limiters: BTreeMap<String, Arc<Limiter>>,
     /// The `consumers` and `cors` sections.
     pub edge: edge::Edge,
+    /// `cluster.redis`: the shared store (limits with `scope: cluster`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Every `forward_claims` header and the consumer headers: removed from every
     /// incoming request.
     pub claim_headers: Vec<HeaderName>,
@@ -144,7 +146,8 @@ impl Runtime {
             upstreams.insert(name.clone(), upstream);
         }
         let caches = build_caches(&config, previous, metrics);
-        let (verifiers, limiters) = build_guards(&config, previous, metrics)?;
+        let cluster = build_cluster(&config, previous, metrics)?;
+        let (verifiers, limiters) = build_guards(&config, previous, metrics, cluster.as_ref())?;
         let edge = edge::build(&config)?;
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
@@ -187,6 +190,7 @@ impl Runtime {
             verifiers,
             limiters,
             edge,
+            cluster,
             claim_headers,
             max_request_body: config.server.limits.max_request_body.0,
             allow_trace: config.server.allow_trace,
@@ -216,6 +220,9 @@ impl Runtime {
     pub fn activate(&self) {
         if let Some(tracer) = &self.tracer {
             tracer.start();
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.start();
         }
         for (upstream, tls) in &self.renewed_tls {
             upstream.use_tls(tls.clone());
@@ -247,6 +254,27 @@ fn build_tracer(
     }
     Tracer::build(cfg, &metrics.tracing_spans)
         .map_err(|e| ConfigError::single("telemetry.tracing.otlp_endpoint", e))
+}
+
+/// The shared store of `cluster:`, the previous Runtime's when its settings are the
+/// same (its connection carries on).
+fn build_cluster(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::cluster::Cluster>>, ConfigError> {
+    let Some(cfg) = &config.cluster else {
+        return Ok(None);
+    };
+    if let Some(reused) = previous
+        .and_then(|p| p.cluster.as_ref())
+        .filter(|c| &c.config == cfg)
+    {
+        return Ok(Some(reused.clone()));
+    }
+    crate::cluster::Cluster::build(cfg, &metrics.cluster)
+        .map(Some)
+        .map_err(|e| ConfigError::single("cluster", e))
 }
 
 fn build_caches(
@@ -355,6 +383,7 @@ fn build_guards(
     config: &Config,
     previous: Option<&Runtime>,
     metrics: &Metrics,
+    cluster: Option<&Arc<crate::cluster::Cluster>>,
 ) -> Result<Guards, ConfigError> {
     let mut verifiers = BTreeMap::new();
     for (name, cfg) in &config.jwt {
@@ -373,16 +402,37 @@ fn build_guards(
     }
     let mut limiters = BTreeMap::new();
     for (name, cfg) in &config.rate_limits {
+        let shared = match cfg.scope {
+            crate::config::Scope::Local => None,
+            crate::config::Scope::Cluster => Some(cluster.ok_or_else(|| {
+                ConfigError::single(
+                    format!("rate_limits.{name}.scope"),
+                    "scope: cluster needs cluster.redis",
+                )
+            })?),
+        };
+        let same_store = |l: &Arc<Limiter>| match (l.cluster(), shared) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
         let reused = previous
             .and_then(|p| p.limiters.get(name))
-            .filter(|l| &l.config == cfg)
+            .filter(|l| &l.config == cfg && same_store(l))
             .cloned();
         let limiter = match reused {
             Some(l) => l,
-            None => Arc::new(
-                Limiter::build(name, cfg, None)
-                    .map_err(|e| ConfigError::single(format!("rate_limits.{name}"), e))?,
-            ),
+            None => {
+                let local = Limiter::build(name, cfg, None)
+                    .map_err(|e| ConfigError::single(format!("rate_limits.{name}"), e))?;
+                Arc::new(match shared {
+                    Some(cluster) => local.shared_through(
+                        cluster,
+                        metrics.cluster.ratelimit_fallback.with_label_values(&[name]),
+                    ),
+                    None => local,
+                })
+            }
         };
         limiter.report_evictions_to(metrics.ratelimit_evicted.with_label_values(&[name]));
         limiters.insert(name.clone(), limiter);

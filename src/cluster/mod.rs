@@ -1,0 +1,385 @@
+//! Replicas that share state through Redis (`cluster.redis`). One `Cluster` per config
+//! (reused across reloads while its settings are the same) owns the one connection:
+//! a multiplexed, auto-reconnecting `ConnectionManager` for one Redis, or a cluster
+//! connection for a Redis Cluster. Concurrent commands from every request share it and
+//! are pipelined on the wire by redis-rs, so a decision costs one round trip and no
+//! connection of its own.
+//!
+//! Nothing here ever waits longer than `timeout`: a command that does not answer in time
+//! is an error the caller decides without (`on_redis_error`). Health (up, the last error)
+//! is kept from every command and from a PING each second, for `/readyz` and
+//! `portico_cluster_redis_up`; a state change is logged once, not per request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use prometheus::{Histogram, IntCounter, IntGauge};
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+
+use crate::config::{ClusterConfig, OnRedisError};
+use crate::observe::ClusterMetrics;
+
+/// How often the health task PINGs (and, for a Redis Cluster, retries connecting).
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// What a Redis command was for: the `op` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    RateLimit = 0,
+    Ping = 1,
+}
+
+impl Op {
+    const ALL: [Op; 2] = [Op::RateLimit, Op::Ping];
+
+    fn label(self) -> &'static str {
+        match self {
+            Op::RateLimit => "ratelimit",
+            Op::Ping => "ping",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("not connected to redis yet")]
+    NotConnected,
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+enum Connection {
+    Single(ConnectionManager),
+    /// Set once the first connection to the Redis Cluster succeeded.
+    Cluster(ArcSwapOption<ClusterConnection>, redis::cluster::ClusterClient),
+}
+
+struct Handles {
+    errors: Vec<IntCounter>,
+    duration: Vec<Histogram>,
+    up: IntGauge,
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub on_error: OnRedisError,
+    pub key_prefix: String,
+    timeout: Duration,
+    connection: Connection,
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    handles: Handles,
+    health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster(up: {})", self.is_up())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(task) = self.health_task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
+    }
+}
+
+/// The node URLs of a Redis Cluster, or None for a single Redis.
+pub fn cluster_nodes(config: &crate::config::RedisConfig) -> Result<Option<Vec<String>>, String> {
+    let url = config.url.trim();
+    if url.starts_with("redis+sentinel://") {
+        return Err("Sentinel (redis+sentinel://) is not supported yet: use one Redis (redis:// or rediss://) or a Redis Cluster (redis+cluster://)".into());
+    }
+    let mut nodes: Vec<String> = config.nodes.clone();
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let (userinfo, hosts) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let host = host.trim_end_matches('/');
+            nodes.push(match userinfo {
+                Some(u) => format!("redis://{u}@{host}"),
+                None => format!("redis://{host}"),
+            });
+        }
+        if nodes.is_empty() {
+            return Err("redis+cluster:// needs at least one host:port".into());
+        }
+        return Ok(Some(nodes));
+    }
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("expected a redis://, rediss:// or redis+cluster:// URL".into());
+    }
+    if nodes.is_empty() {
+        Ok(None)
+    } else {
+        nodes.insert(0, url.to_string());
+        Ok(Some(nodes))
+    }
+}
+
+/// Checks `cluster:`; a problem is (field, message). Credentials are never repeated.
+pub fn check(config: &ClusterConfig) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    match cluster_nodes(&config.redis) {
+        Err(e) => problems.push(("redis.url", e)),
+        Ok(Some(nodes)) => {
+            for node in nodes {
+                if redis::Client::open(node.as_str()).is_err() {
+                    problems.push((
+                        "redis.nodes",
+                        format!("invalid node {}", crate::config::redact_userinfo(&node)),
+                    ));
+                }
+            }
+        }
+        Ok(None) => {
+            if let Err(e) = redis::Client::open(config.redis.url.as_str()) {
+                problems.push(("redis.url", format!("invalid redis URL ({})", e.kind_label())));
+            }
+        }
+    }
+    if config.redis.timeout.0.is_zero() {
+        problems.push(("redis.timeout", "must be above zero".into()));
+    }
+    problems
+}
+
+trait KindLabel {
+    fn kind_label(&self) -> String;
+}
+
+impl KindLabel for redis::RedisError {
+    fn kind_label(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+impl Cluster {
+    /// Prepares the connection without connecting (the first command, or the health
+    /// task, connects). Needs a Tokio runtime.
+    pub fn build(config: &ClusterConfig, metrics: &ClusterMetrics) -> Result<Arc<Cluster>, String> {
+        if let Some((field, e)) = check(config).into_iter().next() {
+            return Err(format!("{field}: {e}"));
+        }
+        let timeout = config.redis.timeout.0;
+        let connection = match cluster_nodes(&config.redis)? {
+            None => {
+                let client = redis::Client::open(config.redis.url.as_str())
+                    .map_err(|e| format!("invalid redis URL ({})", e.kind_label()))?;
+                let settings = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                let manager = ConnectionManager::new_lazy_with_config(client, settings)
+                    .map_err(|e| format!("redis connection ({})", e.kind_label()))?;
+                Connection::Single(manager)
+            }
+            Some(nodes) => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(timeout.max(Duration::from_millis(200)))
+                    .response_timeout(timeout)
+                    .build()
+                    .map_err(|e| format!("redis cluster ({})", e.kind_label()))?;
+                Connection::Cluster(ArcSwapOption::empty(), client)
+            }
+        };
+        let handles = Handles {
+            errors: Op::ALL
+                .iter()
+                .map(|op| metrics.errors.with_label_values(&[op.label()]))
+                .collect(),
+            duration: Op::ALL
+                .iter()
+                .map(|op| metrics.duration.with_label_values(&[op.label()]))
+                .collect(),
+            up: metrics.up.clone(),
+        };
+        handles.up.set(0);
+        Ok(Arc::new(Cluster {
+            config: config.clone(),
+            on_error: config.on_redis_error,
+            key_prefix: config.redis.key_prefix.clone(),
+            timeout,
+            connection,
+            up: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            handles,
+            health_task: Mutex::new(None),
+        }))
+    }
+
+    /// Starts the health task (once): a PING every second, which also makes the first
+    /// connection and notices when Redis comes back.
+    pub fn start(self: &Arc<Self>) {
+        let Ok(mut task) = self.health_task.lock() else {
+            return;
+        };
+        if task.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        *task = Some(tokio::spawn(health(weak)));
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Runs a script with its keys and arguments, within the timeout.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: Op,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, ClusterError> {
+        let started = Instant::now();
+        let outcome = match &self.connection {
+            Connection::Single(manager) => {
+                let mut conn = manager.clone();
+                tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+            }
+            Connection::Cluster(conn, _) => match conn.load_full() {
+                Some(conn) => {
+                    let mut conn = (*conn).clone();
+                    tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+                }
+                None => return Err(self.failed(op, ClusterError::NotConnected)),
+            },
+        };
+        self.finish(op, started, outcome)
+    }
+
+    async fn ping(&self) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let cmd = redis::cmd("PING");
+        let outcome: Result<redis::RedisResult<String>, _> = match &self.connection {
+            Connection::Single(manager) => {
+                let mut conn = manager.clone();
+                tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), cmd.query_async(&mut conn)).await
+            }
+            Connection::Cluster(slot, client) => {
+                if slot.load().is_none() {
+                    match tokio::time::timeout(Duration::from_secs(2), client.get_async_connection()).await {
+                        Ok(Ok(conn)) => slot.store(Some(Arc::new(conn))),
+                        Ok(Err(e)) => return Err(self.failed(Op::Ping, ClusterError::Redis(describe(&e)))),
+                        Err(_) => return Err(self.failed(Op::Ping, ClusterError::Timeout(Duration::from_secs(2)))),
+                    }
+                }
+                match slot.load_full() {
+                    Some(conn) => {
+                        let mut conn = (*conn).clone();
+                        tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), cmd.query_async(&mut conn)).await
+                    }
+                    None => return Err(self.failed(Op::Ping, ClusterError::NotConnected)),
+                }
+            }
+        };
+        self.finish(Op::Ping, started, outcome).map(|_: String| ())
+    }
+
+    fn finish<T>(
+        &self,
+        op: Op,
+        started: Instant,
+        outcome: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ClusterError> {
+        self.handles.duration[op as usize].observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(value)) => {
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("redis is reachable: shared state in use");
+                    self.handles.up.set(1);
+                    if let Ok(mut e) = self.last_error.lock() {
+                        *e = None;
+                    }
+                }
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(self.failed(op, ClusterError::Redis(describe(&e)))),
+            Err(_) => Err(self.failed(op, ClusterError::Timeout(self.timeout))),
+        }
+    }
+
+    fn failed(&self, op: Op, error: ClusterError) -> ClusterError {
+        self.handles.errors[op as usize].inc();
+        let message = error.to_string();
+        let changed = self
+            .last_error
+            .lock()
+            .map(|mut last| {
+                let changed = last.as_deref() != Some(message.as_str());
+                *last = Some(message.clone());
+                changed
+            })
+            .unwrap_or(false);
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        self.handles.up.set(0);
+        if was_up || changed {
+            tracing::warn!(error = %message, "redis unavailable: shared decisions fall back (cluster.on_redis_error)");
+        }
+        error
+    }
+}
+
+/// An error's text without anything that could carry a credential: the kind, and the
+/// server's own message for server errors (WRONGPASS, NOAUTH, ...).
+fn describe(e: &redis::RedisError) -> String {
+    match e.code() {
+        Some(code) => format!("{code}: {}", e.detail().unwrap_or("")),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+async fn health(cluster: Weak<Cluster>) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let _ = cluster.ping().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RedisConfig;
+
+    fn redis(url: &str, nodes: &[&str]) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            timeout: crate::config::Duration::from_millis(50),
+            key_prefix: "p:".into(),
+        }
+    }
+
+    #[test]
+    fn urls_name_one_redis_or_a_cluster() {
+        assert_eq!(cluster_nodes(&redis("redis://127.0.0.1:6379/0", &[])), Ok(None));
+        assert_eq!(
+            cluster_nodes(&redis("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000", &[])),
+            Ok(Some(vec![
+                "redis://u:pw@10.0.0.1:7000".to_string(),
+                "redis://u:pw@10.0.0.2:7000".to_string()
+            ]))
+        );
+        assert!(cluster_nodes(&redis("redis+sentinel://h:26379/mymaster", &[])).is_err());
+        assert!(cluster_nodes(&redis("http://x", &[])).is_err());
+    }
+}
