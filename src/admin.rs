@@ -194,6 +194,9 @@ fn preflighted(req: &Request<Incoming>) -> bool {
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// Ready when the listeners are up and every upstream has an endpoint. Redis being
+/// down does not make the gateway unready (shared decisions fall back): it is reported
+/// as `degraded` with the last error.
 fn readyz(control: &Control) -> Response<Body> {
     let rt = control.runtime.load();
     let empty: Vec<&str> = rt
@@ -202,8 +205,20 @@ fn readyz(control: &Control) -> Response<Body> {
         .filter(|u| !u.ready())
         .map(|u| u.name.as_str())
         .collect();
+    let redis = rt.cluster.as_ref().map(|c| {
+        json!({
+            "up": c.is_up(),
+            "on_redis_error": c.on_error,
+            "last_error": c.last_error(),
+        })
+    });
+    let degraded = rt.cluster.as_ref().is_some_and(|c| !c.is_up());
     if control.ready() && empty.is_empty() {
-        json(StatusCode::OK, json!({"status": "ready"}))
+        let mut body = json!({"status": if degraded { "degraded" } else { "ready" }});
+        if let Some(redis) = redis {
+            body["redis"] = redis;
+        }
+        json(StatusCode::OK, body)
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,6 +226,7 @@ fn readyz(control: &Control) -> Response<Body> {
                 "status": "not ready",
                 "listeners_up": control.ready(),
                 "upstreams_without_endpoints": empty,
+                "redis": redis,
             }),
         )
     }

@@ -47,6 +47,8 @@ pub enum GatewayError {
     IpRefused,
     #[error("too many requests")]
     RateLimited { retry_after: u64 },
+    #[error("the shared rate limit store is unavailable")]
+    LimitStoreUnavailable,
 }
 
 impl GatewayError {
@@ -77,6 +79,7 @@ impl GatewayError {
             },
             GatewayError::IpRefused => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::LimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -94,7 +97,8 @@ impl GatewayError {
             | GatewayError::BadGateway
             | GatewayError::UpstreamTls(_)
             | GatewayError::CircuitOpen(_)
-            | GatewayError::Overloaded(_) => Code::Unavailable,
+            | GatewayError::Overloaded(_)
+            | GatewayError::LimitStoreUnavailable => Code::Unavailable,
             GatewayError::Auth(e) => match e.status() {
                 StatusCode::FORBIDDEN => Code::PermissionDenied,
                 // The keys could not be fetched: the caller did nothing wrong.

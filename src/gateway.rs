@@ -136,7 +136,7 @@ async fn forward_request(
     ctx.route = Some(route.clone());
     if let Some(cors) = &route.edge.cors {
         if cors::is_preflight(&parts.method, &parts.headers) {
-            return preflight(&route, cors, ctx, &parts.headers);
+            return Box::pin(preflight(&route, cors, ctx, &parts.headers)).await;
         }
         ctx.cors_origin = parts.headers.get(header::ORIGIN).cloned();
     }
@@ -146,7 +146,7 @@ async fn forward_request(
     if route.edge.auth.is_some() {
         Box::pin(authenticate(&route, ctx, &mut parts.headers, &parts.uri)).await?;
     }
-    rate_limit(&route, ctx, &parts.headers)?;
+    rate_limit(&route, ctx, &parts.headers).await?;
 
     if content_length(&parts.headers).is_some_and(|len| len > route.max_request_body) {
         return Err(GatewayError::BodyTooLarge);
@@ -452,14 +452,14 @@ fn check_ip(route: &Route, ctx: &Context) -> Result<(), GatewayError> {
 
 /// A CORS preflight on a route with a policy: answered here, never forwarded. It carries
 /// no credentials, so auth does not apply; the IP lists and the rate limit do.
-fn preflight(
+async fn preflight(
     route: &Route,
     cors: &crate::runtime::edge::RouteCors,
     ctx: &mut Context,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, GatewayError> {
     check_ip(route, ctx)?;
-    rate_limit(route, ctx, headers)?;
+    rate_limit(route, ctx, headers).await?;
     let mut response = Response::new(Body::empty());
     let result = cors.policy.preflight(headers, response.headers_mut());
     cors.count(result);
@@ -471,7 +471,8 @@ fn preflight(
 }
 
 /// The `rate_limit` stage: spends one request of the key's budget or refuses with 429.
-fn rate_limit(
+/// A `scope: cluster` limit asks Redis (boxed: only those routes carry that future).
+async fn rate_limit(
     route: &Route,
     ctx: &mut Context,
     headers: &http::HeaderMap,
@@ -479,12 +480,19 @@ fn rate_limit(
     let Some(limiter) = &route.rate_limit else {
         return Ok(());
     };
-    let outcome = limiter.check(&crate::ratelimit::KeyInput {
+    let key = limiter.key(&crate::ratelimit::KeyInput {
         client_ip: ctx.client_ip,
         headers,
         claims: ctx.claims.as_deref(),
         consumer: ctx.consumer(),
     });
+    let outcome = if limiter.is_shared() {
+        Box::pin(limiter.check_shared(&key))
+            .await
+            .map_err(|_| GatewayError::LimitStoreUnavailable)?
+    } else {
+        limiter.check_key(&key)
+    };
     let retry_after = outcome.retry_after;
     ctx.rate_limit = Some(outcome);
     match retry_after {

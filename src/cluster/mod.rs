@@ -56,7 +56,10 @@ pub enum ClusterError {
 enum Connection {
     Single(ConnectionManager),
     /// Set once the first connection to the Redis Cluster succeeded.
-    Cluster(ArcSwapOption<ClusterConnection>, redis::cluster::ClusterClient),
+    Cluster(
+        ArcSwapOption<ClusterConnection>,
+        Box<redis::cluster::ClusterClient>,
+    ),
 }
 
 struct Handles {
@@ -143,7 +146,10 @@ pub fn check(config: &ClusterConfig) -> Vec<(&'static str, String)> {
         }
         Ok(None) => {
             if let Err(e) = redis::Client::open(config.redis.url.as_str()) {
-                problems.push(("redis.url", format!("invalid redis URL ({})", e.kind_label())));
+                problems.push((
+                    "redis.url",
+                    format!("invalid redis URL ({})", e.kind_label()),
+                ));
             }
         }
     }
@@ -190,7 +196,7 @@ impl Cluster {
                     .response_timeout(timeout)
                     .build()
                     .map_err(|e| format!("redis cluster ({})", e.kind_label()))?;
-                Connection::Cluster(ArcSwapOption::empty(), client)
+                Connection::Cluster(ArcSwapOption::empty(), Box::new(client))
             }
         };
         let handles = Handles {
@@ -268,20 +274,38 @@ impl Cluster {
         let outcome: Result<redis::RedisResult<String>, _> = match &self.connection {
             Connection::Single(manager) => {
                 let mut conn = manager.clone();
-                tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), cmd.query_async(&mut conn)).await
+                tokio::time::timeout(
+                    self.timeout.max(Duration::from_millis(500)),
+                    cmd.query_async(&mut conn),
+                )
+                .await
             }
             Connection::Cluster(slot, client) => {
                 if slot.load().is_none() {
-                    match tokio::time::timeout(Duration::from_secs(2), client.get_async_connection()).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.get_async_connection(),
+                    )
+                    .await
+                    {
                         Ok(Ok(conn)) => slot.store(Some(Arc::new(conn))),
-                        Ok(Err(e)) => return Err(self.failed(Op::Ping, ClusterError::Redis(describe(&e)))),
-                        Err(_) => return Err(self.failed(Op::Ping, ClusterError::Timeout(Duration::from_secs(2)))),
+                        Ok(Err(e)) => {
+                            return Err(self.failed(Op::Ping, ClusterError::Redis(describe(&e))))
+                        }
+                        Err(_) => {
+                            return Err(self
+                                .failed(Op::Ping, ClusterError::Timeout(Duration::from_secs(2))))
+                        }
                     }
                 }
                 match slot.load_full() {
                     Some(conn) => {
                         let mut conn = (*conn).clone();
-                        tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), cmd.query_async(&mut conn)).await
+                        tokio::time::timeout(
+                            self.timeout.max(Duration::from_millis(500)),
+                            cmd.query_async(&mut conn),
+                        )
+                        .await
                     }
                     None => return Err(self.failed(Op::Ping, ClusterError::NotConnected)),
                 }
@@ -371,9 +395,15 @@ mod tests {
 
     #[test]
     fn urls_name_one_redis_or_a_cluster() {
-        assert_eq!(cluster_nodes(&redis("redis://127.0.0.1:6379/0", &[])), Ok(None));
         assert_eq!(
-            cluster_nodes(&redis("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000", &[])),
+            cluster_nodes(&redis("redis://127.0.0.1:6379/0", &[])),
+            Ok(None)
+        );
+        assert_eq!(
+            cluster_nodes(&redis(
+                "redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000",
+                &[]
+            )),
             Ok(Some(vec![
                 "redis://u:pw@10.0.0.1:7000".to_string(),
                 "redis://u:pw@10.0.0.2:7000".to_string()

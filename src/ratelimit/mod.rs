@@ -244,8 +244,17 @@ impl Limiter {
     }
 
     /// Keeps this limit's budget in Redis (`scope: cluster`), deciding locally without it.
-    pub fn shared_through(mut self, cluster: &Arc<crate::cluster::Cluster>, fallback: prometheus::IntCounter) -> Limiter {
-        self.shared = Some(shared::Shared::new(cluster, &self.name, self.interval, fallback));
+    pub fn shared_through(
+        mut self,
+        cluster: &Arc<crate::cluster::Cluster>,
+        fallback: prometheus::IntCounter,
+    ) -> Limiter {
+        self.shared = Some(shared::Shared::new(
+            cluster,
+            &self.name,
+            self.interval,
+            fallback,
+        ));
         self
     }
 

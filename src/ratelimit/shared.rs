@@ -62,7 +62,12 @@ impl std::fmt::Debug for Shared {
 pub struct Unavailable;
 
 impl Shared {
-    pub fn new(cluster: &Arc<Cluster>, name: &str, interval: Duration, fallback: IntCounter) -> Shared {
+    pub fn new(
+        cluster: &Arc<Cluster>,
+        name: &str,
+        interval: Duration,
+        fallback: IntCounter,
+    ) -> Shared {
         let mut key_prefix = cluster.key_prefix.as_bytes().to_vec();
         key_prefix.extend_from_slice(b"rl:");
         key_prefix.extend_from_slice(name.as_bytes());
@@ -70,7 +75,9 @@ impl Shared {
         Shared {
             cluster: cluster.clone(),
             key_prefix,
-            interval_us: u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1),
+            interval_us: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
             fallback,
         }
     }
@@ -125,7 +132,9 @@ impl Limiter {
             .invoke::<(i64, i64, i64, i64)>(Op::RateLimit, &invocation)
             .await
         {
-            Ok((allowed, remaining, full_us, wait_us)) => Ok(self.decision(allowed == 1, remaining, full_us, wait_us)),
+            Ok((allowed, remaining, full_us, wait_us)) => {
+                Ok(self.decision(allowed == 1, remaining, full_us, wait_us))
+            }
             Err(_) => {
                 shared.fallback.inc();
                 match shared.cluster.on_error {
@@ -146,7 +155,11 @@ impl Limiter {
             limit: self.limit.clone(),
             policy: self.policy.clone(),
             remaining: u32::try_from(remaining).unwrap_or(0).min(self.burst),
-            reset: if allowed { secs(full_us) } else { secs(full_us).max(1) },
+            reset: if allowed {
+                secs(full_us)
+            } else {
+                secs(full_us).max(1)
+            },
             retry_after: (!allowed).then(|| secs(wait_us).max(1)),
         }
     }

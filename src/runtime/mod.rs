@@ -428,7 +428,10 @@ fn build_guards(
                 Arc::new(match shared {
                     Some(cluster) => local.shared_through(
                         cluster,
-                        metrics.cluster.ratelimit_fallback.with_label_values(&[name]),
+                        metrics
+                            .cluster
+                            .ratelimit_fallback
+                            .with_label_values(&[name]),
                     ),
                     None => local,
                 })

@@ -8,6 +8,7 @@ pub mod client;
 pub mod consul;
 pub mod flaky;
 pub mod otlp;
+pub mod redis_server;
 pub mod scripted;
 pub mod tls;
 pub mod wire;
