@@ -138,6 +138,20 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         Vec::new()
     };
     let mut table = report::markdown(args, &pinning, &fleet, &results);
+    if let Some(calls) = fleet.limited.as_ref().and_then(|l| l.redis_evalsha_calls()) {
+        // Warm-up requests reach Redis too: count them with the measured ones.
+        let requests: u64 = results
+            .iter()
+            .filter(|r| r.scenario.target == drive::Target::PorticoClusterLimit)
+            .map(|r| r.requests + r.warmup_requests)
+            .sum();
+        if requests > 0 {
+            table.push_str(&format!(
+                "\nRedis round trips per cluster-limit request: {:.3} ({calls} EVALSHA for {requests} requests, warm-up included)\n",
+                calls as f64 / requests as f64
+            ));
+        }
+    }
     if !open.is_empty() {
         table.push('\n');
         table.push_str(&report::open_loop_markdown(args, &open));

@@ -43,6 +43,10 @@ pub enum Target {
     /// The plain route's request on a route with an API key, `allow`, a CORS policy and an
     /// IP allow list (the request carries the key and an allowed `Origin`).
     PorticoEdge,
+    /// One route with a local limit, and the same with `scope: cluster` (Redis on
+    /// loopback), on their own Portico.
+    PorticoLocalLimit,
+    PorticoClusterLimit,
 }
 
 impl Target {
@@ -60,6 +64,8 @@ impl Target {
             Target::PorticoTraced1 => "portico traced 1%",
             Target::PorticoTraced100 => "portico traced 100%",
             Target::PorticoEdge => "portico api_key+allow+cors+ip",
+            Target::PorticoLocalLimit => "portico local limit",
+            Target::PorticoClusterLimit => "portico cluster limit (redis)",
         }
     }
 
@@ -109,6 +115,9 @@ pub struct Scenario {
 pub struct Outcome {
     pub scenario: Scenario,
     pub requests: u64,
+    /// Requests answered during the warm-ups (not measured; counted for per-request
+    /// ratios of server-side counters).
+    pub warmup_requests: u64,
     pub errors: u64,
     pub seconds: f64,
     pub histogram: Histogram<u64>,
@@ -156,6 +165,10 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
             add(Target::PorticoTls, fleet.portico.port, "/tls");
             add(Target::PorticoH2c, fleet.portico.port, "/h2c");
             add(Target::PorticoGrpc, fleet.portico.port, "/grpc");
+            if let Some(limited) = &fleet.limited {
+                add(Target::PorticoLocalLimit, limited.portico.port, "/limit-local");
+                add(Target::PorticoClusterLimit, limited.portico.port, "/limit-cluster");
+            }
             for (ratio, proc) in &fleet.traced {
                 let target = if *ratio < 1.0 {
                     Target::PorticoTraced1
@@ -202,6 +215,9 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
                 .map(|(_, proc)| proc)
         }
         Target::Nginx | Target::NginxTls => fleet.nginx.as_ref(),
+        Target::PorticoLocalLimit | Target::PorticoClusterLimit => {
+            fleet.limited.as_ref().map(|l| &l.portico)
+        }
     }
 }
 
@@ -260,6 +276,7 @@ pub fn measure(
         .map(|s| Outcome {
             scenario: s.clone(),
             requests: 0,
+            warmup_requests: 0,
             errors: 0,
             seconds: 0.0,
             histogram: histogram(),
@@ -288,7 +305,8 @@ pub fn measure(
                 s.load.label(),
                 segment
             );
-            run(s, args.warmup, None);
+            let warm = run(s, args.warmup, None);
+            outcomes[i].warmup_requests += warm.ok;
             let proxy = proxy_of(fleet, s.target);
             let cpu_before = proxy.map(|p| p.cpu_seconds());
             let o = &mut outcomes[i];

@@ -196,11 +196,33 @@ pub struct Fleet {
     /// Portico with `telemetry.tracing` on (the backend takes the exports), by
     /// `sample_ratio`: the same config otherwise, measured on its plain route.
     pub traced: Vec<(f64, Proc)>,
+    /// A Portico with `cluster.redis` and a Redis beside it (when redis-server is
+    /// installed): the same route with a local and with a `scope: cluster` limit.
+    pub limited: Option<Limited>,
     pub portico_routes: usize,
     pub nginx_version: Option<String>,
     /// `Authorization` value for the JWT route (an RS256 token minted at start).
     pub bearer: String,
     _dir: TempDir,
+}
+
+pub struct Limited {
+    pub portico: Proc,
+    pub redis: Proc,
+}
+
+impl Limited {
+    /// `EVALSHA` calls Redis has executed so far (`INFO commandstats`).
+    pub fn redis_evalsha_calls(&self) -> Option<u64> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.redis.port.to_string(), "info", "commandstats"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("cmdstat_evalsha:"))?;
+        let calls = line.split("calls=").nth(1)?.split(',').next()?;
+        calls.parse().ok()
+    }
 }
 
 struct TempDir(PathBuf);
@@ -264,6 +286,12 @@ impl Fleet {
             }
         }
 
+        let limited = if args.smoke {
+            None
+        } else {
+            start_limited(&dir.0, backend_port, args, pinning)?
+        };
+
         let mut nginx = None;
         let mut nginx_version = None;
         if !args.no_nginx {
@@ -293,12 +321,66 @@ impl Fleet {
             portico,
             nginx,
             traced,
+            limited,
             portico_routes: ROUTES,
             nginx_version,
             bearer,
             _dir: dir,
         })
     }
+}
+
+/// Redis (pinned with the backend) and a Portico whose `/limit-local` and
+/// `/limit-cluster` routes differ only in the limit's scope; None without redis-server.
+fn start_limited(
+    dir: &std::path::Path,
+    backend_port: u16,
+    args: &Args,
+    pinning: &Pinning,
+) -> Result<Option<Limited>, String> {
+    let Some(redis_bin) = which("redis-server") else {
+        eprintln!("redis-server not installed: the cluster limit scenario is skipped");
+        return Ok(None);
+    };
+    let redis_port = free_port()?;
+    let mut cmd = Command::new(redis_bin);
+    cmd.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir);
+    pinning.pin_child(&mut cmd);
+    let redis = spawn("redis", redis_port, cmd)?;
+    wait_listening(redis_port, "redis")?;
+    let port = free_port()?;
+    let config = dir.join("portico-limited.yaml");
+    let text = format!(
+        r#"server:
+  listen: 127.0.0.1:{port}
+  access_log: false
+  limits: {{ max_connections: 100000 }}
+cluster:
+  redis: {{ url: "redis://127.0.0.1:{redis_port}/0", timeout: 50ms }}
+rate_limits:
+  local: {{ key: client_ip, limit: 1000000000, per: 1s }}
+  shared: {{ key: client_ip, limit: 1000000000, per: 1s, scope: cluster }}
+upstreams:
+  backend: {{ targets: ["127.0.0.1:{backend_port}"] }}
+routes:
+  - name: limit-local
+    match: {{ path_prefix: /limit-local }}
+    rewrite: {{ strip_prefix: /limit-local }}
+    rate_limit: local
+    upstream: backend
+  - name: limit-cluster
+    match: {{ path_prefix: /limit-cluster }}
+    rewrite: {{ strip_prefix: /limit-cluster }}
+    rate_limit: shared
+    upstream: backend
+"#
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let portico = start_portico("portico (cluster)", port, &config, args, pinning)?;
+    Ok(Some(Limited { portico, redis }))
 }
 
 /// A Portico process on `config`, pinned like the other proxies, once it listens.

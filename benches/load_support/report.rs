@@ -229,6 +229,8 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::PorticoTraced1 => "#7f7f7f",
             Target::PorticoTraced100 => "#393b79",
             Target::PorticoEdge => "#637939",
+            Target::PorticoLocalLimit => "#8c6d31",
+            Target::PorticoClusterLimit => "#843c39",
         };
         let points: Vec<String> = QUANTILES
             .iter()
