@@ -112,10 +112,35 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Whether any process of this one's group (nginx's workers too) is still alive.
+    pub fn group_alive(&self) -> bool {
+        // SAFETY: kill with signal 0 only checks; the group id is our child's pid.
+        unsafe { libc::kill(-(self.pid() as i32), 0) == 0 }
+    }
+}
+
 impl Drop for Proc {
+    /// Kills the whole process group: killing only nginx's master leaves its workers
+    /// orphaned, still listening, skewing every later run on the machine.
     fn drop(&mut self) {
+        // SAFETY: the child leads its own process group (set in `spawn`).
+        unsafe {
+            libc::kill(-(self.pid() as i32), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.group_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if self.group_alive() {
+            eprintln!(
+                "load: processes of group {} survived the harness; kill them by hand (kill -9 -{})",
+                self.pid(),
+                self.pid()
+            );
+        }
     }
 }
 
@@ -405,6 +430,8 @@ fn start_portico(
 
 fn spawn(name: &'static str, port: u16, mut cmd: Command) -> Result<Proc, String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    // Its own process group, so `Drop` can stop it with everything it started.
+    cmd.process_group(0);
     let child = cmd.spawn().map_err(|e| format!("starting {name}: {e}"))?;
     Ok(Proc { port, child })
 }
