@@ -16,6 +16,7 @@ use crate::config::UnderscoreHeaders;
 use crate::context::{ConnInfo, Context, RequestLineTooLong};
 use crate::error::GatewayError;
 use crate::grpc;
+use crate::mirror;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
@@ -212,6 +213,18 @@ async fn forward_request(
 
     let mut path_and_query = path_and_query;
     let mut body = Body::limited(body, rt.max_request_body);
+    let mut shadow = None;
+    if let (Some(mirror), None) = (&route.mirror, &upgrade) {
+        let request = mirror::Request {
+            method: &parts.method,
+            path: &normalised,
+            query: parts.uri.query(),
+            headers: &headers,
+            client_ip: ctx.client_ip,
+            claims: ctx.claims.as_deref().map(|c| &c.0),
+        };
+        (body, shadow) = mirror.prepare(request, body);
+    }
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);
         path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
@@ -226,6 +239,7 @@ async fn forward_request(
         trace: ctx.trace.clone(),
     };
 
+    let sent_at = Instant::now();
     let sent = if let Some(protocol) = upgrade {
         Box::pin(upgrade_request(ctx, parts, call, protocol, rt.idle_timeout)).await
     } else if let Some(cache) = &route.cache {
@@ -248,8 +262,13 @@ async fn forward_request(
         split.record(
             side,
             sent.as_ref().map(|r| r.status()).map_err(|e| e.status()),
+            sent_at.elapsed(),
         );
     }
+    let sent = match shadow {
+        Some(shadow) => shadow.dispatch(sent),
+        None => sent,
+    };
     let mut response = sent?;
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);

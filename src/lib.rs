@@ -10,6 +10,7 @@ pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod mirror;
 pub mod observe;
 pub mod ratelimit;
 pub mod router;

@@ -4,6 +4,7 @@
 
 mod env;
 mod locate;
+mod mirror;
 mod schema;
 pub mod units;
 mod validate;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 pub use locate::Locator;
+pub use mirror::*;
 pub use schema::*;
 pub use units::{Duration, Percent, Size};
 pub use validate::Issues;

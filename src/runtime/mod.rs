@@ -17,6 +17,7 @@ use crate::auth::{AuthError, Verifier};
 use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig, UnderscoreHeaders};
 use crate::grpc::GrpcMetrics;
+use crate::mirror::Mirror;
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::ratelimit::Limiter;
 use crate::router::{Rewrite, RouteMatch, RouteTable};
@@ -49,6 +50,7 @@ pub struct Route {
     pub split: Option<Arc<Split>>,
     /// `grpc: true`: the route's gRPC status counters.
     pub grpc: Option<Arc<GrpcMetrics>>,
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 impl Route {
@@ -68,6 +70,8 @@ pub struct Runtime {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Migration splits by route name (their state carries over reloads).
     pub splits: BTreeMap<String, Arc<Split>>,
+    /// Shadow traffic by route name (their state carries over reloads).
+    pub mirrors: BTreeMap<String, Arc<Mirror>>,
     /// Named caches; kept across reloads when their definition is unchanged.
     pub caches: BTreeMap<String, Arc<ResponseCache>>,
     /// Named JWT verifiers and rate limiters, shared by the routes that name them.
@@ -140,6 +144,7 @@ impl Runtime {
         let (verifiers, limiters) = build_guards(&config, previous, metrics)?;
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
+        let mut mirrors = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
             let split = match &rc.split {
                 Some(sc) => {
@@ -157,6 +162,22 @@ impl Runtime {
             };
             let mut route = build_route(i, rc, &upstreams, &caches, metrics, split)?;
             attach_guards(i, &mut route, rc, &verifiers, &limiters, metrics)?;
+            if let Some(mc) = &rc.mirror {
+                let carried = previous.and_then(|p| p.mirrors.get(&rc.name));
+                let sticky = route.split.as_ref().and_then(|s| s.sticky.clone());
+                let mirror = Mirror::build(
+                    &rc.name,
+                    mc,
+                    &upstreams,
+                    sticky,
+                    metrics,
+                    carried.map(|m| &m.state),
+                )
+                .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].mirror.{f}"), e))?;
+                let mirror = Arc::new(mirror);
+                mirrors.insert(rc.name.clone(), mirror.clone());
+                route.mirror = Some(mirror);
+            }
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -185,6 +206,7 @@ impl Runtime {
             routes: RouteTable::new(entries),
             upstreams,
             splits,
+            mirrors,
             caches,
             trusted_proxies,
             no_route: metrics.route("none"),
@@ -296,6 +318,7 @@ fn build_route(
             jwt_rejected: Vec::new(),
             ratelimit_rejected: None,
             grpc,
+            mirror: None,
         });
     }
     let upstream_name = rc
@@ -325,6 +348,7 @@ fn build_route(
         jwt_rejected: Vec::new(),
         ratelimit_rejected: None,
         grpc,
+        mirror: None,
     })
 }
 
@@ -445,8 +469,8 @@ routes:
         let live = Runtime::build(config.clone(), &shared, None).expect("builds");
         live.activate();
         let state = live.splits["orders"].state.clone();
-        state.record_canary(true);
-        state.record_canary(false);
+        state.record_canary(true, None);
+        state.record_canary(false, None);
         let before = state.window().tally();
         assert_eq!(before.total, 2);
 
