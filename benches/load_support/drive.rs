@@ -40,6 +40,9 @@ pub enum Target {
     /// The plain route on a Portico with tracing on, `sample_ratio` 0.01 and 1.0.
     PorticoTraced1,
     PorticoTraced100,
+    /// The plain route with every request (GET and POST) copied to a second backend
+    /// process and the answers compared.
+    PorticoMirror,
 }
 
 impl Target {
@@ -56,6 +59,7 @@ impl Target {
             Target::PorticoGrpc => "portico grpc route (h2c)",
             Target::PorticoTraced1 => "portico traced 1%",
             Target::PorticoTraced100 => "portico traced 100%",
+            Target::PorticoMirror => "portico mirror 100%",
         }
     }
 
@@ -134,6 +138,7 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
         add(Target::Direct, fleet.backend.port, "");
         add(Target::Portico, fleet.portico.port, "/plain");
         if !smoke {
+            add(Target::PorticoMirror, fleet.portico.port, "/mirrored");
             add(Target::PorticoFull, fleet.portico.port, "/full");
             if *load != Load::Post1k {
                 add(Target::PorticoCache, fleet.portico.port, "/cached");
@@ -160,11 +165,16 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
         }
     }
     if let Some(only) = only {
+        let chosen = |target: Target| {
+            only.split(',')
+                .any(|word| target.label().contains(word.trim()))
+        };
+        // The mirror's figures only mean something next to the same route without one.
+        let with_plain = chosen(Target::PorticoMirror);
         out.retain(|s| {
             s.target == Target::Direct
-                || only
-                    .split(',')
-                    .any(|word| s.target.label().contains(word.trim()))
+                || (with_plain && s.target == Target::Portico)
+                || chosen(s.target)
         });
     }
     out
@@ -178,7 +188,8 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
         | Target::PorticoCache
         | Target::PorticoTls
         | Target::PorticoH2c
-        | Target::PorticoGrpc => Some(&fleet.portico),
+        | Target::PorticoGrpc
+        | Target::PorticoMirror => Some(&fleet.portico),
         Target::PorticoTraced1 | Target::PorticoTraced100 => {
             let sampled_all = target == Target::PorticoTraced100;
             fleet
@@ -210,7 +221,11 @@ pub fn open_loop_scenarios(scenarios: &[Scenario]) -> Vec<Scenario> {
             s.load == Load::Get100
                 && matches!(
                     s.target,
-                    Target::Direct | Target::Portico | Target::PorticoFull | Target::Nginx
+                    Target::Direct
+                        | Target::Portico
+                        | Target::PorticoFull
+                        | Target::PorticoMirror
+                        | Target::Nginx
                 )
         })
         .cloned()

@@ -228,6 +228,7 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::PorticoGrpc => "#bcbd22",
             Target::PorticoTraced1 => "#7f7f7f",
             Target::PorticoTraced100 => "#393b79",
+            Target::PorticoMirror => "#637939",
         };
         let points: Vec<String> = QUANTILES
             .iter()
