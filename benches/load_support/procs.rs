@@ -191,8 +191,9 @@ pub const TRACED_RATIOS: [f64; 2] = [0.01, 1.0];
 
 pub struct Fleet {
     pub backend: Proc,
-    /// The second backend the mirrored route copies its requests to.
-    pub mirror_backend: Proc,
+    /// The second backend the mirrored route copies its requests to (kept for its drop,
+    /// which ends the process).
+    _mirror_backend: Proc,
     pub portico: Proc,
     pub nginx: Option<Proc>,
     /// Portico with `telemetry.tracing` on (the backend takes the exports), by
@@ -299,7 +300,7 @@ impl Fleet {
         }
         Ok(Fleet {
             backend,
-            mirror_backend,
+            _mirror_backend: mirror_backend,
             portico,
             nginx,
             traced,
