@@ -610,3 +610,68 @@ routes:
     ))
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test]
+async fn on_a_sticky_split_the_same_users_are_mirrored_every_time() {
+    let monolith = Backend::start("monolith").await;
+    let canary = Backend::start("orders").await;
+    let mirror = Recorder::start(Duration::ZERO, echo_path).await;
+    let yaml = format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  access_log: false
+admin:
+  listen: 127.0.0.1:0
+upstreams:
+  monolith: {{ targets: ["{monolith}"] }}
+  orders: {{ targets: ["{canary}"] }}
+  shadow: {{ targets: ["{mirror}"] }}
+routes:
+  - name: orders
+    match: {{ path_prefix: /api/orders }}
+    split:
+      stable: {{ upstream: monolith }}
+      canary: {{ upstream: orders }}
+      percent: 10
+      sticky: header:X-User-Id
+    mirror:
+      upstream: shadow
+      percent: 30
+"#,
+        monolith = monolith.addr,
+        canary = canary.addr,
+        mirror = mirror.addr,
+    );
+    let (gw, _file) = gateway(&yaml).await;
+    let client = Client::new();
+    for round in 0..3 {
+        for user in 0..100 {
+            let r = support::client::get(
+                &client,
+                gw.http_addr,
+                &format!("/api/orders/{user}/{round}"),
+                &[("x-user-id", &format!("user-{user}"))],
+            )
+            .await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let view = mirrors(&client, gw.admin_addr.unwrap()).await;
+            view["in_flight"] == 0 && mirror.seen().len() as u64 == count(&view, "mirrored")
+        })
+        .await
+    );
+    let mut copies = std::collections::BTreeMap::<String, usize>::new();
+    for seen in mirror.seen() {
+        let user = seen.path.split('/').nth(3).unwrap_or_default().to_string();
+        *copies.entry(user).or_default() += 1;
+    }
+    assert!(
+        copies.values().all(|n| *n == 3),
+        "a user was mirrored in some rounds only: {copies:?}"
+    );
+    // About 30 of the 100 users (their bucket is below 30%).
+    assert!((15..=45).contains(&copies.len()), "{} users", copies.len());
+}
