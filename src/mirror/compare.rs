@@ -294,51 +294,25 @@ fn remove(value: &mut Value, path: &[String]) {
     }
 }
 
+/// Both values of a difference (`None`: absent on that side).
+type Values = (Option<String>, Option<String>);
+
 /// The first place where `a` and `b` differ: `at` is left holding its path, the result
-/// holds both values (`None`: absent on that side).
-fn first_difference(
-    a: &Value,
-    b: &Value,
-    at: &mut String,
-) -> Option<(Option<String>, Option<String>)> {
+/// holds both values.
+fn first_difference(a: &Value, b: &Value, at: &mut String) -> Option<Values> {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
             keys.sort();
             keys.dedup();
-            for key in keys {
-                let len = at.len();
-                if !at.is_empty() {
-                    at.push('.');
-                }
-                at.push_str(key);
-                match (x.get(key), y.get(key)) {
-                    (Some(p), Some(m)) => {
-                        if let Some(found) = first_difference(p, m, at) {
-                            return Some(found);
-                        }
-                    }
-                    (p, m) => return Some((p.map(shown), m.map(shown))),
-                }
-                at.truncate(len);
-            }
-            None
+            keys.into_iter().find_map(|key| {
+                let separator = if at.is_empty() { "" } else { "." };
+                let segment = format!("{separator}{key}");
+                child(at, &segment, x.get(key), y.get(key))
+            })
         }
         (Value::Array(x), Value::Array(y)) => {
-            for i in 0..x.len().max(y.len()) {
-                let len = at.len();
-                at.push_str(&format!("[{i}]"));
-                match (x.get(i), y.get(i)) {
-                    (Some(p), Some(m)) => {
-                        if let Some(found) = first_difference(p, m, at) {
-                            return Some(found);
-                        }
-                    }
-                    (p, m) => return Some((p.map(shown), m.map(shown))),
-                }
-                at.truncate(len);
-            }
-            None
+            (0..x.len().max(y.len())).find_map(|i| child(at, &format!("[{i}]"), x.get(i), y.get(i)))
         }
         (Value::Number(x), Value::Number(y)) => {
             let same = match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
@@ -350,6 +324,21 @@ fn first_difference(
         }
         _ => (a != b).then(|| (Some(shown(a)), Some(shown(b)))),
     }
+}
+
+/// Compares one member of an object or array, with `segment` on the path while it does;
+/// the path keeps it only when a difference is found there.
+fn child(at: &mut String, segment: &str, a: Option<&Value>, b: Option<&Value>) -> Option<Values> {
+    let len = at.len();
+    at.push_str(segment);
+    let found = match (a, b) {
+        (Some(a), Some(b)) => first_difference(a, b, at),
+        (a, b) => Some((a.map(shown), b.map(shown))),
+    };
+    if found.is_none() {
+        at.truncate(len);
+    }
+    found
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //! Runtime; its `MirrorState` (counts, copies in flight, recent mismatches) is carried
 //! across reloads by route name. On the request path `prepare` decides whether this
 //! request is copied (method, percent, body size) before the primary is sent, and
-//! `Shadow::dispatch` spawns the copy once the primary's answer is there, with a tee on
-//! the primary's body when answers are compared.
+//! `Shadow::dispatch` spawns the copy once the primary's answer is there. When answers
+//! are compared, the primary's body is copied as it streams to the client (the chunks
+//! pass at once; the copy shares them) with the same `upstream::replay` copy a retry
+//! uses for request bodies, and the comparison waits for it to end.
 //!
 //! What is copied: the method, the normalised path with the mirror's own rewrite and the
 //! query, the headers as the route forwards them (hop-by-hop headers stripped,
@@ -19,7 +21,6 @@
 
 mod compare;
 mod state;
-mod tee;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -40,18 +41,18 @@ use crate::observe::Metrics;
 use crate::router::Rewrite;
 use crate::split::{basis_points, StickyKey, BUCKETS};
 use crate::upstream::call::UpstreamCall;
-use crate::upstream::{replay, Upstream, UpstreamError};
+use crate::upstream::replay::{self, Ended};
+use crate::upstream::{Upstream, UpstreamError};
 use crate::wire::body::{Body, BoxError};
 use crate::wire::headers::content_length;
 use state::{Dropped, Slot};
-use tee::Teed;
 
 /// The header every copy carries, so the new service can avoid side effects.
 pub static MIRROR_HEADER: HeaderName = HeaderName::from_static("x-portico-mirror");
 
 /// How much of each answer's body is read for the comparison (the rest is not
 /// compared, and a larger mirror body is not read further).
-const COMPARE_LIMIT: usize = 1024 * 1024;
+const COMPARE_LIMIT: u64 = 1024 * 1024;
 
 /// How long a copy's task waits for the primary's body to finish streaming to its
 /// client before giving up on the comparison.
@@ -341,49 +342,51 @@ impl Mirror {
 struct Primary {
     status: StatusCode,
     headers: HeaderMap,
-    body: tokio::sync::oneshot::Receiver<Teed>,
+    body: Arc<replay::Copy>,
 }
 
 impl Shadow {
     /// Sends the copy, now that the primary has its answer (or its error), from a task
-    /// of its own; returns the primary's answer untouched but for a tee on its body when
-    /// answers are compared. Without a free slot the copy is dropped.
+    /// of its own; returns the primary's answer untouched but for the copy kept of its
+    /// body when answers are compared. Without a free slot the copy is dropped.
     pub fn dispatch<E>(self, sent: Result<Response<Body>, E>) -> Result<Response<Body>, E> {
         let mirror = &self.mirror;
         let Some(slot) = mirror.state.try_slot(mirror.max_in_flight) else {
             return sent;
         };
-        let body = match &self.body {
-            CopyBody::Empty => Bytes::new(),
-            CopyBody::Kept(copy) => match copy.whole() {
-                Some(body) => body,
-                None => {
-                    drop(slot);
-                    mirror.state.dropped(Dropped::Body);
-                    return sent;
-                }
-            },
-        };
         let (sent, primary) = match (sent, &mirror.compare) {
             (Ok(response), Some(_)) => {
                 let (head, body) = response.into_parts();
-                let (body, teed) = tee::tee(body, COMPARE_LIMIT);
+                let (body, copy) = replay::copying(body, COMPARE_LIMIT);
                 let primary = Primary {
                     status: head.status,
                     headers: head.headers.clone(),
-                    body: teed,
+                    body: copy,
                 };
                 (Ok(Response::from_parts(head, body)), Some(primary))
             }
             (sent, _) => (sent, None),
         };
-        tokio::spawn(self.run(slot, body, primary));
+        tokio::spawn(self.run(slot, primary));
         sent
     }
 
-    async fn run(self, slot: Slot, body: Bytes, primary: Option<Primary>) {
+    async fn run(self, slot: Slot, primary: Option<Primary>) {
         let mirror = self.mirror.clone();
         let within = mirror.upstream.request_timeout;
+        // The primary's upstream has answered; its request body is whole once it was
+        // read to the end (or lost if it never will be).
+        let body = match &self.body {
+            CopyBody::Empty => Bytes::new(),
+            CopyBody::Kept(copy) => match tokio::time::timeout(within, copy.ended()).await {
+                Ok(Ended::Whole(body)) => body,
+                _ => {
+                    mirror.state.dropped(Dropped::Body);
+                    return;
+                }
+            },
+        };
+        mirror.state.sent();
         let answer = tokio::time::timeout(within, self.fetch(body))
             .await
             .unwrap_or(Err(MirrorError::Timeout(within)));
@@ -400,10 +403,10 @@ impl Shadow {
         };
         // The primary's body streams at its client's pace; a body that did not end is
         // not compared.
-        let primary_body = match tokio::time::timeout(PRIMARY_WAIT, primary.body).await {
-            Ok(Ok(Teed::Whole(body))) => Some(body),
-            Ok(Ok(Teed::TooLarge)) => None,
-            Ok(Err(_)) | Err(_) => return,
+        let primary_body = match tokio::time::timeout(PRIMARY_WAIT, primary.body.ended()).await {
+            Ok(Ended::Whole(body)) => Some(body),
+            Ok(Ended::TooLarge) => None,
+            Ok(Ended::Lost) | Err(_) => return,
         };
         let a = compare.answer(primary.status, &primary.headers, primary_body);
         let b = compare.answer(status, &headers, body);
@@ -439,7 +442,7 @@ impl Shadow {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(MirrorError::Body)?;
             if let Some(data) = frame.data_ref() {
-                if kept.len() + data.len() > COMPARE_LIMIT {
+                if (kept.len() + data.len()) as u64 > COMPARE_LIMIT {
                     // Not read further: the connection is closed rather than drained.
                     whole = false;
                     break;
