@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,14 @@ use serde_json::Value;
 use support::scripted::serve;
 use support::{assert_refused_at, eventually, gateway, metric, Backend, Client};
 use tokio::net::TcpListener;
+
+/// The top of every config here: a gateway and its admin listener on ephemeral ports.
+const HEAD: &str = "server:
+  listen: 127.0.0.1:0
+  access_log: false
+admin:
+  listen: 127.0.0.1:0
+";
 
 /// What a recording backend saw of one request.
 #[derive(Clone, Debug)]
@@ -107,12 +115,7 @@ impl Drop for Recorder {
 /// upstream keys of the mirror upstream.
 fn config(primary: SocketAddr, mirror: &str, block: &str) -> String {
     format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  access_log: false
-admin:
-  listen: 127.0.0.1:0
-upstreams:
+        r#"{HEAD}upstreams:
   monolith: {{ targets: ["{primary}"] }}
   orders: {{ targets: ["{mirror}"], timeouts: {{ request: 10s }} }}
 routes:
@@ -217,20 +220,8 @@ async fn percent_is_honoured_within_three_points() {
     ))
     .await;
     let client = Client::new();
-    let mut lanes = Vec::new();
-    for lane in 0..8 {
-        let client = client.clone();
-        let addr = gw.http_addr;
-        lanes.push(tokio::spawn(async move {
-            for i in 0..250 {
-                let r = client.get(addr, &format!("/api/orders/{lane}-{i}")).await;
-                assert_eq!(r.status, 200);
-            }
-        }));
-    }
-    for lane in lanes {
-        lane.await.unwrap();
-    }
+    let statuses = fire(&client, gw.http_addr, 8, 250, &Arc::default()).await;
+    assert!(statuses.iter().all(|s| *s == 200));
     let admin = gw.admin_addr.unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -421,15 +412,10 @@ async fn answers_are_compared_structurally_and_mismatches_sampled() {
     assert_eq!(all["mirrors"]["orders"]["upstream"], "orders");
 }
 
-/// A split route whose canary answers after `canary_delay`; rollback on p99 only.
+/// A split route, half its traffic to `canary`; rollback on p99 only.
 fn split_config(stable: SocketAddr, canary: SocketAddr) -> String {
     format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  access_log: false
-admin:
-  listen: 127.0.0.1:0
-upstreams:
+        r#"{HEAD}upstreams:
   monolith: {{ targets: ["{stable}"] }}
   orders: {{ targets: ["{canary}"] }}
 routes:
@@ -448,23 +434,35 @@ async fn split_view(client: &Client, admin: SocketAddr) -> Value {
     client.get(admin, "/splits").await.json()["splits"]["orders"].clone()
 }
 
-/// Sends requests over 8 lanes until `done` or 300 requests a lane.
-async fn load_until(client: &Client, addr: SocketAddr, done: Arc<std::sync::atomic::AtomicBool>) {
-    let mut lanes = Vec::new();
-    for _ in 0..8 {
-        let (client, done) = (client.clone(), done.clone());
-        lanes.push(tokio::spawn(async move {
-            for i in 0..300 {
-                if done.load(Ordering::SeqCst) {
-                    return;
+/// `per_lane` GETs on each of `lanes` keep-alive connections, stopping early once `stop`
+/// is set; returns every status.
+async fn fire(
+    client: &Client,
+    addr: SocketAddr,
+    lanes: usize,
+    per_lane: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let (client, stop) = (client.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..per_lane {
+                if stop.load(Ordering::SeqCst) {
+                    break;
                 }
-                client.get(addr, &format!("/api/orders/{i}")).await;
+                let r = client.get(addr, &format!("/api/orders/{lane}-{i}")).await;
+                statuses.push(r.status);
             }
+            statuses
         }));
     }
-    for lane in lanes {
-        lane.await.unwrap();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
     }
+    all
 }
 
 #[tokio::test]
@@ -474,11 +472,11 @@ async fn a_slow_canary_is_rolled_back_on_latency() {
     let (gw, _file) = gateway(&split_config(stable.addr, canary.addr)).await;
     let client = Client::new();
     let admin = gw.admin_addr.unwrap();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
         let (client, done) = (client.clone(), done.clone());
         let addr = gw.http_addr;
-        async move { load_until(&client, addr, done).await }
+        async move { fire(&client, addr, 8, 300, &done).await }
     });
     let rolled_back = eventually(Duration::from_secs(30), || async {
         split_view(&client, admin).await["state"] == "rolled_back"
@@ -515,27 +513,13 @@ async fn a_fast_canary_is_not_rolled_back() {
     let canary = Backend::start("orders").await;
     let (gw, _file) = gateway(&split_config(stable.addr, canary.addr)).await;
     let client = Client::new();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let addr = gw.http_addr;
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let mut lanes = Vec::new();
-        for _ in 0..4 {
-            let (client, done) = (client.clone(), done.clone());
-            lanes.push(tokio::spawn(async move {
-                for i in 0..50 {
-                    if done.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    client.get(addr, &format!("/api/orders/{i}")).await;
-                }
-            }));
-        }
-        for lane in lanes {
-            lane.await.unwrap();
-        }
-    })
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(60),
+        fire(&client, gw.http_addr, 4, 50, &Arc::default()),
+    )
     .await
     .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200));
     let view = split_view(&client, gw.admin_addr.unwrap()).await;
     assert_eq!(view["state"], "steady", "{view}");
     assert!(view["window"]["answers"].as_u64().unwrap() >= 5, "{view}");
@@ -617,12 +601,7 @@ async fn on_a_sticky_split_the_same_users_are_mirrored_every_time() {
     let canary = Backend::start("orders").await;
     let mirror = Recorder::start(Duration::ZERO, echo_path).await;
     let yaml = format!(
-        r#"server:
-  listen: 127.0.0.1:0
-  access_log: false
-admin:
-  listen: 127.0.0.1:0
-upstreams:
+        r#"{HEAD}upstreams:
   monolith: {{ targets: ["{monolith}"] }}
   orders: {{ targets: ["{canary}"] }}
   shadow: {{ targets: ["{mirror}"] }}

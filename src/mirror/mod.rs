@@ -39,7 +39,7 @@ pub use state::{MirrorState, Sample};
 use crate::config::{BrokenNames, Config, MirrorConfig, RouteConfig};
 use crate::observe::Metrics;
 use crate::router::Rewrite;
-use crate::split::{basis_points, StickyKey, BUCKETS};
+use crate::split::{basis_points, SplitSide, StickyKey, BUCKETS};
 use crate::upstream::call::UpstreamCall;
 use crate::upstream::replay::{self, Ended};
 use crate::upstream::{Upstream, UpstreamError};
@@ -90,8 +90,8 @@ impl Methods {
 
 #[derive(Debug)]
 pub struct Mirror {
-    pub upstream: Arc<Upstream>,
-    rewrite: Option<Rewrite>,
+    /// The mirror upstream and the rewrite of the copy's path.
+    pub target: SplitSide,
     /// Share copied, in basis points (as a split's percentage).
     percent: u32,
     methods: Methods,
@@ -182,18 +182,7 @@ impl Mirror {
         if let Some(problem) = validate(config).into_iter().next() {
             return Err(problem);
         }
-        let upstream = upstreams.get(&config.upstream).cloned().ok_or_else(|| {
-            (
-                "upstream".to_string(),
-                format!("unknown upstream {:?}", config.upstream),
-            )
-        })?;
-        let rewrite = config
-            .rewrite
-            .as_ref()
-            .map(Rewrite::build)
-            .transpose()
-            .map_err(|e| ("rewrite".to_string(), e))?;
+        let target = SplitSide::build("", &config.upstream, config.rewrite.as_ref(), upstreams)?;
         let methods = if config.methods.is_empty() {
             Methods::Safe
         } else {
@@ -212,8 +201,7 @@ impl Mirror {
             .transpose()
             .map_err(|(field, e)| (format!("compare.{field}"), e))?;
         Ok(Mirror {
-            upstream,
-            rewrite,
+            target,
             percent: basis_points(config.percent.0),
             methods,
             max_body: config.max_body.0,
@@ -232,7 +220,7 @@ impl Mirror {
         let mut view = self.state.view();
         if let Some(out) = view.as_object_mut() {
             out.insert("route".into(), json!(self.state.route));
-            out.insert("upstream".into(), json!(self.upstream.name));
+            out.insert("upstream".into(), json!(self.target.upstream.name));
             out.insert("percent".into(), json!(f64::from(self.percent) / 100.0));
             out.insert("max_in_flight".into(), json!(self.max_in_flight));
             out.insert("compare".into(), json!(self.compare.is_some()));
@@ -295,7 +283,7 @@ impl Mirror {
             self.state.dropped(Dropped::Body);
             return (body, None);
         };
-        let path = match &self.rewrite {
+        let path = match &self.target.rewrite {
             Some(rewrite) => rewrite.apply(request.path),
             None => std::borrow::Cow::Borrowed(request.path),
         };
@@ -373,7 +361,7 @@ impl Shadow {
 
     async fn run(self, slot: Slot, primary: Option<Primary>) {
         let mirror = self.mirror.clone();
-        let within = mirror.upstream.request_timeout;
+        let within = mirror.target.upstream.request_timeout;
         // The primary's upstream has answered; its request body is whole once it was
         // read to the end (or lost if it never will be).
         let body = match &self.body {
@@ -428,7 +416,7 @@ impl Shadow {
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Option<Bytes>), MirrorError> {
         let call = UpstreamCall {
-            upstream: self.mirror.upstream.clone(),
+            upstream: self.mirror.target.upstream.clone(),
             method: self.method.clone(),
             path_and_query: self.path_and_query.clone(),
             headers: HeaderMap::new(),

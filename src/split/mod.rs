@@ -24,7 +24,7 @@ pub use key::{bucket_of, Force, StickyKey, BUCKETS};
 pub use ramp::RampPlan;
 pub use state::{RollbackInfo, RollbackReason, SplitState};
 
-use crate::config::SplitConfig;
+use crate::config::{RewriteConfig, SplitConfig};
 use crate::observe::Metrics;
 use crate::router::Rewrite;
 use crate::upstream::Upstream;
@@ -54,10 +54,39 @@ impl Side {
     }
 }
 
+/// Where a request goes and the rewrite of its path on the way (a split's side, a
+/// mirror's target).
 #[derive(Debug)]
 pub struct SplitSide {
     pub upstream: Arc<Upstream>,
     pub rewrite: Option<Rewrite>,
+}
+
+impl SplitSide {
+    /// Errors name `{field}.upstream` or `{field}.rewrite`.
+    pub fn build(
+        field: &str,
+        upstream: &str,
+        rewrite: Option<&RewriteConfig>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Result<SplitSide, (String, String)> {
+        let prefix = |key: &str| {
+            if field.is_empty() {
+                key.to_string()
+            } else {
+                format!("{field}.{key}")
+            }
+        };
+        let upstream = upstreams
+            .get(upstream)
+            .cloned()
+            .ok_or_else(|| (prefix("upstream"), format!("unknown upstream {upstream:?}")))?;
+        let rewrite = rewrite
+            .map(Rewrite::build)
+            .transpose()
+            .map_err(|e| (prefix("rewrite"), e))?;
+        Ok(SplitSide { upstream, rewrite })
+    }
 }
 
 /// When the canary is taken out of traffic: at least one of the two limits is set.
@@ -177,19 +206,7 @@ impl Split {
             return Err(problem);
         }
         let side = |name: &str, cfg: &crate::config::SplitSideConfig| {
-            let upstream = upstreams.get(&cfg.upstream).cloned().ok_or_else(|| {
-                (
-                    format!("{name}.upstream"),
-                    format!("unknown upstream {:?}", cfg.upstream),
-                )
-            })?;
-            let rewrite = cfg
-                .rewrite
-                .as_ref()
-                .map(Rewrite::build)
-                .transpose()
-                .map_err(|e| (format!("{name}.rewrite"), e))?;
-            Ok::<_, (String, String)>(SplitSide { upstream, rewrite })
+            SplitSide::build(name, &cfg.upstream, cfg.rewrite.as_ref(), upstreams)
         };
         let stable = side("stable", &config.stable)?;
         let canary = side("canary", &config.canary)?;
