@@ -50,8 +50,8 @@ impl Outcome {
 pub enum Dropped {
     /// `max_in_flight` copies were already out.
     InFlight = 0,
-    /// The request body was above `max_body`, of unknown length, or not read whole by
-    /// the primary's upstream before it answered.
+    /// The request body was above `max_body`, of unknown length, or never read to its
+    /// end by the primary's upstream.
     Body = 1,
 }
 
