@@ -195,6 +195,10 @@ impl Compare {
         let (Some(a), Some(b)) = (&primary.body, &mirror.body) else {
             return None;
         };
+        // The common case, and the same verdict whatever the type: no parsing.
+        if a == b {
+            return None;
+        }
         if primary.json && mirror.json {
             if let (Ok(mut a), Ok(mut b)) = (
                 serde_json::from_slice::<Value>(a),
@@ -204,12 +208,11 @@ impl Compare {
                     remove(&mut a, path);
                     remove(&mut b, path);
                 }
-                let mut at = String::new();
-                return first_difference(&a, &b, &mut at).map(|(primary, mirror)| Difference {
+                return first_difference(&a, &b).map(|found| Difference {
                     kind: Kind::Body,
-                    at: Some(at),
-                    primary,
-                    mirror,
+                    at: Some(found.path()),
+                    primary: found.primary,
+                    mirror: found.mirror,
                 });
             }
         }
@@ -294,25 +297,55 @@ fn remove(value: &mut Value, path: &[String]) {
     }
 }
 
-/// Both values of a difference (`None`: absent on that side).
-type Values = (Option<String>, Option<String>);
+/// One step of a JSON path.
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
 
-/// The first place where `a` and `b` differ: `at` is left holding its path, the result
-/// holds both values.
-fn first_difference(a: &Value, b: &Value, at: &mut String) -> Option<Values> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().find_map(|key| {
-                let separator = if at.is_empty() { "" } else { "." };
-                let segment = format!("{separator}{key}");
-                child(at, &segment, x.get(key), y.get(key))
-            })
+/// Where two documents first differ. The path is gathered on the way back out, so
+/// equal documents cost no allocation.
+struct Found<'a> {
+    /// Innermost segment first.
+    reversed: Vec<Segment<'a>>,
+    /// Both values as JSON text (`None`: absent on that side).
+    primary: Option<String>,
+    mirror: Option<String>,
+}
+
+impl Found<'_> {
+    /// `order.items[2].price`; empty for the root.
+    fn path(&self) -> String {
+        let mut out = String::new();
+        for segment in self.reversed.iter().rev() {
+            match segment {
+                Segment::Key(key) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(key);
+                }
+                Segment::Index(i) => out.push_str(&format!("[{i}]")),
+            }
         }
+        out
+    }
+}
+
+/// The first difference between `a` and `b`: object members in key order (the
+/// primary's keys, then those only the mirror has), array elements in order.
+fn first_difference<'a>(a: &'a Value, b: &'a Value) -> Option<Found<'a>> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x
+            .iter()
+            .find_map(|(key, p)| member(Segment::Key(key), Some(p), y.get(key)))
+            .or_else(|| {
+                y.iter()
+                    .filter(|(key, _)| !x.contains_key(*key))
+                    .find_map(|(key, m)| member(Segment::Key(key), None, Some(m)))
+            }),
         (Value::Array(x), Value::Array(y)) => {
-            (0..x.len().max(y.len())).find_map(|i| child(at, &format!("[{i}]"), x.get(i), y.get(i)))
+            (0..x.len().max(y.len())).find_map(|i| member(Segment::Index(i), x.get(i), y.get(i)))
         }
         (Value::Number(x), Value::Number(y)) => {
             let same = match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
@@ -320,25 +353,32 @@ fn first_difference(a: &Value, b: &Value, at: &mut String) -> Option<Values> {
                 (_, _, Some(p), Some(m)) => p == m,
                 _ => x.as_f64() == y.as_f64(),
             };
-            (!same).then(|| (Some(shown(a)), Some(shown(b))))
+            (!same).then(|| leaf(Some(a), Some(b)))
         }
-        _ => (a != b).then(|| (Some(shown(a)), Some(shown(b)))),
+        _ => (a != b).then(|| leaf(Some(a), Some(b))),
     }
 }
 
-/// Compares one member of an object or array, with `segment` on the path while it does;
-/// the path keeps it only when a difference is found there.
-fn child(at: &mut String, segment: &str, a: Option<&Value>, b: Option<&Value>) -> Option<Values> {
-    let len = at.len();
-    at.push_str(segment);
-    let found = match (a, b) {
-        (Some(a), Some(b)) => first_difference(a, b, at),
-        (a, b) => Some((a.map(shown), b.map(shown))),
+/// Compares one member of an object or array found at `segment`.
+fn member<'a>(
+    segment: Segment<'a>,
+    a: Option<&'a Value>,
+    b: Option<&'a Value>,
+) -> Option<Found<'a>> {
+    let mut found = match (a, b) {
+        (Some(a), Some(b)) => first_difference(a, b)?,
+        (a, b) => leaf(a, b),
     };
-    if found.is_none() {
-        at.truncate(len);
+    found.reversed.push(segment);
+    Some(found)
+}
+
+fn leaf<'a>(a: Option<&Value>, b: Option<&Value>) -> Found<'a> {
+    Found {
+        reversed: Vec::new(),
+        primary: a.map(shown),
+        mirror: b.map(shown),
     }
-    found
 }
 
 #[cfg(test)]

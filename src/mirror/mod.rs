@@ -328,8 +328,7 @@ impl Mirror {
 /// The primary's answer as the comparison sees it: the head now, the body when it has
 /// streamed to the client.
 struct Primary {
-    status: StatusCode,
-    headers: HeaderMap,
+    head: compare::Answer,
     body: Arc<replay::Copy>,
 }
 
@@ -343,12 +342,11 @@ impl Shadow {
             return sent;
         };
         let (sent, primary) = match (sent, &mirror.compare) {
-            (Ok(response), Some(_)) => {
+            (Ok(response), Some(compare)) => {
                 let (head, body) = response.into_parts();
                 let (body, copy) = replay::copying(body, COMPARE_LIMIT);
                 let primary = Primary {
-                    status: head.status,
-                    headers: head.headers.clone(),
+                    head: compare.answer(head.status, &head.headers, None),
                     body: copy,
                 };
                 (Ok(Response::from_parts(head, body)), Some(primary))
@@ -359,7 +357,10 @@ impl Shadow {
         sent
     }
 
-    async fn run(self, slot: Slot, primary: Option<Primary>) {
+    async fn run(mut self, slot: Slot, primary: Option<Primary>) {
+        // A new task would run next on this worker, ahead of requests that are ready;
+        // the copy waits behind them instead.
+        tokio::task::yield_now().await;
         let mirror = self.mirror.clone();
         let within = mirror.target.upstream.request_timeout;
         // The primary's upstream has answered; its request body is whole once it was
@@ -396,7 +397,10 @@ impl Shadow {
             Ok(Ended::TooLarge) => None,
             Ok(Ended::Lost) | Err(_) => return,
         };
-        let a = compare.answer(primary.status, &primary.headers, primary_body);
+        let a = compare::Answer {
+            body: primary_body,
+            ..primary.head
+        };
         let b = compare.answer(status, &headers, body);
         match compare.compare(&a, &b) {
             None => mirror.state.matched(),
@@ -412,7 +416,7 @@ impl Shadow {
     /// The copy's answer: status, headers and the body up to the compare limit (`None`
     /// above it).
     async fn fetch(
-        &self,
+        &mut self,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Option<Bytes>), MirrorError> {
         let call = UpstreamCall {
@@ -423,7 +427,8 @@ impl Shadow {
             deadline: None,
             trace: None,
         };
-        let (_, response) = call.send(self.headers.clone(), Body::full(body)).await?;
+        let headers = std::mem::take(&mut self.headers);
+        let (_, response) = call.send(headers, Body::full(body)).await?;
         let (head, mut body) = response.into_parts();
         let mut kept = Vec::new();
         let mut whole = true;
