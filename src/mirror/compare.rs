@@ -227,12 +227,15 @@ impl Compare {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
+    let Some(mime) = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|mime| mime.trim().to_ascii_lowercase())
-        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
+        .and_then(|v| v.as_bytes().split(|b| *b == b';').next())
+        .map(<[u8]>::trim_ascii)
+    else {
+        return false;
+    };
+    mime.eq_ignore_ascii_case(b"application/json")
+        || (mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// `sha256:` and the first 16 hex digits: enough to tell two bodies apart in a sample.
