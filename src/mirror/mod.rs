@@ -39,7 +39,7 @@ pub use state::{MirrorState, Sample};
 use crate::config::{BrokenNames, Config, MirrorConfig, RouteConfig};
 use crate::observe::Metrics;
 use crate::router::Rewrite;
-use crate::split::{basis_points, SplitSide, StickyKey, BUCKETS};
+use crate::split::{basis_points, Split, SplitSide, StickyKey, BUCKETS};
 use crate::upstream::call::UpstreamCall;
 use crate::upstream::replay::{self, Ended};
 use crate::upstream::{Upstream, UpstreamError};
@@ -169,6 +169,24 @@ fn validate(config: &MirrorConfig) -> Vec<(String, String)> {
 }
 
 impl Mirror {
+    /// The mirror of a route that has one, sticky by the route's split key; its state
+    /// is the previous Runtime's mirror's of the same route name when there is one.
+    pub fn for_route(
+        route: &RouteConfig,
+        split: Option<&Split>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        metrics: &Metrics,
+        previous: Option<&BTreeMap<String, Arc<Mirror>>>,
+    ) -> Result<Option<Arc<Mirror>>, (String, String)> {
+        let Some(config) = &route.mirror else {
+            return Ok(None);
+        };
+        let carried = previous.and_then(|p| p.get(&route.name)).map(|m| &m.state);
+        let sticky = split.and_then(|s| s.sticky.clone());
+        let mirror = Mirror::build(&route.name, config, upstreams, sticky, metrics, carried)?;
+        Ok(Some(Arc::new(mirror)))
+    }
+
     /// Compiles a route's mirror. The state comes from the previous Runtime's mirror of
     /// the same route when there is one.
     pub fn build(

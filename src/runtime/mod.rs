@@ -162,21 +162,17 @@ impl Runtime {
             };
             let mut route = build_route(i, rc, &upstreams, &caches, metrics, split)?;
             attach_guards(i, &mut route, rc, &verifiers, &limiters, metrics)?;
-            if let Some(mc) = &rc.mirror {
-                let carried = previous.and_then(|p| p.mirrors.get(&rc.name));
-                let sticky = route.split.as_ref().and_then(|s| s.sticky.clone());
-                let mirror = Mirror::build(
-                    &rc.name,
-                    mc,
-                    &upstreams,
-                    sticky,
-                    metrics,
-                    carried.map(|m| &m.state),
-                )
-                .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].mirror.{f}"), e))?;
-                let mirror = Arc::new(mirror);
+            let previous_mirrors = previous.map(|p| &p.mirrors);
+            route.mirror = Mirror::for_route(
+                rc,
+                route.split.as_deref(),
+                &upstreams,
+                metrics,
+                previous_mirrors,
+            )
+            .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].mirror.{f}"), e))?;
+            if let Some(mirror) = &route.mirror {
                 mirrors.insert(rc.name.clone(), mirror.clone());
-                route.mirror = Some(mirror);
             }
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
