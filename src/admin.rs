@@ -247,6 +247,7 @@ fn routes(control: &Control) -> Response<Body> {
                 "rewrite": r.rewrite,
                 "upstream": r.upstream,
                 "split": r.split,
+                "mirror": r.mirror,
             })
         })
         .collect();

@@ -410,6 +410,8 @@ async fn answers_are_compared_structurally_and_mismatches_sampled() {
     assert_eq!(client.get(admin, "/mirrors/nope").await.status, 404);
     let all = client.get(admin, "/mirrors").await.json();
     assert_eq!(all["mirrors"]["orders"]["upstream"], "orders");
+    let routes = client.get(admin, "/routes").await.json();
+    assert_eq!(routes["routes"][0]["mirror"]["compare"]["sample"], 20);
 }
 
 /// A split route, half its traffic to `canary`; rollback on p99 only.
