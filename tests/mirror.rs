@@ -33,6 +33,8 @@ struct Seen {
     path: String,
     mirror_header: Option<String>,
     identity: Option<String>,
+    /// The verified `sub` claim, forwarded as `X-User-Id`.
+    user: Option<String>,
     body_len: usize,
 }
 
@@ -81,6 +83,7 @@ impl Recorder {
                     path: path.clone(),
                     mirror_header: header("x-portico-mirror"),
                     identity: header("x-forwarded-for"),
+                    user: header("x-user-id"),
                     body_len: body.len(),
                 });
                 let (status, content_type, text) = answer(&path);
@@ -655,4 +658,57 @@ routes:
     );
     // About 30 of the 100 users (their bucket is below 30%).
     assert!((15..=45).contains(&copies.len()), "{} users", copies.len());
+}
+
+#[tokio::test]
+async fn the_copy_carries_the_verified_identity_and_never_a_forged_one() {
+    const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+    let primary = Backend::start("monolith").await;
+    let mirror = Recorder::start(Duration::ZERO, echo_path).await;
+    let yaml = format!(
+        r#"{HEAD}jwt:
+  users:
+    algorithms: [HS256]
+    secret: {SECRET}
+    forward_claims: {{ sub: X-User-Id }}
+upstreams:
+  monolith: {{ targets: ["{primary}"] }}
+  orders: {{ targets: ["{mirror}"] }}
+routes:
+  - name: orders
+    match: {{ path_prefix: /api/orders }}
+    jwt: users
+    upstream: monolith
+    mirror: {{ upstream: orders }}
+"#,
+        primary = primary.addr,
+        mirror = mirror.addr,
+    );
+    let (gw, _file) = gateway(&yaml).await;
+    let claims =
+        serde_json::json!({ "sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 300 });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let client = Client::new();
+    let bearer = format!("Bearer {token}");
+    let r = support::client::get(
+        &client,
+        gw.http_addr,
+        "/api/orders",
+        &[("authorization", &bearer), ("x-user-id", "mallory")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("x-user-id"), ["alice"]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !mirror.seen().is_empty()
+        })
+        .await
+    );
+    assert_eq!(mirror.seen()[0].user.as_deref(), Some("alice"));
 }
