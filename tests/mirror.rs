@@ -518,9 +518,11 @@ async fn a_fast_canary_is_not_rolled_back() {
     let canary = Backend::start("orders").await;
     let (gw, _file) = gateway(&split_config(stable.addr, canary.addr)).await;
     let client = Client::new();
+    // About 200 canary answers: the p99 then leaves out the two slowest, so one stall of
+    // a loaded test machine does not decide.
     let statuses = tokio::time::timeout(
         Duration::from_secs(60),
-        fire(&client, gw.http_addr, 4, 50, &Arc::default()),
+        fire(&client, gw.http_addr, 4, 100, &Arc::default()),
     )
     .await
     .unwrap();
