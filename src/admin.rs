@@ -15,8 +15,8 @@ use crate::config;
 use std::sync::Arc;
 
 use crate::control::Control;
-use crate::split;
 use crate::wire::body::Body;
+use crate::{mirror, split};
 
 /// Endpoints open without the token: probes and scrapers carry none.
 const OPEN: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -61,6 +61,13 @@ pub async fn handle(control: &Arc<Control>, req: Request<Incoming>) -> Response<
             StatusCode::OK,
             split::admin::list(&control.runtime.load().splits),
         ),
+        (Method::GET, "/mirrors") => json(
+            StatusCode::OK,
+            mirror::list(&control.runtime.load().mirrors),
+        ),
+        (Method::GET, p) if p.starts_with("/mirrors/") => {
+            get_mirror(control, &p["/mirrors/".len()..])
+        }
         (Method::PUT, p) if p.starts_with("/splits/") => {
             put_split(control, &p["/splits/".len()..], req).await
         }
@@ -100,6 +107,18 @@ async fn put_split(control: &Control, route: &str, req: Request<Incoming>) -> Re
     };
     let (status, value) = split::admin::put(&control.runtime.load().splits, &route, &body);
     json(status, value)
+}
+
+/// `GET /mirrors/{route}`: counts and recent mismatches (the route name percent-decoded).
+fn get_mirror(control: &Control, route: &str) -> Response<Body> {
+    let route = percent_encoding::percent_decode_str(route).decode_utf8_lossy();
+    match control.runtime.load().mirrors.get(route.as_ref()) {
+        Some(mirror) => json(StatusCode::OK, mirror.view()),
+        None => json(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no route named {route:?} with a mirror"), "status": 404}),
+        ),
+    }
 }
 
 /// `DELETE /cache/{name}` (everything) or `DELETE /cache/{name}?path=/products/7`
@@ -245,6 +264,7 @@ fn routes(control: &Control) -> Response<Body> {
                 "rewrite": r.rewrite,
                 "upstream": r.upstream,
                 "split": r.split,
+                "mirror": r.mirror,
             })
         })
         .collect();

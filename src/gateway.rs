@@ -18,6 +18,7 @@ use crate::context::{ConnInfo, Context, RequestLineTooLong};
 use crate::cors;
 use crate::error::GatewayError;
 use crate::grpc;
+use crate::mirror;
 use crate::observe::{access_log, AccessRecord, REQUEST_ID};
 use crate::router::RequestView;
 use crate::runtime::{Route, Runtime};
@@ -234,6 +235,18 @@ async fn forward_request(
 
     let mut path_and_query = path_and_query;
     let mut body = Body::limited(body, route.max_request_body);
+    let mut shadow = None;
+    if let (Some(mirror), None) = (&route.mirror, &upgrade) {
+        let request = mirror::Request {
+            method: &parts.method,
+            path: &normalised,
+            query: query.as_deref(),
+            headers: &headers,
+            client_ip: ctx.client_ip,
+            claims: ctx.claims.as_deref().map(|c| &c.0),
+        };
+        (body, shadow) = mirror.prepare(request, body);
+    }
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);
         path_and_query = transform.request_head(&mut headers, path_and_query, &scope)?;
@@ -248,6 +261,7 @@ async fn forward_request(
         trace: ctx.trace.clone(),
     };
 
+    let sent_at = Instant::now();
     let sent = if let Some(protocol) = upgrade {
         Box::pin(upgrade_request(ctx, parts, call, protocol, rt.idle_timeout)).await
     } else if let Some(cache) = &route.cache {
@@ -270,8 +284,13 @@ async fn forward_request(
         split.record(
             side,
             sent.as_ref().map(|r| r.status()).map_err(|e| e.status()),
+            sent_at.elapsed(),
         );
     }
+    let sent = match shadow {
+        Some(shadow) => shadow.dispatch(sent),
+        None => sent,
+    };
     let mut response = sent?;
     if let Some(transform) = &route.transform {
         let scope = transform_scope(ctx, &route, upstream);

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod iplist;
+pub mod mirror;
 pub mod observe;
 pub mod ratelimit;
 pub mod router;

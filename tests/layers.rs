@@ -24,6 +24,7 @@ const ROWS: &[&[&str]] = &[
     &["transform", "ratelimit"],
     &["upstream"],
     &["cache", "split"],
+    &["mirror"],
     &["runtime"],
     &["context", "error"],
     &["gateway"],

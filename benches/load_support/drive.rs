@@ -47,6 +47,9 @@ pub enum Target {
     /// loopback), on their own Portico.
     PorticoLocalLimit,
     PorticoClusterLimit,
+    /// The plain route with every request (GET and POST) copied to a second backend
+    /// process and the answers compared.
+    PorticoMirror,
 }
 
 impl Target {
@@ -66,6 +69,7 @@ impl Target {
             Target::PorticoEdge => "portico api_key+allow+cors+ip",
             Target::PorticoLocalLimit => "portico local limit",
             Target::PorticoClusterLimit => "portico cluster limit (redis)",
+            Target::PorticoMirror => "portico mirror 100%",
         }
     }
 
@@ -155,6 +159,7 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
         add(Target::Direct, fleet.backend.port, "");
         add(Target::Portico, fleet.portico.port, "/plain");
         if !smoke {
+            add(Target::PorticoMirror, fleet.portico.port, "/mirrored");
             add(Target::PorticoFull, fleet.portico.port, "/full");
             add(Target::PorticoEdge, fleet.portico.port, "/edge");
             if *load != Load::Post1k {
@@ -166,8 +171,16 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
             add(Target::PorticoH2c, fleet.portico.port, "/h2c");
             add(Target::PorticoGrpc, fleet.portico.port, "/grpc");
             if let Some(limited) = &fleet.limited {
-                add(Target::PorticoLocalLimit, limited.portico.port, "/limit-local");
-                add(Target::PorticoClusterLimit, limited.portico.port, "/limit-cluster");
+                add(
+                    Target::PorticoLocalLimit,
+                    limited.portico.port,
+                    "/limit-local",
+                );
+                add(
+                    Target::PorticoClusterLimit,
+                    limited.portico.port,
+                    "/limit-cluster",
+                );
             }
             for (ratio, proc) in &fleet.traced {
                 let target = if *ratio < 1.0 {
@@ -186,11 +199,16 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
         }
     }
     if let Some(only) = only {
+        let chosen = |target: Target| {
+            only.split(',')
+                .any(|word| target.label().contains(word.trim()))
+        };
+        // The mirror's figures only mean something next to the same route without one.
+        let with_plain = chosen(Target::PorticoMirror);
         out.retain(|s| {
             s.target == Target::Direct
-                || only
-                    .split(',')
-                    .any(|word| s.target.label().contains(word.trim()))
+                || (with_plain && s.target == Target::Portico)
+                || chosen(s.target)
         });
     }
     out
@@ -205,7 +223,8 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
         | Target::PorticoTls
         | Target::PorticoH2c
         | Target::PorticoGrpc
-        | Target::PorticoEdge => Some(&fleet.portico),
+        | Target::PorticoEdge
+        | Target::PorticoMirror => Some(&fleet.portico),
         Target::PorticoTraced1 | Target::PorticoTraced100 => {
             let sampled_all = target == Target::PorticoTraced100;
             fleet
@@ -240,7 +259,11 @@ pub fn open_loop_scenarios(scenarios: &[Scenario]) -> Vec<Scenario> {
             s.load == Load::Get100
                 && matches!(
                     s.target,
-                    Target::Direct | Target::Portico | Target::PorticoFull | Target::Nginx
+                    Target::Direct
+                        | Target::Portico
+                        | Target::PorticoFull
+                        | Target::PorticoMirror
+                        | Target::Nginx
                 )
         })
         .cloned()

@@ -216,6 +216,9 @@ pub const TRACED_RATIOS: [f64; 2] = [0.01, 1.0];
 
 pub struct Fleet {
     pub backend: Proc,
+    /// The second backend the mirrored route copies its requests to (kept for its drop,
+    /// which ends the process).
+    _mirror_backend: Proc,
     pub portico: Proc,
     pub nginx: Option<Proc>,
     /// Portico with `telemetry.tracing` on (the backend takes the exports), by
@@ -280,6 +283,12 @@ impl Fleet {
         let backend = spawn("backend", backend_port, cmd)?;
         wait_listening(backend_port, "backend")?;
         wait_listening(backend_tls_port, "backend (https)")?;
+        let mirror_port = free_port()?;
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.arg("--backend-port").arg(mirror_port.to_string());
+        pinning.pin_child(&mut cmd);
+        let mirror_backend = spawn("mirror backend", mirror_port, cmd)?;
+        wait_listening(mirror_port, "mirror backend")?;
 
         let (public_pem, bearer) = rs256_key_and_token()?;
         let public_key = dir.0.join("jwt-public.pem");
@@ -289,6 +298,7 @@ impl Fleet {
         let mut f = std::fs::File::create(&config).map_err(|e| e.to_string())?;
         let backends = Backends {
             plain: backend_port,
+            mirror: mirror_port,
             tls: backend_tls_port,
             ca_file: &ca_file,
         };
@@ -343,6 +353,7 @@ impl Fleet {
         }
         Ok(Fleet {
             backend,
+            _mirror_backend: mirror_backend,
             portico,
             nginx,
             traced,
@@ -467,6 +478,7 @@ fn rs256_key_and_token() -> Result<(String, String), String> {
 /// The backend's ports and the CA that signed its HTTPS certificate.
 struct Backends<'a> {
     plain: u16,
+    mirror: u16,
     tls: u16,
     ca_file: &'a std::path::Path,
 }
@@ -549,6 +561,8 @@ upstreams:
   backend-h2c:
     targets: ["127.0.0.1:{backend}"]
     protocol: h2c
+  mirror-backend:
+    targets: ["127.0.0.1:{mirror}"]
 routes:
   - name: grpc
     match: {{ path_prefix: /grpc }}
@@ -593,7 +607,19 @@ routes:
     rewrite: {{ strip_prefix: /cached }}
     cache: bench
     upstream: backend
+  - name: mirrored
+    match: {{ path_prefix: /mirrored }}
+    rewrite: {{ strip_prefix: /mirrored }}
+    upstream: backend
+    mirror:
+      upstream: mirror-backend
+      rewrite: {{ strip_prefix: /mirrored }}
+      percent: 100
+      methods: [GET, POST]
+      max_in_flight: 1000
+      compare: {{ status: true, headers: [Content-Type] }}
 "#,
+        mirror = backends.mirror,
         key = public_key.display(),
         api_key = BENCH_API_KEY,
         allow_list = edge_allow_list(),

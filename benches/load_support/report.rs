@@ -231,6 +231,7 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::PorticoEdge => "#637939",
             Target::PorticoLocalLimit => "#8c6d31",
             Target::PorticoClusterLimit => "#843c39",
+            Target::PorticoMirror => "#e7969c",
         };
         let points: Vec<String> = QUANTILES
             .iter()

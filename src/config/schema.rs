@@ -518,6 +518,9 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     #[serde(default)]
     pub split: Option<SplitConfig>,
+    /// Shadow traffic: a copy of requests to another upstream, its answers compared.
+    #[serde(default)]
+    pub mirror: Option<super::MirrorConfig>,
     /// gRPC calls: gateway errors answer as gRPC, `grpc-timeout` bounds the call, each
     /// call's status is counted.
     #[serde(default)]
@@ -671,7 +674,12 @@ pub struct RampConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackConfig {
-    pub max_error_rate: Percent,
+    /// At least one of `max_error_rate` and `max_p99` is set.
+    #[serde(default)]
+    pub max_error_rate: Option<Percent>,
+    /// The canary's p99 latency (to its response head) over the window.
+    #[serde(default)]
+    pub max_p99: Option<Duration>,
     pub window: Duration,
     pub min_requests: u32,
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub split_requests: IntCounterVec,
     pub split_percent: GaugeVec,
     pub split_rollbacks: IntCounterVec,
+    pub split_rollbacks_by_reason: IntCounterVec,
+    pub split_duration: HistogramVec,
+    /// Shadow traffic by result (handles resolved per route in `mirror`).
+    pub mirror_requests: IntCounterVec,
     /// Discovery, breaker, retries, ejections, overflow (observe/resilience.rs).
     pub resilience: super::ResilienceMetrics,
     pub cache: super::CacheMetrics,
@@ -176,6 +180,36 @@ impl Metrics {
                 &["route"],
             ),
         );
+        let split_rollbacks_by_reason = register(
+            &registry,
+            counter(
+                "portico_split_rollbacks_by_reason_total",
+                "Automatic rollbacks of a split's canary side, by the rule that tripped (error_rate, latency)",
+                &["route", "reason"],
+            ),
+        );
+        let split_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "portico_split_request_duration_seconds",
+                    "Time from sending to a split side's upstream to its response head, by route and side",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["route", "side"],
+            )
+            .expect("valid metric definition"),
+        );
+        let mirror_requests = register(
+            &registry,
+            counter(
+                "portico_mirror_requests_total",
+                "Mirrored (shadow) requests by result: compared (matched + mismatched), matched, mismatched, dropped (not sent), failed (no answer)",
+                &["route", "result"],
+            ),
+        );
         let resilience =
             super::ResilienceMetrics::new(&registry, upstream_requests, upstream_endpoints.clone());
         let jwt_rejected = register(
@@ -244,6 +278,9 @@ impl Metrics {
             split_requests,
             split_percent,
             split_rollbacks,
+            split_rollbacks_by_reason,
+            split_duration,
+            mirror_requests,
             resilience,
             jwt_rejected,
             ratelimit_rejected,

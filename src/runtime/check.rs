@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::config::{self, BrokenNames, Config, ConfigError, ConfigIssue, Issues, RouteConfig};
-use crate::{auth, ratelimit, router, split, tls, transform, upstream};
+use crate::{auth, mirror, ratelimit, router, split, tls, transform, upstream};
 
 /// Reads, substitutes, parses and checks a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
@@ -46,7 +46,7 @@ pub fn config(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// Every problem the runtime's builders find, by YAML path.
-pub fn problems(config: &Config, _broken: &BrokenNames) -> Vec<ConfigIssue> {
+pub fn problems(config: &Config, broken: &BrokenNames) -> Vec<ConfigIssue> {
     let mut issues = Issues(Vec::new());
     if let Some(tls) = &config.server.tls {
         for (i, cert) in tls.certificates.iter().enumerate() {
@@ -93,6 +93,9 @@ pub fn problems(config: &Config, _broken: &BrokenNames) -> Vec<ConfigIssue> {
     }
     for (i, route) in config.routes.iter().enumerate() {
         route_entry(i, route, &mut issues);
+        for (field, message) in mirror::check(route, config, broken) {
+            issues.push(format!("routes[{i}].{field}"), message);
+        }
     }
     for (path, message) in super::edge::problems(config) {
         issues.push(path, message);

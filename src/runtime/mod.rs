@@ -18,6 +18,7 @@ use crate::auth::Verifier;
 use crate::cache::ResponseCache;
 use crate::config::{Config, ConfigError, RouteConfig, UnderscoreHeaders};
 use crate::grpc::GrpcMetrics;
+use crate::mirror::Mirror;
 use crate::observe::{AccessLog, Metrics, RouteMetrics};
 use crate::ratelimit::Limiter;
 use crate::router::{Rewrite, RouteMatch, RouteTable};
@@ -53,6 +54,7 @@ pub struct Route {
     pub split: Option<Arc<Split>>,
     /// `grpc: true`: the route's gRPC status counters.
     pub grpc: Option<Arc<GrpcMetrics>>,
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 impl Route {
@@ -72,6 +74,8 @@ pub struct Runtime {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Migration splits by route name (their state carries over reloads).
     pub splits: BTreeMap<String, Arc<Split>>,
+    /// Shadow traffic by route name (their state carries over reloads).
+    pub mirrors: BTreeMap<String, Arc<Mirror>>,
     /// Named caches; kept across reloads when their definition is unchanged.
     pub caches: BTreeMap<String, Arc<ResponseCache>>,
     /// Named JWT verifiers and rate limiters, shared by the routes that name them.
@@ -151,6 +155,7 @@ impl Runtime {
         let edge = edge::build(&config)?;
         let mut entries = Vec::with_capacity(config.routes.len());
         let mut splits = BTreeMap::new();
+        let mut mirrors = BTreeMap::new();
         for (i, rc) in config.routes.iter().enumerate() {
             let split = match &rc.split {
                 Some(sc) => {
@@ -171,6 +176,18 @@ impl Runtime {
             route.edge = edge::route(i, rc, &edge, &verifiers, metrics)?;
             route.max_request_body =
                 edge::max_request_body(rc, config.server.limits.max_request_body.0);
+            let previous_mirrors = previous.map(|p| &p.mirrors);
+            route.mirror = Mirror::for_route(
+                rc,
+                route.split.as_deref(),
+                &upstreams,
+                metrics,
+                previous_mirrors,
+            )
+            .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].mirror.{f}"), e))?;
+            if let Some(mirror) = &route.mirror {
+                mirrors.insert(rc.name.clone(), mirror.clone());
+            }
             let matcher = RouteMatch::build(&rc.matcher)
                 .map_err(|(f, e)| ConfigError::single(format!("routes[{i}].match.{f}"), e))?;
             entries.push((matcher, Arc::new(route)));
@@ -203,6 +220,7 @@ impl Runtime {
             routes: RouteTable::new(entries),
             upstreams,
             splits,
+            mirrors,
             caches,
             trusted_proxies,
             no_route: metrics.route("none"),
@@ -339,6 +357,7 @@ fn build_route(
             max_request_body: 0,
             ratelimit_rejected: None,
             grpc,
+            mirror: None,
         });
     }
     let upstream_name = rc
@@ -369,6 +388,7 @@ fn build_route(
         max_request_body: 0,
         ratelimit_rejected: None,
         grpc,
+        mirror: None,
     })
 }
 
@@ -512,8 +532,8 @@ routes:
         let live = Runtime::build(config.clone(), &shared, None).expect("builds");
         live.activate();
         let state = live.splits["orders"].state.clone();
-        state.record_canary(true);
-        state.record_canary(false);
+        state.record_canary(true, None);
+        state.record_canary(false, None);
         let before = state.window().tally();
         assert_eq!(before.total, 2);
 

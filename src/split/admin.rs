@@ -103,6 +103,7 @@ pub fn view(split: &Split) -> Value {
     };
     let window = state.window();
     let tally = window.tally();
+    let latency = window.latency();
     let side = |s: Side| {
         json!({
             "upstream": split.side(s).upstream.name,
@@ -122,9 +123,12 @@ pub fn view(split: &Split) -> Value {
             "requests": tally.total,
             "errors": tally.errors,
             "error_rate_percent": tally.error_rate() * 100.0,
+            "answers": latency.samples,
+            "p99_ms": latency.p99.map(|d| d.as_secs_f64() * 1000.0),
         },
         "rollback": split.rule.map(|r| json!({
-            "max_error_rate_percent": r.max_error_rate * 100.0,
+            "max_error_rate_percent": r.max_error_rate.map(|rate| rate * 100.0),
+            "max_p99_ms": r.max_p99.map(|d| d.as_secs_f64() * 1000.0),
             "min_requests": r.min_requests,
         })),
         "ramp": plan.map(|p| json!({

@@ -22,9 +22,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 pub use key::{bucket_of, Force, StickyKey, BUCKETS};
 pub use ramp::RampPlan;
-pub use state::{RollbackInfo, SplitState};
+pub use state::{RollbackInfo, RollbackReason, SplitState};
 
-use crate::config::SplitConfig;
+use crate::config::{RewriteConfig, SplitConfig};
 use crate::observe::Metrics;
 use crate::router::Rewrite;
 use crate::upstream::Upstream;
@@ -54,17 +54,48 @@ impl Side {
     }
 }
 
+/// Where a request goes and the rewrite of its path on the way (a split's side, a
+/// mirror's target).
 #[derive(Debug)]
 pub struct SplitSide {
     pub upstream: Arc<Upstream>,
     pub rewrite: Option<Rewrite>,
 }
 
-/// When the canary is taken out of traffic.
+impl SplitSide {
+    /// Errors name `{field}.upstream` or `{field}.rewrite`.
+    pub fn build(
+        field: &str,
+        upstream: &str,
+        rewrite: Option<&RewriteConfig>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Result<SplitSide, (String, String)> {
+        let prefix = |key: &str| {
+            if field.is_empty() {
+                key.to_string()
+            } else {
+                format!("{field}.{key}")
+            }
+        };
+        let upstream = upstreams
+            .get(upstream)
+            .cloned()
+            .ok_or_else(|| (prefix("upstream"), format!("unknown upstream {upstream:?}")))?;
+        let rewrite = rewrite
+            .map(Rewrite::build)
+            .transpose()
+            .map_err(|e| (prefix("rewrite"), e))?;
+        Ok(SplitSide { upstream, rewrite })
+    }
+}
+
+/// When the canary is taken out of traffic: at least one of the two limits is set.
 #[derive(Clone, Copy, Debug)]
 pub struct RollbackRule {
     /// A fraction in 0..=1.
-    pub max_error_rate: f64,
+    pub max_error_rate: Option<f64>,
+    /// The canary's p99 time to its response head over the window.
+    pub max_p99: Option<Duration>,
     pub min_requests: u64,
 }
 
@@ -137,8 +168,18 @@ pub fn validate(config: &SplitConfig, has_jwt: bool) -> Vec<(String, String)> {
         problems.push((format!("ramp.{field}"), e));
     }
     if let Some(rb) = &config.rollback {
-        if rb.max_error_rate.0 <= 0.0 {
-            problems.push(("rollback.max_error_rate".into(), "must be above 0%".into()));
+        match (rb.max_error_rate, rb.max_p99) {
+            (None, None) => problems.push((
+                "rollback".into(),
+                "set max_error_rate, max_p99 or both".into(),
+            )),
+            (Some(rate), _) if rate.0 <= 0.0 => {
+                problems.push(("rollback.max_error_rate".into(), "must be above 0%".into()))
+            }
+            _ => {}
+        }
+        if rb.max_p99.is_some_and(|d| d.0 < Duration::from_millis(1)) {
+            problems.push(("rollback.max_p99".into(), "must be at least 1ms".into()));
         }
         if rb.window.0 < Duration::from_secs(1) {
             problems.push(("rollback.window".into(), "must be at least 1s".into()));
@@ -165,19 +206,7 @@ impl Split {
             return Err(problem);
         }
         let side = |name: &str, cfg: &crate::config::SplitSideConfig| {
-            let upstream = upstreams.get(&cfg.upstream).cloned().ok_or_else(|| {
-                (
-                    format!("{name}.upstream"),
-                    format!("unknown upstream {:?}", cfg.upstream),
-                )
-            })?;
-            let rewrite = cfg
-                .rewrite
-                .as_ref()
-                .map(Rewrite::build)
-                .transpose()
-                .map_err(|e| (format!("{name}.rewrite"), e))?;
-            Ok::<_, (String, String)>(SplitSide { upstream, rewrite })
+            SplitSide::build(name, &cfg.upstream, cfg.rewrite.as_ref(), upstreams)
         };
         let stable = side("stable", &config.stable)?;
         let canary = side("canary", &config.canary)?;
@@ -213,7 +242,8 @@ impl Split {
             force_stable: config.force_stable.as_ref().map(Force::build).transpose()?,
             side_header: config.side_header,
             rule: config.rollback.as_ref().map(|r| RollbackRule {
-                max_error_rate: r.max_error_rate.0 / 100.0,
+                max_error_rate: r.max_error_rate.map(|p| p.0 / 100.0),
+                max_p99: r.max_p99.map(|d| d.0),
                 min_requests: u64::from(r.min_requests),
             }),
             state,
@@ -283,12 +313,18 @@ impl Split {
         }
     }
 
-    /// Feeds the outcome of a canary request into the window and rolls back when the
-    /// rule is met. A failure is a 5xx answer or a gateway 5xx (connection failure,
-    /// timeout, invalid response, no endpoint); client-side refusals (400, 413) are not
-    /// the canary's fault and are not counted. `outcome` is the status of the upstream's
-    /// answer, or the status of the gateway's own error when there was none.
-    pub fn record(&self, side: Side, outcome: Result<StatusCode, StatusCode>) {
+    /// Feeds the outcome of a request into the side's latency histogram and, for the
+    /// canary, into the window, and rolls back when a limit of the rule is met. A failure
+    /// is a 5xx answer or a gateway 5xx (connection failure, timeout, invalid response,
+    /// no endpoint); client-side refusals (400, 413) are not the canary's fault and are
+    /// not counted. `outcome` is the status of the upstream's answer, or the status of
+    /// the gateway's own error when there was none; `latency` is the time to the answer's
+    /// head (only answers have one).
+    pub fn record(&self, side: Side, outcome: Result<StatusCode, StatusCode>, latency: Duration) {
+        let answered = outcome.is_ok();
+        if answered {
+            self.state.observe_latency(side, latency);
+        }
         if side != Side::Canary {
             return;
         }
@@ -297,24 +333,48 @@ impl Split {
             Err(status) if status.is_server_error() => true,
             Err(_) => return,
         };
-        let window = self.state.record_canary(error);
+        let window = self.state.record_canary(error, answered.then_some(latency));
         let Some(rule) = self.rule else {
             return;
         };
         if self.state.rolled_back() {
             return;
         }
-        let tally = window.tally();
-        if tally.total >= rule.min_requests && tally.error_rate() >= rule.max_error_rate {
-            self.state.roll_back(format!(
-                "canary error rate {:.1}% ({} of {} requests in the last {}s) reached max_error_rate {}%",
-                tally.error_rate() * 100.0,
-                tally.errors,
-                tally.total,
-                window.span.as_secs_f64(),
-                (rule.max_error_rate * 100_000.0).round() / 1000.0,
-            ));
+        if let Some((reason, text)) = rule.tripped(&window) {
+            self.state.roll_back(reason, text);
         }
+    }
+}
+
+impl RollbackRule {
+    /// The limit the window's figures reach, if any, and why in words (error rate first:
+    /// a failing canary is also often slow).
+    fn tripped(&self, window: &state::CanaryWindow) -> Option<(RollbackReason, String)> {
+        let seconds = window.span.as_secs_f64();
+        let tally = window.tally();
+        if let Some(max) = self.max_error_rate {
+            if tally.total >= self.min_requests && tally.error_rate() >= max {
+                return Some((RollbackReason::ErrorRate, format!(
+                    "canary error rate {:.1}% ({} of {} requests in the last {seconds}s) reached max_error_rate {}%",
+                    tally.error_rate() * 100.0,
+                    tally.errors,
+                    tally.total,
+                    (max * 100_000.0).round() / 1000.0,
+                )));
+            }
+        }
+        let max = self.max_p99?;
+        let latency = window.latency();
+        let p99 = latency.p99?;
+        if latency.samples >= self.min_requests && p99 > max {
+            return Some((RollbackReason::Latency, format!(
+                "canary p99 latency {:.0}ms ({} answers in the last {seconds}s) is above max_p99 {}ms",
+                p99.as_secs_f64() * 1000.0,
+                latency.samples,
+                max.as_millis(),
+            )));
+        }
+        None
     }
 }
 

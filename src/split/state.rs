@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use prometheus::{Gauge, IntCounter};
+use prometheus::{Gauge, Histogram, IntCounter};
 use tokio::sync::Notify;
 
 use super::ramp::{self, RampPlan};
-use crate::window::Window;
+use crate::window::{Window, LATENCY_CLASSES};
 
 /// Buckets of the canary's outcome window.
 const BUCKETS: usize = 20;
-pub type CanaryWindow = Window<BUCKETS>;
+pub type CanaryWindow = Window<BUCKETS, LATENCY_CLASSES>;
 use super::Side;
 use crate::observe::access_log::rfc3339_now;
 use crate::observe::Metrics;
@@ -37,11 +37,36 @@ struct SplitMetrics {
     requests: [IntCounter; 2],
     percent: Gauge,
     rollbacks: IntCounter,
+    /// By `RollbackReason as usize`.
+    rollbacks_by_rule: [IntCounter; 2],
+    /// Time to the response head, by side.
+    duration: [Histogram; 2],
+}
+
+/// Which rule took the canary out of traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackReason {
+    ErrorRate,
+    Latency,
+}
+
+impl RollbackReason {
+    pub const ALL: [RollbackReason; 2] = [RollbackReason::ErrorRate, RollbackReason::Latency];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RollbackReason::ErrorRate => "error_rate",
+            RollbackReason::Latency => "latency",
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RollbackInfo {
+    /// What was measured against which limit, in words.
     pub reason: String,
+    pub rule: RollbackReason,
     pub at: String,
 }
 
@@ -104,6 +129,16 @@ impl SplitState {
             }),
             percent: metrics.split_percent.with_label_values(&[route]),
             rollbacks: metrics.split_rollbacks.with_label_values(&[route]),
+            rollbacks_by_rule: RollbackReason::ALL.map(|rule| {
+                metrics
+                    .split_rollbacks_by_reason
+                    .with_label_values(&[route, rule.label()])
+            }),
+            duration: sides.map(|s| {
+                metrics
+                    .split_duration
+                    .with_label_values(&[route, s.label()])
+            }),
         };
         handles.percent.set(percent_of(start));
         let state = SplitState {
@@ -185,11 +220,24 @@ impl SplitState {
         self.window.load_full()
     }
 
-    /// Records one canary outcome; returns the window so the caller can judge it.
-    pub fn record_canary(&self, error: bool) -> arc_swap::Guard<Arc<CanaryWindow>> {
+    /// Records one canary outcome (with the time to its response head when there was
+    /// one); returns the window so the caller can judge it.
+    pub fn record_canary(
+        &self,
+        error: bool,
+        latency: Option<Duration>,
+    ) -> arc_swap::Guard<Arc<CanaryWindow>> {
         let window = self.window.load();
-        window.record(error);
+        match latency {
+            Some(latency) => window.record_with_latency(error, latency),
+            None => window.record(error),
+        }
         window
+    }
+
+    /// Feeds `portico_split_request_duration_seconds`.
+    pub fn observe_latency(&self, side: Side, latency: Duration) {
+        self.metrics.duration[side as usize].observe(latency.as_secs_f64());
     }
 
     fn log_change(&self, book: &mut Book, bp: u32, cause: &str) {
@@ -206,17 +254,19 @@ impl SplitState {
     }
 
     /// Takes the canary out of traffic at once. Stays so until an operator acts.
-    pub fn roll_back(&self, reason: String) {
+    pub fn roll_back(&self, rule: RollbackReason, reason: String) {
         let mut book = self.book();
         if self.rolled_back.swap(true, Ordering::AcqRel) {
             return;
         }
         self.percent.store(0, Ordering::Release);
-        tracing::warn!(route = %self.route, %reason, "split rolled back: canary taken out of traffic");
+        tracing::warn!(route = %self.route, rule = rule.label(), %reason, "split rolled back: canary taken out of traffic");
         self.metrics.rollbacks.inc();
+        self.metrics.rollbacks_by_rule[rule as usize].inc();
         self.log_change(&mut book, 0, &format!("rollback: {reason}"));
         book.rollback = Some(RollbackInfo {
             reason,
+            rule,
             at: rfc3339_now(),
         });
         drop(book);
@@ -364,8 +414,8 @@ mod tests {
         let metrics = Metrics::new();
         let state = SplitState::new("r", 2500, Duration::from_secs(10), &metrics);
         state.configure(2500, Duration::from_secs(10), Some(plan(20)));
-        state.roll_back("test".into());
-        state.roll_back("again".into());
+        state.roll_back(RollbackReason::Latency, "test".into());
+        state.roll_back(RollbackReason::ErrorRate, "again".into());
         assert!(state.rolled_back());
         assert_eq!(state.percent(), 0);
         assert_eq!(state.rollback_info().map(|r| r.reason), Some("test".into()));
@@ -380,6 +430,18 @@ mod tests {
         let rendered = metrics.render();
         assert!(
             rendered.contains("portico_split_rollbacks_total{route=\"r\"} 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "portico_split_rollbacks_by_reason_total{reason=\"latency\",route=\"r\"} 1"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "portico_split_rollbacks_by_reason_total{reason=\"error_rate\",route=\"r\"} 0"
+            ),
             "{rendered}"
         );
     }

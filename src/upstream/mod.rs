@@ -17,7 +17,7 @@ pub mod health;
 pub mod limit;
 pub mod outlier;
 pub mod proxy;
-mod replay;
+pub mod replay;
 pub mod retry;
 pub mod tls;
 pub mod validate;

@@ -2,6 +2,9 @@
 //! first try as it arrives (a streaming gRPC call waits for answers before it sends
 //! more, so it cannot be read whole first), and a copy of its chunks is kept, up to
 //! `max_body`. A retry sends the copy when the body had ended within that size.
+//!
+//! The mirror copies bodies the same way (a request body for its copy, the primary's
+//! response body for the comparison) and waits for `ended` to learn the outcome.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,18 @@ use crate::wire::body::{Body, BoxError};
 #[derive(Debug, Default)]
 pub struct Copy {
     state: Mutex<Copied>,
+    /// Told once the copy is whole or lost.
+    settled: tokio::sync::Notify,
+}
+
+/// How a copy turned out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Whole(Bytes),
+    /// The body went above `max`.
+    TooLarge,
+    /// It failed, carried trailers, or was dropped before its end.
+    Lost,
 }
 
 #[derive(Debug, Default)]
@@ -24,8 +39,9 @@ struct Copied {
     size: u64,
     /// The body ended and every byte of it is here.
     whole: bool,
-    /// Too large, failed, or carried trailers: it cannot be sent again.
+    /// Too large, failed, carried trailers or dropped unfinished: it cannot be sent again.
     lost: bool,
+    too_large: bool,
 }
 
 impl Copy {
@@ -40,11 +56,45 @@ impl Copy {
         if !c.whole || c.lost {
             return None;
         }
-        let mut out = BytesMut::with_capacity(c.size as usize);
-        for chunk in &c.chunks {
-            out.extend_from_slice(chunk);
+        Some(c.joined())
+    }
+
+    /// Waits until the body has ended or the copy is lost (the body is dropped at the
+    /// latest, which settles it).
+    pub async fn ended(&self) -> Ended {
+        loop {
+            {
+                let c = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if c.too_large {
+                    return Ended::TooLarge;
+                }
+                if c.lost {
+                    return Ended::Lost;
+                }
+                if c.whole {
+                    return Ended::Whole(c.joined());
+                }
+            }
+            // A permit is stored when nobody waits yet, so a settle between the check
+            // and this wait is not missed.
+            self.settled.notified().await;
         }
-        Some(out.freeze())
+    }
+}
+
+impl Copied {
+    fn joined(&self) -> Bytes {
+        match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut out = BytesMut::with_capacity(self.size as usize);
+                for chunk in many {
+                    out.extend_from_slice(chunk);
+                }
+                out.freeze()
+            }
+        }
     }
 }
 
@@ -79,7 +129,7 @@ impl HttpBody for Copying {
             return polled;
         };
         let mut c = this.copy.state.lock().unwrap_or_else(|p| p.into_inner());
-        if c.lost {
+        if c.lost || c.whole {
             return polled;
         }
         match result {
@@ -87,8 +137,14 @@ impl HttpBody for Copying {
                 Some(data) if c.size + data.len() as u64 <= this.max => {
                     c.size += data.len() as u64;
                     c.chunks.push(data.clone());
+                    return polled;
                 }
-                _ => {
+                Some(_) => {
+                    c.too_large = true;
+                    c.lost = true;
+                    c.chunks = Vec::new();
+                }
+                None => {
                     c.lost = true;
                     c.chunks = Vec::new();
                 }
@@ -97,6 +153,7 @@ impl HttpBody for Copying {
             None => c.whole = true,
         }
         drop(c);
+        this.copy.settled.notify_one();
         polled
     }
 
@@ -112,11 +169,19 @@ impl HttpBody for Copying {
 impl Drop for Copying {
     fn drop(&mut self) {
         // A body dropped after its last frame but before the poll that says so is whole
-        // only if hyper saw its end: is_end_stream tells.
-        if self.inner.is_end_stream() {
-            let mut c = self.copy.state.lock().unwrap_or_else(|p| p.into_inner());
-            c.whole = true;
+        // only if hyper saw its end: is_end_stream tells. Otherwise it never will be.
+        let mut c = self.copy.state.lock().unwrap_or_else(|p| p.into_inner());
+        if c.whole || c.lost {
+            return;
         }
+        if self.inner.is_end_stream() {
+            c.whole = true;
+        } else {
+            c.lost = true;
+            c.chunks = Vec::new();
+        }
+        drop(c);
+        self.copy.settled.notify_one();
     }
 }
 
@@ -132,6 +197,7 @@ mod tests {
         let sent = body.collect().await.unwrap().to_bytes();
         assert_eq!(sent, "hello world");
         assert_eq!(copy.whole().unwrap(), "hello world");
+        assert_eq!(copy.ended().await, Ended::Whole(Bytes::from("hello world")));
     }
 
     #[tokio::test]
@@ -140,6 +206,19 @@ mod tests {
         let sent = body.collect().await.unwrap().to_bytes();
         assert_eq!(sent, "hello world", "the first try gets all of it");
         assert!(copy.whole().is_none());
+        assert_eq!(copy.ended().await, Ended::TooLarge);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_never_polled_is_whole_once_dropped() {
+        let (body, copy) = copying(Body::empty(), 5);
+        let waiter = tokio::spawn({
+            let copy = copy.clone();
+            async move { copy.ended().await }
+        });
+        tokio::task::yield_now().await;
+        drop(body);
+        assert_eq!(waiter.await.unwrap(), Ended::Whole(Bytes::new()));
     }
 
     #[tokio::test]
@@ -155,6 +234,7 @@ mod tests {
         assert_eq!(first.into_data().unwrap(), "part");
         drop(body);
         assert!(!copy.is_whole());
+        assert_eq!(copy.ended().await, Ended::Lost);
     }
 
     fn tokio_stream_like(
