@@ -137,6 +137,11 @@ impl Gateway {
             certs.clone(),
         ));
         control.runtime.load().activate();
+        // A replica in a cluster serves with the shared split state, not the file's.
+        let serving = control.runtime.load_full();
+        serving
+            .shared_ready(std::time::Duration::from_secs(1))
+            .await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections));
 

@@ -317,3 +317,133 @@ fn scope_cluster_needs_cluster_redis() {
         "cluster.redis.url",
     );
 }
+
+fn split_config(redis_url: &str, stable: &Backend, canary: &Backend) -> String {
+    format!(
+        r#"
+server: {{ listen: 127.0.0.1:0, access_log: false }}
+admin: {{ listen: 127.0.0.1:0 }}
+cluster:
+  redis: {{ url: "{redis_url}", timeout: 200ms, key_prefix: "s:" }}
+upstreams:
+  monolith: {{ targets: ["{}"] }}
+  orders: {{ targets: ["{}"] }}
+routes:
+  - name: orders
+    match: {{ path_prefix: / }}
+    split:
+      stable: {{ upstream: monolith }}
+      canary: {{ upstream: orders }}
+      percent: 50
+      side_header: true
+      rollback: {{ max_error_rate: 50%, window: 30s, min_requests: 5 }}
+"#,
+        stable.address(),
+        canary.address()
+    )
+}
+
+async fn split_view(client: &Client, admin: SocketAddr) -> serde_json::Value {
+    client.get(admin, "/splits").await.json()["splits"]["orders"].clone()
+}
+
+async fn sides(client: &Client, addr: SocketAddr, n: usize) -> (usize, usize) {
+    let mut canary = 0;
+    for _ in 0..n {
+        let r = client.get(addr, "/x").await;
+        if r.header("x-portico-split") == Some("canary") {
+            canary += 1;
+        }
+    }
+    (n - canary, canary)
+}
+
+#[tokio::test]
+async fn replicas_share_a_split_rollback_a_restart_and_an_operator_change() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start();
+    let stable = Backend::start("monolith").await;
+    let canary = Backend::start("orders").await;
+    let yaml = split_config(&redis.url(), &stable, &canary);
+    let (g1, _f1) = gateway(&yaml).await;
+    let (g2, _f2) = gateway(&yaml).await;
+    let (g3, _f3) = gateway(&yaml).await;
+    let client = Client::new();
+    let admins: Vec<SocketAddr> = [&g1, &g2, &g3]
+        .iter()
+        .map(|g| g.admin_addr.expect("admin"))
+        .collect();
+    for admin in &admins {
+        wait_until_up(&client, *admin).await;
+    }
+    let shared = split_view(&client, admins[0]).await;
+    assert!(shared["shared"]["version"].as_u64() >= Some(1), "{shared}");
+
+    // Only replica 1 sees the failing canary (every answer is a 500 on /status/500).
+    let mut sent = 0;
+    while split_view(&client, admins[0]).await["state"] != "rolled_back" && sent < 400 {
+        client.get(g1.http_addr, "/status/500").await;
+        sent += 1;
+    }
+    let first = split_view(&client, admins[0]).await;
+    assert_eq!(first["state"], "rolled_back", "{first}");
+    let event = first["rolled_back"].clone();
+    assert!(
+        event["by"].is_string(),
+        "the event names its replica: {event}"
+    );
+
+    // Within 2 s every replica holds the same rolled-back state and the same event.
+    for admin in &admins[1..] {
+        let same = eventually(Duration::from_secs(2), || async {
+            let v = split_view(&client, *admin).await;
+            v["state"] == "rolled_back" && v["rolled_back"] == event
+        })
+        .await;
+        assert!(same, "{}", split_view(&client, *admin).await);
+    }
+    for g in [&g2, &g3] {
+        assert_eq!(
+            sides(&client, g.http_addr, 20).await,
+            (20, 0),
+            "canary traffic after the rollback"
+        );
+    }
+
+    // A restarted replica comes back rolled back, before its first request.
+    let admin3 = admins[2];
+    g2.shutdown().await;
+    let (g2, _f2b) = gateway(&yaml).await;
+    let admin2 = g2.admin_addr.expect("admin");
+    let restarted = split_view(&client, admin2).await;
+    assert_eq!(restarted["state"], "rolled_back", "{restarted}");
+    assert_eq!(sides(&client, g2.http_addr, 20).await, (20, 0));
+
+    // An operator's change on replica 2 holds on 1 and 3 within 1 s.
+    let put = client
+        .send(
+            http::Request::put(format!("http://{admin2}/splits/orders"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"{\"percent\": 20}",
+                )))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    for admin in [admins[0], admin3] {
+        let seen = eventually(Duration::from_secs(1), || async {
+            let v = split_view(&client, admin).await;
+            v["percent"] == 20.0 && v["state"] != "rolled_back"
+        })
+        .await;
+        assert!(seen, "{}", split_view(&client, admin).await);
+    }
+    let view = split_view(&client, admins[0]).await;
+    assert!(view["shared"]["last_writer"].is_string());
+    for g in [g1, g2, g3] {
+        g.shutdown().await;
+    }
+}

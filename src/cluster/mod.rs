@@ -30,15 +30,17 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 pub enum Op {
     RateLimit = 0,
     Ping = 1,
+    Split = 2,
 }
 
 impl Op {
-    const ALL: [Op; 2] = [Op::RateLimit, Op::Ping];
+    const ALL: [Op; 3] = [Op::RateLimit, Op::Ping, Op::Split];
 
     fn label(self) -> &'static str {
         match self {
             Op::RateLimit => "ratelimit",
             Op::Ping => "ping",
+            Op::Split => "split",
         }
     }
 }
@@ -72,6 +74,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub on_error: OnRedisError,
     pub key_prefix: String,
+    /// This replica in shared records (`host:pid:random`).
+    pub replica: Arc<str>,
     timeout: Duration,
     connection: Connection,
     up: AtomicBool,
@@ -215,6 +219,7 @@ impl Cluster {
             config: config.clone(),
             on_error: config.on_redis_error,
             key_prefix: config.redis.key_prefix.clone(),
+            replica: replica_id(),
             timeout,
             connection,
             up: AtomicBool::new(false),
@@ -261,6 +266,29 @@ impl Cluster {
                 Some(conn) => {
                     let mut conn = (*conn).clone();
                     tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+                }
+                None => return Err(self.failed(op, ClusterError::NotConnected)),
+            },
+        };
+        self.finish(op, started, outcome)
+    }
+
+    /// Runs one command within the timeout.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: Op,
+        cmd: &redis::Cmd,
+    ) -> Result<T, ClusterError> {
+        let started = Instant::now();
+        let outcome = match &self.connection {
+            Connection::Single(manager) => {
+                let mut conn = manager.clone();
+                tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await
+            }
+            Connection::Cluster(conn, _) => match conn.load_full() {
+                Some(conn) => {
+                    let mut conn = (*conn).clone();
+                    tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await
                 }
                 None => return Err(self.failed(op, ClusterError::NotConnected)),
             },
@@ -365,6 +393,16 @@ fn describe(e: &redis::RedisError) -> String {
         Some(code) => format!("{code}: {}", e.detail().unwrap_or("")),
         None => format!("{:?}", e.kind()),
     }
+}
+
+/// `host:pid:random`, unique per process and per `Cluster` (tests run several gateways
+/// in one process).
+fn replica_id() -> Arc<str> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "portico".into());
+    let tag: u16 = rand::random();
+    Arc::from(format!("{host}:{}:{tag:04x}", std::process::id()))
 }
 
 async fn health(cluster: Weak<Cluster>) {

@@ -231,6 +231,14 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Waits (at most `within` per split) until every split read the shared state, so a
+    /// replica that starts serves with it (a rolled-back split stays rolled back).
+    pub async fn shared_ready(&self, within: std::time::Duration) {
+        for split in self.splits.values() {
+            split.state.first_sync(within).await;
+        }
+    }
+
     /// Starts what a Runtime runs once it is in service, after the swap: the background
     /// tasks of upstreams built for it, and the splits' new settings (percent, window,
     /// ramp) on state that may be carried over from the Runtime it replaced. Building
@@ -250,6 +258,7 @@ impl Runtime {
         }
         for split in self.splits.values() {
             split.activate();
+            split.state.share_through(self.cluster.as_ref());
         }
     }
 }

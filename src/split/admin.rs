@@ -137,6 +137,11 @@ pub fn view(split: &Split) -> Value {
             "next_step": next_step.map(percent_of),
         })),
         "start_percent": percent_of(state.start()),
+        "shared": state.shared_view().map(|(version, writer, replica)| json!({
+            "version": version,
+            "last_writer": writer,
+            "replica": &*replica,
+        })),
         "history": state.history(),
     })
 }

@@ -11,6 +11,7 @@
 pub mod admin;
 mod key;
 mod ramp;
+mod shared;
 mod state;
 
 use std::collections::BTreeMap;

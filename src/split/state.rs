@@ -68,6 +68,9 @@ pub struct RollbackInfo {
     pub reason: String,
     pub rule: RollbackReason,
     pub at: String,
+    /// The replica that rolled back, when the state is shared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -78,26 +81,28 @@ pub struct Change {
 }
 
 /// Values set from the config on every build (the plan), and the record of changes.
-struct Book {
+pub(super) struct Book {
     start: u32,
     ramp: Option<RampPlan>,
     last_change: Instant,
-    rollback: Option<RollbackInfo>,
+    pub(super) rollback: Option<RollbackInfo>,
     history: VecDeque<Change>,
 }
 
 pub struct SplitState {
     pub route: String,
     /// Canary share in basis points (0..=10000).
-    percent: AtomicU32,
-    paused: AtomicBool,
-    rolled_back: AtomicBool,
+    pub(super) percent: AtomicU32,
+    pub(super) paused: AtomicBool,
+    pub(super) rolled_back: AtomicBool,
     requests: [AtomicU64; 2],
     window: ArcSwap<CanaryWindow>,
     book: Mutex<Book>,
-    wake: Arc<Notify>,
+    pub(super) wake: Arc<Notify>,
     ramp_task: Mutex<Option<AbortOnDrop>>,
     metrics: SplitMetrics,
+    /// With `cluster:`: the link to the shared hash (split/shared.rs).
+    pub(super) shared: super::shared::Slot,
 }
 
 impl std::fmt::Debug for SplitState {
@@ -158,12 +163,13 @@ impl SplitState {
             wake: Arc::new(Notify::new()),
             ramp_task: Mutex::new(None),
             metrics: handles,
+            shared: super::shared::Slot::default(),
         };
         state.log_change(&mut state.book(), start, "config");
         Arc::new(state)
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
+    pub(super) fn book(&self) -> MutexGuard<'_, Book> {
         // A panic while holding the lock leaves plain data behind; keep going with it.
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -240,7 +246,7 @@ impl SplitState {
         self.metrics.duration[side as usize].observe(latency.as_secs_f64());
     }
 
-    fn log_change(&self, book: &mut Book, bp: u32, cause: &str) {
+    pub(super) fn log_change(&self, book: &mut Book, bp: u32, cause: &str) {
         if book.history.len() == HISTORY {
             book.history.pop_front();
         }
@@ -268,9 +274,11 @@ impl SplitState {
             reason,
             rule,
             at: rfc3339_now(),
+            by: self.replica(),
         });
         drop(book);
         self.wake.notify_one();
+        self.push(super::shared::Write::Rollback);
     }
 
     /// `PUT {"percent": N}`: also ends a rollback, with a fresh window so the errors that
@@ -286,6 +294,7 @@ impl SplitState {
         self.log_change(&mut book, bp, "admin");
         drop(book);
         self.wake.notify_one();
+        self.push(super::shared::Write::Set);
     }
 
     /// `PUT {"paused": bool}`: holds (or resumes) the ramp; traffic keeps its split.
@@ -305,6 +314,7 @@ impl SplitState {
         );
         drop(book);
         self.wake.notify_one();
+        self.push(super::shared::Write::Set);
     }
 
     /// `PUT {"reset": true}`: back to the config's starting point, ramp from its start.
@@ -320,9 +330,10 @@ impl SplitState {
         self.log_change(&mut book, start, "admin: reset");
         drop(book);
         self.wake.notify_one();
+        self.push(super::shared::Write::Set);
     }
 
-    fn fresh_window(&self) {
+    pub(super) fn fresh_window(&self) {
         let span = self.window.load().span;
         self.window.store(Arc::new(CanaryWindow::new(span)));
     }
@@ -349,6 +360,8 @@ impl SplitState {
         self.percent.store(next, Ordering::Release);
         tracing::info!(route = %self.route, percent = percent_of(next), "split ramp step");
         self.log_change(&mut book, next, "ramp");
+        drop(book);
+        self.push(super::shared::Write::Set);
     }
 
     pub fn rollback_info(&self) -> Option<RollbackInfo> {
