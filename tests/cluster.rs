@@ -447,3 +447,49 @@ async fn replicas_share_a_split_rollback_a_restart_and_an_operator_change() {
         g.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn the_rollback_rule_judges_the_outcomes_of_all_replicas() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start();
+    let stable = Backend::start("monolith").await;
+    let canary = Backend::start("orders").await;
+    // Each replica sees 6 failing canary answers: fewer than min_requests on its own,
+    // 18 together.
+    let yaml = split_config(&redis.url(), &stable, &canary)
+        .replace("percent: 50", "percent: 100")
+        .replace("min_requests: 5", "min_requests: 15");
+    let (g1, _f1) = gateway(&yaml).await;
+    let (g2, _f2) = gateway(&yaml).await;
+    let (g3, _f3) = gateway(&yaml).await;
+    let client = Client::new();
+    let admins: Vec<SocketAddr> = [&g1, &g2, &g3]
+        .iter()
+        .map(|g| g.admin_addr.expect("admin"))
+        .collect();
+    for admin in &admins {
+        wait_until_up(&client, *admin).await;
+    }
+    for g in [&g1, &g2, &g3] {
+        for _ in 0..6 {
+            assert_eq!(client.get(g.http_addr, "/status/500").await.status, 500);
+        }
+    }
+    let rolled_back = eventually(Duration::from_secs(3), || async {
+        let mut all = true;
+        for admin in &admins {
+            all &= split_view(&client, *admin).await["state"] == "rolled_back";
+        }
+        all
+    })
+    .await;
+    let view = split_view(&client, admins[0]).await;
+    assert!(rolled_back, "{view}");
+    let reason = view["rolled_back"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("over all replicas"), "{reason}");
+    for g in [g1, g2, g3] {
+        g.shutdown().await;
+    }
+}

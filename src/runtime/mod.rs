@@ -259,6 +259,7 @@ impl Runtime {
         for split in self.splits.values() {
             split.activate();
             split.state.share_through(self.cluster.as_ref());
+            split.state.share_rule(split.shared_rule());
         }
     }
 }

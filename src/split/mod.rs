@@ -347,6 +347,19 @@ impl Split {
     }
 }
 
+impl Split {
+    /// The error-rate rule judged over all replicas' outcomes when state is shared (the
+    /// latency rule is judged by each replica on its own answers).
+    pub fn shared_rule(&self) -> Option<shared::SharedRule> {
+        let rule = self.rule?;
+        Some(shared::SharedRule {
+            max_error_rate: rule.max_error_rate?,
+            min_requests: rule.min_requests,
+            window: self.state.window().span,
+        })
+    }
+}
+
 impl RollbackRule {
     /// The limit the window's figures reach, if any, and why in words (error rate first:
     /// a failing canary is also often slow).

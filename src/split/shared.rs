@@ -30,12 +30,50 @@ pub const POLL: Duration = Duration::from_millis(400);
 const WRITE: &str = r#"
 if ARGV[1] == 'init' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if ARGV[1] == 'rollback' and redis.call('HGET', KEYS[1], 'rolled_back') == '1' then return -1 end
+-- An operator lifting a rollback starts the shared window afresh: the errors that caused
+-- it must not trip it again.
+if ARGV[5] == '0' and redis.call('HGET', KEYS[1], 'rolled_back') == '1' then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[1], 'percent', ARGV[3], 'paused', ARGV[4], 'rolled_back', ARGV[5],
   'rule', ARGV[6], 'reason', ARGV[7], 'at', ARGV[8], 'writer', ARGV[2])
 return redis.call('HINCRBY', KEYS[1], 'version', 1)
 "#;
 
 static WRITE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE));
+
+/// The canary's outcomes from every replica: adds this replica's counts since its last
+/// flush to the current second (Redis's clock), drops seconds older than the window, and
+/// returns {total, errors} over the window. ARGV: window seconds, total, errors.
+const WINDOW: &str = r#"
+local now = tonumber(redis.call('TIME')[1])
+local span = tonumber(ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HINCRBY', KEYS[1], now .. ':t', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], now .. ':e', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], span + 5)
+end
+local all = redis.call('HGETALL', KEYS[1])
+local total, errors = 0, 0
+for i = 1, #all, 2 do
+  local sec, kind = string.match(all[i], '^(%d+):(%a)$')
+  sec = tonumber(sec)
+  if sec and now - sec < span then
+    if kind == 't' then total = total + tonumber(all[i + 1]) else errors = errors + tonumber(all[i + 1]) end
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return {total, errors}
+"#;
+
+static WINDOW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WINDOW));
+
+/// The error-rate part of a split's rollback rule, judged over all replicas.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedRule {
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+    pub window: Duration,
+}
 
 /// A replica's view of the shared hash.
 #[derive(Clone, Debug, Default)]
@@ -95,6 +133,8 @@ impl Write {
 pub struct Link {
     pub cluster: Arc<Cluster>,
     pub key: String,
+    /// The shared outcome window (same hash tag, same Redis Cluster slot).
+    pub window_key: String,
     pub replica: Arc<str>,
 }
 
@@ -103,6 +143,7 @@ impl Link {
         Link {
             cluster: cluster.clone(),
             key: format!("{}split:{{{route}}}", cluster.key_prefix),
+            window_key: format!("{}split:{{{route}}}:w", cluster.key_prefix),
             replica: cluster.replica.clone(),
         }
     }
@@ -124,6 +165,7 @@ impl Link {
         let mut invocation = WRITE_SCRIPT.prepare_invoke();
         invocation
             .key(&self.key)
+            .key(&self.window_key)
             .arg(kind.mode())
             .arg(&*self.replica)
             .arg(snapshot.percent)
@@ -134,6 +176,24 @@ impl Link {
             .arg(rollback.map_or("", |r| r.at.as_str()));
         let version: i64 = self.cluster.invoke(Op::Split, &invocation).await?;
         Ok(u64::try_from(version).ok())
+    }
+}
+
+impl Link {
+    /// Adds `total`/`errors` to the shared window; the window's figures over all replicas.
+    pub async fn add_outcomes(
+        &self,
+        span: Duration,
+        total: u64,
+        errors: u64,
+    ) -> Result<(u64, u64), crate::cluster::ClusterError> {
+        let mut invocation = WINDOW_SCRIPT.prepare_invoke();
+        invocation
+            .key(&self.window_key)
+            .arg(span.as_secs().max(1))
+            .arg(total)
+            .arg(errors);
+        self.cluster.invoke(Op::Split, &invocation).await
     }
 }
 
@@ -161,6 +221,10 @@ pub struct Slot {
     first: tokio::sync::Notify,
     /// The replica that wrote the version last applied.
     writer: Arc<std::sync::Mutex<String>>,
+    /// Canary outcomes seen here since the last flush to the shared window.
+    pending_total: AtomicU64,
+    pending_errors: AtomicU64,
+    rule: std::sync::Mutex<Option<SharedRule>>,
 }
 
 impl Drop for Slot {
@@ -193,6 +257,59 @@ impl SplitState {
         if cluster.is_some() {
             self.shared.synced.store(false, Ordering::Release);
             *task = Some(tokio::spawn(follow(Arc::downgrade(self))));
+        }
+    }
+
+    /// The rule judged over all replicas' outcomes (set on every activation).
+    pub fn share_rule(&self, rule: Option<SharedRule>) {
+        if let Ok(mut r) = self.shared.rule.lock() {
+            *r = rule;
+        }
+    }
+
+    /// Counts a canary outcome for the shared window (a no-op without `cluster:`).
+    pub(super) fn share_outcome(&self, error: bool) {
+        if self.shared.link.load().is_none() {
+            return;
+        }
+        self.shared.pending_total.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.shared.pending_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds what this replica saw to the shared window and rolls back when the figures
+    /// of all replicas together meet the rule.
+    async fn judge(&self, link: &Link) {
+        let Some(rule) = self.shared.rule.lock().ok().and_then(|r| *r) else {
+            return;
+        };
+        let total = self.shared.pending_total.swap(0, Ordering::AcqRel);
+        let errors = self.shared.pending_errors.swap(0, Ordering::AcqRel);
+        let Ok((all, failed)) = link.add_outcomes(rule.window, total, errors).await else {
+            // Not counted anywhere else: put them back for the next flush.
+            self.shared
+                .pending_total
+                .fetch_add(total, Ordering::Relaxed);
+            self.shared
+                .pending_errors
+                .fetch_add(errors, Ordering::Relaxed);
+            return;
+        };
+        if self.rolled_back() || all < rule.min_requests || all == 0 {
+            return;
+        }
+        let rate = failed as f64 / all as f64;
+        if rate >= rule.max_error_rate {
+            self.roll_back(
+                RollbackReason::ErrorRate,
+                format!(
+                    "canary error rate {:.1}% ({failed} of {all} requests over all replicas in the last {}s) reached max_error_rate {}%",
+                    rate * 100.0,
+                    rule.window.as_secs(),
+                    (rule.max_error_rate * 100_000.0).round() / 1000.0,
+                ),
+            );
         }
     }
 
@@ -279,6 +396,7 @@ impl SplitState {
         let Some(link) = self.shared.link.load_full() else {
             return;
         };
+        self.judge(&link).await;
         match link.read().await {
             Ok(Some(remote)) => {
                 if remote.version > self.shared.applied.load(Ordering::Acquire) {

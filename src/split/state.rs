@@ -233,6 +233,7 @@ impl SplitState {
         error: bool,
         latency: Option<Duration>,
     ) -> arc_swap::Guard<Arc<CanaryWindow>> {
+        self.share_outcome(error);
         let window = self.window.load();
         match latency {
             Some(latency) => window.record_with_latency(error, latency),
