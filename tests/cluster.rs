@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::redis_server::{missing, Redis, RedisCluster};
+use support::redis_server::{free_port, missing, Redis, RedisCluster, TlsFiles};
 use support::{eventually, gateway, metric, Backend, Client, Reply};
 
 fn skip() -> bool {
@@ -492,4 +492,67 @@ async fn the_rollback_rule_judges_the_outcomes_of_all_replicas() {
     for g in [g1, g2, g3] {
         g.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_gateway_starts_without_redis_and_uses_it_once_it_is_up() {
+    if skip() {
+        return;
+    }
+    let port = free_port();
+    let backend = Backend::start("b").await;
+    let limit = "{ key: client_ip, limit: 1000, per: 1s, scope: cluster }";
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let (gw, _file) = gateway(&config(&backend, &url, limit, "local")).await;
+    let client = Client::new();
+    let admin = gw.admin_addr.expect("admin");
+    assert_eq!(
+        hit(&client, gw.http_addr).await.status,
+        200,
+        "serves without redis"
+    );
+    let ready = client.get(admin, "/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "degraded");
+    let _redis = Redis::on_port(port);
+    wait_until_up(&client, admin).await;
+    assert_eq!(client.get(admin, "/readyz").await.json()["status"], "ready");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    if skip() {
+        return;
+    }
+    let ca = support::tls::TestCa::new("redis test CA");
+    let leaf = ca.leaf(&["localhost"], false);
+    let redis = Redis::with_tls(TlsFiles {
+        cert: leaf.cert_path(),
+        key: leaf.key_path(),
+        ca: ca.ca_path(),
+    });
+    let backend = Backend::start("b").await;
+    let limit = "{ key: \"header:x-api-key\", limit: 10, per: 1h, burst: 3, scope: cluster }";
+    let yaml = config(&backend, &redis.url(), limit, "deny").replace(
+        "key_prefix: \"t:\" }",
+        &format!("key_prefix: \"t:\", ca_file: \"{}\" }}", ca.ca_path()),
+    );
+    let (gw, _file) = gateway(&yaml).await;
+    let client = Client::new();
+    wait_until_up(&client, gw.admin_addr.expect("admin")).await;
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.push(hit(&client, gw.http_addr).await.status);
+        }
+        out
+    };
+    // deny: a 503 would mean Redis was not reached; the budget of 3 is kept there.
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        redis.cli(&["exists", "t:rl:per-key:v:partner-1"]).trim(),
+        "1"
+    );
+    gw.shutdown().await;
 }

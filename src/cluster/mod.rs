@@ -160,7 +160,35 @@ pub fn check(config: &ClusterConfig) -> Vec<(&'static str, String)> {
     if config.redis.timeout.0.is_zero() {
         problems.push(("redis.timeout", "must be above zero".into()));
     }
+    if let Some(path) = &config.redis.ca_file {
+        if let Err(e) = std::fs::read(path) {
+            problems.push(("redis.ca_file", format!("cannot read {path}: {e}")));
+        }
+    }
     problems
+}
+
+/// The trusted roots of `ca_file`, for a `rediss://` connection.
+fn certificates(
+    config: &crate::config::RedisConfig,
+) -> Result<Option<redis::TlsCertificates>, String> {
+    let Some(path) = &config.ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("redis.ca_file: cannot read {path}: {e}"))?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// A client for one URL, with `ca_file`'s roots when set.
+fn client(url: &str, certs: Option<&redis::TlsCertificates>) -> Result<redis::Client, String> {
+    let made = match certs {
+        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+        None => redis::Client::open(url),
+    };
+    made.map_err(|e| format!("invalid redis URL ({})", e.kind_label()))
 }
 
 trait KindLabel {
@@ -181,10 +209,10 @@ impl Cluster {
             return Err(format!("{field}: {e}"));
         }
         let timeout = config.redis.timeout.0;
+        let certs = certificates(&config.redis)?;
         let connection = match cluster_nodes(&config.redis)? {
             None => {
-                let client = redis::Client::open(config.redis.url.as_str())
-                    .map_err(|e| format!("invalid redis URL ({})", e.kind_label()))?;
+                let client = client(config.redis.url.as_str(), certs.as_ref())?;
                 let settings = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
                     .set_response_timeout(Some(timeout))
@@ -195,9 +223,13 @@ impl Cluster {
                 Connection::Single(manager)
             }
             Some(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                     .connection_timeout(timeout.max(Duration::from_millis(200)))
-                    .response_timeout(timeout)
+                    .response_timeout(timeout);
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                let client = builder
                     .build()
                     .map_err(|e| format!("redis cluster ({})", e.kind_label()))?;
                 Connection::Cluster(ArcSwapOption::empty(), Box::new(client))
@@ -428,6 +460,7 @@ mod tests {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             timeout: crate::config::Duration::from_millis(50),
             key_prefix: "p:".into(),
+            ca_file: None,
         }
     }
 

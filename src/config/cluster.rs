@@ -27,6 +27,9 @@ pub struct RedisConfig {
     pub timeout: Duration,
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
+    /// Trusted roots (PEM) for `rediss://`; default: the system store.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_timeout() -> Duration {

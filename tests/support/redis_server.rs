@@ -35,10 +35,18 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A TLS listener's files: the server's certificate and key, and the CA clients trust.
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
 pub struct Redis {
     pub port: u16,
     password: Option<String>,
     cluster_node: bool,
+    tls: Option<TlsFiles>,
     dir: TempPath,
     child: Option<Child>,
 }
@@ -52,13 +60,33 @@ impl Redis {
         Redis::launch(free_port(), Some(password.to_string()), false)
     }
 
+    /// On a port chosen before (a gateway may be waiting for it already).
+    pub fn on_port(port: u16) -> Redis {
+        Redis::launch(port, None, false)
+    }
+
+    /// TLS only (`rediss://`), with the given certificate.
+    pub fn with_tls(tls: TlsFiles) -> Redis {
+        Redis::build(free_port(), None, false, Some(tls))
+    }
+
     fn launch(port: u16, password: Option<String>, cluster_node: bool) -> Redis {
+        Redis::build(port, password, cluster_node, None)
+    }
+
+    fn build(
+        port: u16,
+        password: Option<String>,
+        cluster_node: bool,
+        tls: Option<TlsFiles>,
+    ) -> Redis {
         let dir = TempPath::new("portico-redis", "d");
         std::fs::create_dir_all(dir.path()).expect("redis dir");
         let mut redis = Redis {
             port,
             password,
             cluster_node,
+            tls,
             dir,
             child: None,
         };
@@ -68,7 +96,14 @@ impl Redis {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        match &self.tls {
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &tls.cert, "--tls-key-file", &tls.key])
+                .args(["--tls-ca-cert-file", &tls.ca, "--tls-auth-clients", "no"]),
+            None => cmd.args(["--port", &self.port.to_string()]),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path());
@@ -96,6 +131,9 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
+        if self.tls.is_some() {
+            return format!("rediss://localhost:{}/0", self.port);
+        }
         match &self.password {
             Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
             None => format!("redis://127.0.0.1:{}/0", self.port),
@@ -120,6 +158,9 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(tls) = &self.tls {
+            cmd.args(["--tls", "--cacert", &tls.ca]);
+        }
         if let Some(pw) = &self.password {
             cmd.args(["-a", pw, "--no-auth-warning"]);
         }
@@ -131,6 +172,9 @@ impl Redis {
     }
 
     fn ping(&self) -> bool {
+        if self.tls.is_some() {
+            return self.cli(&["ping"]).contains("PONG");
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
