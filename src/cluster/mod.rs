@@ -53,6 +53,9 @@ pub enum ClusterError {
     NotConnected,
     #[error("redis: {0}")]
     Redis(String),
+    /// The script is not loaded (Redis restarted or flushed it): load and run it again.
+    #[error("redis: script not loaded")]
+    NoScript,
 }
 
 enum Connection {
@@ -391,6 +394,12 @@ impl Cluster {
                     }
                 }
                 Ok(value)
+            }
+            // Not a failure of Redis: the caller loads the script and runs it again.
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                Err(ClusterError::NoScript)
             }
             Ok(Err(e)) => Err(self.failed(op, ClusterError::Redis(describe(&e)))),
             Err(_) => Err(self.failed(op, ClusterError::Timeout(self.timeout))),

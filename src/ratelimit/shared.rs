@@ -87,13 +87,14 @@ impl Shared {
     }
 
     fn redis_key(&self, key: &BucketKey) -> Vec<u8> {
+        use std::io::Write as _;
         let mut out = Vec::with_capacity(self.key_prefix.len() + 48);
         out.extend_from_slice(&self.key_prefix);
         match key {
             BucketKey::Anonymous => out.extend_from_slice(b"-"),
             BucketKey::Ip(ip) => {
                 out.extend_from_slice(b"ip:");
-                out.extend_from_slice(ip.to_string().as_bytes());
+                let _ = write!(out, "{ip}");
             }
             BucketKey::Value(v) => {
                 out.extend_from_slice(b"v:");
@@ -122,16 +123,27 @@ impl Limiter {
             return Ok(self.check_key(key));
         };
         let redis_key = shared.redis_key(key);
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation
-            .key(redis_key)
+        // EVALSHA written directly (one command, no script invocation copies); Redis
+        // answers NOSCRIPT after a restart or SCRIPT FLUSH, and then the script is loaded.
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(SCRIPT.get_hash())
+            .arg(1)
+            .arg(&redis_key)
             .arg(shared.interval_us)
             .arg(self.burst);
-        match shared
-            .cluster
-            .invoke::<(i64, i64, i64, i64)>(Op::RateLimit, &invocation)
-            .await
-        {
+        let answer: Result<(i64, i64, i64, i64), _> =
+            match shared.cluster.query(Op::RateLimit, &cmd).await {
+                Err(crate::cluster::ClusterError::NoScript) => {
+                    let mut invocation = SCRIPT.prepare_invoke();
+                    invocation
+                        .key(&redis_key)
+                        .arg(shared.interval_us)
+                        .arg(self.burst);
+                    shared.cluster.invoke(Op::RateLimit, &invocation).await
+                }
+                other => other,
+            };
+        match answer {
             Ok((allowed, remaining, full_us, wait_us)) => {
                 Ok(self.decision(allowed == 1, remaining, full_us, wait_us))
             }
