@@ -313,7 +313,7 @@ fn scope_cluster_needs_cluster_redis() {
         "rate_limits.a.scope",
     );
     support::assert_refused_at(
-        "server: { listen: 127.0.0.1:0 }\ncluster:\n  redis: { url: \"redis+sentinel://h:26379/m\" }\n",
+        "server: { listen: 127.0.0.1:0 }\ncluster:\n  redis: { url: \"redis+sentinel://h:26379\" }\n",
         "cluster.redis.url",
     );
 }
@@ -553,6 +553,63 @@ async fn rediss_with_a_private_ca() {
     assert_eq!(
         redis.cli(&["exists", "t:rl:per-key:v:partner-1"]).trim(),
         "1"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sentinel_names_the_master_and_a_failover_is_followed() {
+    if skip() {
+        return;
+    }
+    let mut sentinel = support::redis_server::RedisSentinel::start();
+    let backend = Backend::start("b").await;
+    let limit = "{ key: \"header:x-api-key\", limit: 10, per: 1h, burst: 100, scope: cluster }";
+    let (gw, _file) = gateway(&config(&backend, &sentinel.url(), limit, "local")).await;
+    let client = Client::new();
+    let admin = gw.admin_addr.expect("admin");
+    wait_until_up(&client, admin).await;
+    assert_eq!(hit(&client, gw.http_addr).await.status, 200);
+    assert_eq!(
+        sentinel
+            .master
+            .cli(&["exists", "t:rl:per-key:v:partner-1"])
+            .trim(),
+        "1",
+        "the decision was made on the master the sentinel named"
+    );
+
+    // The master dies; the sentinel promotes the replica; the gateway follows.
+    sentinel.master.kill();
+    for _ in 0..10 {
+        assert_eq!(
+            hit(&client, gw.http_addr).await.status,
+            200,
+            "fallback while failing over"
+        );
+    }
+    let replica = &sentinel.replica;
+    let followed = eventually(Duration::from_secs(30), || async {
+        hit(&client, gw.http_addr).await;
+        replica
+            .cli(&["info", "replication"])
+            .contains("role:master")
+            && client.get(admin, "/readyz").await.json()["redis"]["up"] == true
+    })
+    .await;
+    assert!(followed, "{}", client.get(admin, "/readyz").await.json());
+    let before = metric(
+        &gw.metrics(),
+        "portico_ratelimit_fallback_total{limit=\"per-key\"}",
+    );
+    assert_eq!(hit(&client, gw.http_addr).await.status, 200);
+    let after = metric(
+        &gw.metrics(),
+        "portico_ratelimit_fallback_total{limit=\"per-key\"}",
+    );
+    assert_eq!(
+        before, after,
+        "decisions are shared again, on the new master"
     );
     gw.shutdown().await;
 }

@@ -20,6 +20,9 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
 use crate::config::{ClusterConfig, OnRedisError};
+use topology::Topology;
+
+pub mod topology;
 use crate::observe::ClusterMetrics;
 
 /// How often the health task PINGs (and, for a Redis Cluster, retries connecting).
@@ -58,6 +61,31 @@ pub enum ClusterError {
     NoScript,
 }
 
+/// The master a set of Sentinels names, found again after a failover.
+struct SentinelMaster {
+    /// The connection to the master last found; cleared when it fails.
+    current: ArcSwapOption<ConnectionManager>,
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    settings: redis::aio::ConnectionManagerConfig,
+}
+
+impl SentinelMaster {
+    /// Asks the Sentinels for the master and connects to it.
+    async fn resolve(&self) -> Result<(), String> {
+        let client = {
+            let mut sentinel = self.client.lock().await;
+            tokio::time::timeout(Duration::from_secs(2), sentinel.async_get_client())
+                .await
+                .map_err(|_| "the sentinels did not answer".to_string())?
+                .map_err(|e| describe(&e))?
+        };
+        let manager = ConnectionManager::new_lazy_with_config(client, self.settings.clone())
+            .map_err(|e| describe(&e))?;
+        self.current.store(Some(Arc::new(manager)));
+        Ok(())
+    }
+}
+
 enum Connection {
     Single(ConnectionManager),
     /// Set once the first connection to the Redis Cluster succeeded.
@@ -65,6 +93,7 @@ enum Connection {
         ArcSwapOption<ClusterConnection>,
         Box<redis::cluster::ClusterClient>,
     ),
+    Sentinel(Box<SentinelMaster>),
 }
 
 struct Handles {
@@ -101,47 +130,12 @@ impl Drop for Cluster {
     }
 }
 
-/// The node URLs of a Redis Cluster, or None for a single Redis.
-pub fn cluster_nodes(config: &crate::config::RedisConfig) -> Result<Option<Vec<String>>, String> {
-    let url = config.url.trim();
-    if url.starts_with("redis+sentinel://") {
-        return Err("Sentinel (redis+sentinel://) is not supported yet: use one Redis (redis:// or rediss://) or a Redis Cluster (redis+cluster://)".into());
-    }
-    let mut nodes: Vec<String> = config.nodes.clone();
-    if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        let (userinfo, hosts) = match rest.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
-        };
-        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            let host = host.trim_end_matches('/');
-            nodes.push(match userinfo {
-                Some(u) => format!("redis://{u}@{host}"),
-                None => format!("redis://{host}"),
-            });
-        }
-        if nodes.is_empty() {
-            return Err("redis+cluster:// needs at least one host:port".into());
-        }
-        return Ok(Some(nodes));
-    }
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err("expected a redis://, rediss:// or redis+cluster:// URL".into());
-    }
-    if nodes.is_empty() {
-        Ok(None)
-    } else {
-        nodes.insert(0, url.to_string());
-        Ok(Some(nodes))
-    }
-}
-
 /// Checks `cluster:`; a problem is (field, message). Credentials are never repeated.
 pub fn check(config: &ClusterConfig) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
-    match cluster_nodes(&config.redis) {
+    match topology::parse(&config.redis) {
         Err(e) => problems.push(("redis.url", e)),
-        Ok(Some(nodes)) => {
+        Ok(Topology::Cluster(nodes)) => {
             for node in nodes {
                 if redis::Client::open(node.as_str()).is_err() {
                     problems.push((
@@ -151,8 +145,15 @@ pub fn check(config: &ClusterConfig) -> Vec<(&'static str, String)> {
                 }
             }
         }
-        Ok(None) => {
-            if let Err(e) = redis::Client::open(config.redis.url.as_str()) {
+        Ok(Topology::Sentinel { sentinels, .. }) => {
+            for node in sentinels {
+                if redis::Client::open(node.as_str()).is_err() {
+                    problems.push(("redis.url", format!("invalid sentinel {node}")));
+                }
+            }
+        }
+        Ok(Topology::Single(url)) => {
+            if let Err(e) = redis::Client::open(url.as_str()) {
                 problems.push((
                     "redis.url",
                     format!("invalid redis URL ({})", e.kind_label()),
@@ -213,19 +214,19 @@ impl Cluster {
         }
         let timeout = config.redis.timeout.0;
         let certs = certificates(&config.redis)?;
-        let connection = match cluster_nodes(&config.redis)? {
-            None => {
-                let client = client(config.redis.url.as_str(), certs.as_ref())?;
-                let settings = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1));
+        let settings = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = match topology::parse(&config.redis)? {
+            Topology::Single(url) => {
+                let client = client(url.as_str(), certs.as_ref())?;
                 let manager = ConnectionManager::new_lazy_with_config(client, settings)
                     .map_err(|e| format!("redis connection ({})", e.kind_label()))?;
                 Connection::Single(manager)
             }
-            Some(nodes) => {
+            Topology::Cluster(nodes) => {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                     .connection_timeout(timeout.max(Duration::from_millis(200)))
                     .response_timeout(timeout);
@@ -236,6 +237,33 @@ impl Cluster {
                     .build()
                     .map_err(|e| format!("redis cluster ({})", e.kind_label()))?;
                 Connection::Cluster(ArcSwapOption::empty(), Box::new(client))
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                master_url,
+            } => {
+                use redis::IntoConnectionInfo;
+                let master_settings = master_url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| format!("redis sentinel ({})", e.kind_label()))?
+                    .redis_settings()
+                    .clone();
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(master_settings);
+                let client = redis::sentinel::SentinelClient::build(
+                    sentinels,
+                    master,
+                    Some(node),
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| format!("redis sentinel ({})", e.kind_label()))?;
+                Connection::Sentinel(Box::new(SentinelMaster {
+                    current: ArcSwapOption::empty(),
+                    client: tokio::sync::Mutex::new(client),
+                    settings,
+                }))
             }
         };
         let handles = Handles {
@@ -304,6 +332,13 @@ impl Cluster {
                 }
                 None => return Err(self.failed(op, ClusterError::NotConnected)),
             },
+            Connection::Sentinel(master) => match master.current.load_full() {
+                Some(manager) => {
+                    let mut conn = (*manager).clone();
+                    tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+                }
+                None => return Err(self.failed(op, ClusterError::NotConnected)),
+            },
         };
         self.finish(op, started, outcome)
     }
@@ -323,6 +358,13 @@ impl Cluster {
             Connection::Cluster(conn, _) => match conn.load_full() {
                 Some(conn) => {
                     let mut conn = (*conn).clone();
+                    tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await
+                }
+                None => return Err(self.failed(op, ClusterError::NotConnected)),
+            },
+            Connection::Sentinel(master) => match master.current.load_full() {
+                Some(manager) => {
+                    let mut conn = (*manager).clone();
                     tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await
                 }
                 None => return Err(self.failed(op, ClusterError::NotConnected)),
@@ -373,8 +415,32 @@ impl Cluster {
                     None => return Err(self.failed(Op::Ping, ClusterError::NotConnected)),
                 }
             }
+            Connection::Sentinel(master) => {
+                if master.current.load().is_none() {
+                    if let Err(e) = master.resolve().await {
+                        return Err(self.failed(Op::Ping, ClusterError::Redis(e)));
+                    }
+                }
+                match master.current.load_full() {
+                    Some(manager) => {
+                        let mut conn = (*manager).clone();
+                        tokio::time::timeout(
+                            self.timeout.max(Duration::from_millis(500)),
+                            cmd.query_async(&mut conn),
+                        )
+                        .await
+                    }
+                    None => return Err(self.failed(Op::Ping, ClusterError::NotConnected)),
+                }
+            }
         };
-        self.finish(Op::Ping, started, outcome).map(|_: String| ())
+        let answered = self.finish(Op::Ping, started, outcome).map(|_: String| ());
+        // A master that stopped answering may have been replaced: ask the Sentinels
+        // again at the next tick.
+        if let (Err(_), Connection::Sentinel(master)) = (&answered, &self.connection) {
+            master.current.store(None);
+        }
+        answered
     }
 
     fn finish<T>(
@@ -455,41 +521,5 @@ async fn health(cluster: Weak<Cluster>) {
             return;
         };
         let _ = cluster.ping().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::RedisConfig;
-
-    fn redis(url: &str, nodes: &[&str]) -> RedisConfig {
-        RedisConfig {
-            url: url.into(),
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            timeout: crate::config::Duration::from_millis(50),
-            key_prefix: "p:".into(),
-            ca_file: None,
-        }
-    }
-
-    #[test]
-    fn urls_name_one_redis_or_a_cluster() {
-        assert_eq!(
-            cluster_nodes(&redis("redis://127.0.0.1:6379/0", &[])),
-            Ok(None)
-        );
-        assert_eq!(
-            cluster_nodes(&redis(
-                "redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000",
-                &[]
-            )),
-            Ok(Some(vec![
-                "redis://u:pw@10.0.0.1:7000".to_string(),
-                "redis://u:pw@10.0.0.2:7000".to_string()
-            ]))
-        );
-        assert!(cluster_nodes(&redis("redis+sentinel://h:26379/mymaster", &[])).is_err());
-        assert!(cluster_nodes(&redis("http://x", &[])).is_err());
     }
 }

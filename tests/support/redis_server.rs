@@ -284,3 +284,88 @@ fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A master, a replica of it and one Sentinel watching them (quorum 1, failover after a
+/// second of silence): enough for a real failover.
+pub struct RedisSentinel {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinel_port: u16,
+    sentinel: Child,
+    _dir: TempPath,
+}
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let master = Redis::start();
+        let replica_port = free_port();
+        let replica = Redis::replica_of(replica_port, master.port);
+        let dir = TempPath::new("portico-sentinel", "d");
+        std::fs::create_dir_all(dir.path()).expect("sentinel dir");
+        let sentinel_port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis sentinel");
+        let ready = wait_for(Duration::from_secs(10), || {
+            Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &sentinel_port.to_string(),
+                    "sentinel",
+                    "get-master-addr-by-name",
+                    "mymaster",
+                ])
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout).contains(&master.port.to_string())
+                })
+        });
+        assert!(ready, "the sentinel does not know the master");
+        RedisSentinel {
+            master,
+            replica,
+            sentinel_port,
+            sentinel,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/mymaster", self.sentinel_port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}
+
+impl Redis {
+    fn replica_of(port: u16, master: u16) -> Redis {
+        let mut redis = Redis::build(port, None, false, None);
+        redis.cli(&["replicaof", "127.0.0.1", &master.to_string()]);
+        let synced = wait_for(Duration::from_secs(10), || {
+            redis
+                .cli(&["info", "replication"])
+                .contains("master_link_status:up")
+        });
+        assert!(synced, "the replica did not sync");
+        redis
+    }
+}
