@@ -358,7 +358,7 @@ impl Drop for RedisSentinel {
 
 impl Redis {
     fn replica_of(port: u16, master: u16) -> Redis {
-        let mut redis = Redis::build(port, None, false, None);
+        let redis = Redis::build(port, None, false, None);
         redis.cli(&["replicaof", "127.0.0.1", &master.to_string()]);
         let synced = wait_for(Duration::from_secs(10), || {
             redis
