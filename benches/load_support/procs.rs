@@ -59,16 +59,25 @@ impl Pinning {
 
     /// Pins a child to the server cores (when planned) and ties its life to the harness.
     fn pin_child(&self, cmd: &mut Command) {
-        let cores = self.servers.clone();
-        // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                pin(&cores);
-                // Children die with the harness, even when it is killed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        pin_to(cmd, self.servers.clone());
+    }
+
+    /// Pins a child with the load generator: for a service that in production runs on
+    /// machines of its own (Redis), so it does not take the measured proxy's core.
+    fn pin_with_client(&self, cmd: &mut Command) {
+        pin_to(cmd, self.client.clone());
+    }
+}
+
+fn pin_to(cmd: &mut Command, cores: Vec<usize>) {
+    // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            pin(&cores);
+            // Children die with the harness, even when it is killed.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -366,7 +375,8 @@ impl Fleet {
     }
 }
 
-/// Redis (pinned with the backend) and a Portico whose `/limit-local` and
+/// Redis (pinned with the load generator: in production it has machines of its own, so
+/// it must not take the measured proxy's core) and a Portico whose `/limit-local` and
 /// `/limit-cluster` routes differ only in the limit's scope; None without redis-server.
 fn start_limited(
     dir: &std::path::Path,
@@ -384,7 +394,7 @@ fn start_limited(
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir);
-    pinning.pin_child(&mut cmd);
+    pinning.pin_with_client(&mut cmd);
     let redis = spawn("redis", redis_port, cmd)?;
     wait_listening(redis_port, "redis")?;
     let port = free_port()?;

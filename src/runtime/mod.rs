@@ -231,12 +231,11 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Waits (at most `within` per split) until every split read the shared state, so a
+    /// Waits (at most `within` in all) until every split read the shared state, so a
     /// replica that starts serves with it (a rolled-back split stays rolled back).
     pub async fn shared_ready(&self, within: std::time::Duration) {
-        for split in self.splits.values() {
-            split.state.first_sync(within).await;
-        }
+        let reads = self.splits.values().map(|s| s.state.first_sync(within));
+        let _ = tokio::time::timeout(within, futures_util::future::join_all(reads)).await;
     }
 
     /// Starts what a Runtime runs once it is in service, after the swap: the background
