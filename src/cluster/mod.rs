@@ -22,11 +22,8 @@ use redis::cluster_async::ClusterConnection;
 use crate::config::{ClusterConfig, OnRedisError};
 use topology::Topology;
 
-mod batch;
 pub mod topology;
-
 use crate::observe::ClusterMetrics;
-pub use batch::Answer;
 
 /// How often the health task PINGs (and, for a Redis Cluster, retries connecting).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -117,8 +114,6 @@ pub struct Cluster {
     last_error: Mutex<Option<String>>,
     handles: Handles,
     health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The batch queue of rate-limit decisions (started by the first one).
-    batch: std::sync::OnceLock<tokio::sync::mpsc::Sender<batch::Job>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -294,7 +289,6 @@ impl Cluster {
             last_error: Mutex::new(None),
             handles,
             health_task: Mutex::new(None),
-            batch: std::sync::OnceLock::new(),
         }))
     }
 
@@ -342,84 +336,6 @@ impl Cluster {
                 Some(manager) => {
                     let mut conn = (*manager).clone();
                     tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
-                }
-                None => return Err(self.failed(op, ClusterError::NotConnected)),
-            },
-        };
-        self.finish(op, started, outcome)
-    }
-
-    /// A rate-limit decision by `script` (KEYS[1] = `key`, ARGV = interval, burst), sent
-    /// with the decisions queued beside it in one pipeline (one Redis) or on its own (a
-    /// Redis Cluster). Never waits longer than the timeout.
-    pub async fn decide(
-        self: &Arc<Self>,
-        script: &'static redis::Script,
-        source: &'static str,
-        key: Vec<u8>,
-        interval_us: u64,
-        burst: u32,
-    ) -> Result<Answer, ClusterError> {
-        if matches!(self.connection, Connection::Cluster(..)) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash())
-                .arg(1)
-                .arg(&key)
-                .arg(interval_us)
-                .arg(burst);
-            return match self.query(Op::RateLimit, &cmd).await {
-                Err(ClusterError::NoScript) => {
-                    let mut invocation = script.prepare_invoke();
-                    invocation.key(&key).arg(interval_us).arg(burst);
-                    self.invoke(Op::RateLimit, &invocation).await
-                }
-                other => other,
-            };
-        }
-        let queue = self.batch.get_or_init(|| {
-            let (tx, rx) = batch::channel();
-            tokio::spawn(batch::run(Arc::downgrade(self), rx, script, source));
-            tx
-        });
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        queue
-            .try_send(batch::Job {
-                key,
-                interval_us,
-                burst,
-                reply,
-            })
-            .map_err(|_| ClusterError::Redis("the decision queue is full".into()))?;
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(ClusterError::NotConnected),
-            Err(_) => Err(ClusterError::Timeout(self.timeout)),
-        }
-    }
-
-    /// Runs a pipeline within the timeout; one answer per command.
-    pub async fn query_pipe<T: redis::FromRedisValue>(
-        &self,
-        op: Op,
-        pipe: &redis::Pipeline,
-    ) -> Result<Vec<T>, ClusterError> {
-        let started = Instant::now();
-        let outcome = match &self.connection {
-            Connection::Single(manager) => {
-                let mut conn = manager.clone();
-                tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await
-            }
-            Connection::Cluster(conn, _) => match conn.load_full() {
-                Some(conn) => {
-                    let mut conn = (*conn).clone();
-                    tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await
-                }
-                None => return Err(self.failed(op, ClusterError::NotConnected)),
-            },
-            Connection::Sentinel(master) => match master.current.load_full() {
-                Some(manager) => {
-                    let mut conn = (*manager).clone();
-                    tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await
                 }
                 None => return Err(self.failed(op, ClusterError::NotConnected)),
             },
