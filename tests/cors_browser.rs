@@ -139,6 +139,44 @@ impl Drop for Browser {
     }
 }
 
+/// Whether headless Chromium can render a blank page at all on this machine (a browser
+/// that cannot start says nothing about CORS).
+fn browser_runs() -> Result<(), String> {
+    let profile = TempPath::new("portico-chromium-probe", "profile");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("it exited with {status}")),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("it did not render about:blank within 30 s".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 async fn report_of(page: SocketAddr, api: &str, rx: &mut mpsc::Receiver<Value>) -> Value {
     let _browser = Browser::open(&format!("http://{page}/?api={api}"));
     tokio::time::timeout(Duration::from_secs(60), rx.recv())
@@ -151,6 +189,10 @@ async fn report_of(page: SocketAddr, api: &str, rx: &mut mpsc::Receiver<Value>) 
 async fn a_browser_reads_the_api_only_from_an_allowed_origin() {
     if !Path::new(CHROMIUM).exists() {
         eprintln!("skipped: {CHROMIUM} is not installed (Debian package chromium)");
+        return;
+    }
+    if let Err(reason) = browser_runs() {
+        eprintln!("skipped: {CHROMIUM} is installed but cannot render a page here: {reason}");
         return;
     }
     let backend = Backend::start("store").await;
