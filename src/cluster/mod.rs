@@ -28,6 +28,29 @@ use crate::observe::ClusterMetrics;
 /// How often the health task PINGs (and, for a Redis Cluster, retries connecting).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
+/// A Lua script Redis runs by its digest (`EVALSHA`): one command per call, and the
+/// source sent only when Redis asks for it (`Cluster::eval`).
+pub struct Script {
+    source: &'static str,
+    hash: String,
+}
+
+impl Script {
+    pub fn new(source: &'static str) -> Script {
+        Script {
+            source,
+            hash: redis::Script::new(source).get_hash().to_string(),
+        }
+    }
+
+    /// `EVALSHA <digest> <keys>`; the caller adds the keys, then the arguments.
+    pub fn call(&self, keys: usize) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys);
+        cmd
+    }
+}
+
 /// What a Redis command was for: the `op` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -56,7 +79,7 @@ pub enum ClusterError {
     NotConnected,
     #[error("redis: {0}")]
     Redis(String),
-    /// The script is not loaded (Redis restarted or flushed it): load and run it again.
+    /// The script is not loaded (Redis restarted or flushed it): `eval` loads it.
     #[error("redis: script not loaded")]
     NoScript,
 }
@@ -313,34 +336,23 @@ impl Cluster {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Runs a script with its keys and arguments, within the timeout.
-    pub async fn invoke<T: redis::FromRedisValue>(
+    /// Runs `call` (made by `script.call`), loading the script first when Redis does
+    /// not know it (a restart, `SCRIPT FLUSH`) and running it again.
+    pub async fn eval<T: redis::FromRedisValue>(
         &self,
         op: Op,
-        invocation: &redis::ScriptInvocation<'_>,
+        script: &Script,
+        call: &redis::Cmd,
     ) -> Result<T, ClusterError> {
-        let started = Instant::now();
-        let outcome = match &self.connection {
-            Connection::Single(manager) => {
-                let mut conn = manager.clone();
-                tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+        match self.query(op, call).await {
+            Err(ClusterError::NoScript) => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(script.source);
+                self.query::<String>(op, &load).await?;
+                self.query(op, call).await
             }
-            Connection::Cluster(conn, _) => match conn.load_full() {
-                Some(conn) => {
-                    let mut conn = (*conn).clone();
-                    tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
-                }
-                None => return Err(self.failed(op, ClusterError::NotConnected)),
-            },
-            Connection::Sentinel(master) => match master.current.load_full() {
-                Some(manager) => {
-                    let mut conn = (*manager).clone();
-                    tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
-                }
-                None => return Err(self.failed(op, ClusterError::NotConnected)),
-            },
-        };
-        self.finish(op, started, outcome)
+            other => other,
+        }
     }
 
     /// Runs one command within the timeout.

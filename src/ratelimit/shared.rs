@@ -14,7 +14,7 @@ use std::time::Duration;
 use prometheus::IntCounter;
 
 use super::{BucketKey, Decision, Limiter};
-use crate::cluster::{Cluster, Op};
+use crate::cluster::{Cluster, Op, Script};
 use crate::config::OnRedisError;
 
 /// Returns {allowed (0|1), remaining, microseconds until the bucket is full, microseconds
@@ -38,7 +38,7 @@ if remaining < 0 then remaining = 0 end
 return {1, remaining, new_tat - now, 0}
 "#;
 
-static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA));
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
 
 /// A limit's link to the shared store.
 pub struct Shared {
@@ -123,26 +123,10 @@ impl Limiter {
             return Ok(self.check_key(key));
         };
         let redis_key = shared.redis_key(key);
-        // EVALSHA written directly (one command, no script invocation copies); Redis
-        // answers NOSCRIPT after a restart or SCRIPT FLUSH, and then the script is loaded.
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(SCRIPT.get_hash())
-            .arg(1)
-            .arg(&redis_key)
-            .arg(shared.interval_us)
-            .arg(self.burst);
+        let mut call = SCRIPT.call(1);
+        call.arg(&redis_key).arg(shared.interval_us).arg(self.burst);
         let answer: Result<(i64, i64, i64, i64), _> =
-            match shared.cluster.query(Op::RateLimit, &cmd).await {
-                Err(crate::cluster::ClusterError::NoScript) => {
-                    let mut invocation = SCRIPT.prepare_invoke();
-                    invocation
-                        .key(&redis_key)
-                        .arg(shared.interval_us)
-                        .arg(self.burst);
-                    shared.cluster.invoke(Op::RateLimit, &invocation).await
-                }
-                other => other,
-            };
+            shared.cluster.eval(Op::RateLimit, &SCRIPT, &call).await;
         match answer {
             Ok((allowed, remaining, full_us, wait_us)) => {
                 Ok(self.decision(allowed == 1, remaining, full_us, wait_us))

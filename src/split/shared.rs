@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
-use crate::cluster::{Cluster, Op};
+use crate::cluster::{Cluster, Op, Script};
 
 use super::state::{RollbackInfo, RollbackReason, SplitState};
 
@@ -38,7 +38,7 @@ redis.call('HSET', KEYS[1], 'percent', ARGV[3], 'paused', ARGV[4], 'rolled_back'
 return redis.call('HINCRBY', KEYS[1], 'version', 1)
 "#;
 
-static WRITE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE));
+static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
 
 /// The canary's outcomes from every replica: adds this replica's counts since its last
 /// flush to the current second (Redis's clock), drops seconds older than the window, and
@@ -65,7 +65,7 @@ end
 return {total, errors}
 "#;
 
-static WINDOW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WINDOW));
+static WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW));
 
 /// The error-rate part of a split's rollback rule, judged over all replicas.
 #[derive(Clone, Copy, Debug)]
@@ -162,10 +162,9 @@ impl Link {
         snapshot: &Snapshot,
     ) -> Result<Option<u64>, crate::cluster::ClusterError> {
         let rollback = snapshot.rollback.as_ref();
-        let mut invocation = WRITE_SCRIPT.prepare_invoke();
-        invocation
-            .key(&self.key)
-            .key(&self.window_key)
+        let mut call = WRITE_SCRIPT.call(2);
+        call.arg(&self.key)
+            .arg(&self.window_key)
             .arg(kind.mode())
             .arg(&*self.replica)
             .arg(snapshot.percent)
@@ -174,7 +173,7 @@ impl Link {
             .arg(rollback.map_or("", |r| r.rule.label()))
             .arg(rollback.map_or("", |r| r.reason.as_str()))
             .arg(rollback.map_or("", |r| r.at.as_str()));
-        let version: i64 = self.cluster.invoke(Op::Split, &invocation).await?;
+        let version: i64 = self.cluster.eval(Op::Split, &WRITE_SCRIPT, &call).await?;
         Ok(u64::try_from(version).ok())
     }
 }
@@ -187,13 +186,12 @@ impl Link {
         total: u64,
         errors: u64,
     ) -> Result<(u64, u64), crate::cluster::ClusterError> {
-        let mut invocation = WINDOW_SCRIPT.prepare_invoke();
-        invocation
-            .key(&self.window_key)
+        let mut call = WINDOW_SCRIPT.call(1);
+        call.arg(&self.window_key)
             .arg(span.as_secs().max(1))
             .arg(total)
             .arg(errors);
-        self.cluster.invoke(Op::Split, &invocation).await
+        self.cluster.eval(Op::Split, &WINDOW_SCRIPT, &call).await
     }
 }
 
