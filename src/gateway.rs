@@ -718,9 +718,9 @@ fn record(
         .or_else(|| http_body::Body::size_hint(response.body()).exact())
         .unwrap_or(0);
     log.write(&AccessRecord {
-        time: access_log::rfc3339_now(),
+        time: access_log::Timestamp::now(),
         request_id: ctx.request_id.to_str().unwrap_or(""),
-        client_ip: ctx.client_ip.to_string(),
+        client_ip: ctx.client_ip,
         method,
         path: raw_path,
         route: route.map_or("", |r| r.name.as_str()),

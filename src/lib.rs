@@ -97,6 +97,17 @@ pub struct GatewayHandle {
 
 impl Gateway {
     pub async fn start(options: Options) -> Result<GatewayHandle, StartError> {
+        Gateway::start_on(options, Vec::new()).await
+    }
+
+    /// Starts a gateway whose proxy listeners are served by the calling runtime and by
+    /// each of `workers` too: every runtime accepts on a socket of its own bound to the
+    /// same address (`SO_REUSEPORT`) and serves its connections start to end. Admin,
+    /// reload and background tasks stay on the calling runtime.
+    pub async fn start_on(
+        options: Options,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<GatewayHandle, StartError> {
         let config = options.config;
         let metrics = Metrics::new();
         let dropped = metrics.access_log_dropped.clone();
@@ -113,18 +124,18 @@ impl Gateway {
             Some(tls) => Some(Arc::new(ArcSwap::from_pointee(tls::CertStore::build(tls)?))),
             None => None,
         };
-        let bind = |address: String| async move {
-            server::bind(&address)
-                .await
+        let serving = 1 + workers.len();
+        let bind = |address: String, count: usize| {
+            server::bind_each(&address, count)
                 .map_err(|source| StartError::Bind { address, source })
         };
-        let (http, http_addr) = bind(config.server.listen.clone()).await?;
+        let (http, http_addr) = bind(config.server.listen.clone(), serving)?;
         let https = match &config.server.tls {
-            Some(tls) => Some(bind(tls.listen.clone()).await?),
+            Some(tls) => Some(bind(tls.listen.clone(), serving)?),
             None => None,
         };
         let admin = match &config.admin {
-            Some(admin) => Some(bind(admin.listen.clone()).await?),
+            Some(admin) => Some(bind(admin.listen.clone(), 1)?),
             None => None,
         };
         check::config(&config)?;
@@ -145,34 +156,56 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections));
 
-        let mut listeners = vec![tokio::spawn(server::serve(
-            server::Listener {
-                tcp: http,
-                tls: None,
-                role: server::Role::Proxy,
-            },
-            control.clone(),
-            connections.clone(),
-            shutdown_rx.clone(),
-        ))];
+        let proxy = |sockets: Vec<std::net::TcpListener>,
+                     tls: Option<tokio_rustls::TlsAcceptor>| {
+            let runtimes =
+                std::iter::once(tokio::runtime::Handle::current()).chain(workers.clone());
+            sockets
+                .into_iter()
+                .zip(runtimes)
+                .map(|(socket, runtime)| {
+                    let (control, connections, shutdown) =
+                        (control.clone(), connections.clone(), shutdown_rx.clone());
+                    let tls = tls.clone();
+                    runtime.spawn(async move {
+                        // Registered with the reactor of the runtime that serves it.
+                        match tokio::net::TcpListener::from_std(socket) {
+                            Ok(tcp) => {
+                                let listener = server::Listener {
+                                    tcp,
+                                    tls,
+                                    role: server::Role::Proxy,
+                                };
+                                server::serve(listener, control, connections, shutdown).await;
+                            }
+                            Err(e) => tracing::error!(error = %e, "listener not served"),
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut listeners = proxy(http, None);
         let mut https_addr = None;
-        if let (Some((tcp, addr)), Some(store)) = (https, certs) {
+        if let (Some((sockets, addr)), Some(store)) = (https, certs) {
             https_addr = Some(addr);
-            listeners.push(tokio::spawn(server::serve(
-                server::Listener {
-                    tcp,
-                    tls: Some(tls::acceptor(store)?),
-                    role: server::Role::Proxy,
-                },
-                control.clone(),
-                connections.clone(),
-                shutdown_rx.clone(),
-            )));
+            listeners.extend(proxy(sockets, Some(tls::acceptor(store)?)));
         }
         let mut background = Vec::new();
         let mut admin_addr = None;
-        if let Some((tcp, addr)) = admin {
+        if let Some((mut sockets, addr)) = admin {
             admin_addr = Some(addr);
+            let tcp = sockets
+                .pop()
+                .map(tokio::net::TcpListener::from_std)
+                .transpose()
+                .map_err(|source| StartError::Bind {
+                    address: addr.to_string(),
+                    source,
+                })?
+                .ok_or_else(|| StartError::Bind {
+                    address: addr.to_string(),
+                    source: std::io::Error::other("no socket bound"),
+                })?;
             background.push(tokio::spawn(server::serve(
                 server::Listener {
                     tcp,

@@ -26,6 +26,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scheduler {
+    PerCore,
+    WorkStealing,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Json,
@@ -44,6 +50,11 @@ enum Command {
         /// Worker threads (default: one per CPU core).
         #[arg(long, env = "PORTICO_WORKER_THREADS")]
         threads: Option<usize>,
+        /// How the worker threads share connections: `per-core` runs one single-threaded
+        /// runtime per thread, each accepting on its own `SO_REUSEPORT` socket;
+        /// `work-stealing` runs one Tokio multi-thread runtime whose threads steal tasks.
+        #[arg(long, value_enum, default_value_t = Scheduler::PerCore, env = "PORTICO_SCHEDULER")]
+        scheduler: Scheduler,
     },
     /// Validate a config file: exit 0 when valid, 1 with every problem listed otherwise.
     Check {
@@ -96,7 +107,8 @@ fn main() -> ExitCode {
             config,
             watch_interval,
             threads,
-        } => match run(config, watch_interval, threads) {
+            scheduler,
+        } => match run(config, watch_interval, threads, scheduler) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portico: {e:#}");
@@ -144,23 +156,35 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyhow::Result<()> {
-    // One worker thread: a current-thread runtime, without the work-stealing
-    // scheduler's cross-thread bookkeeping (measured in docs/benchmarks.md).
-    let mut builder = match threads {
+fn run(
+    path: PathBuf,
+    watch_interval: Duration,
+    threads: Option<usize>,
+    scheduler: Scheduler,
+) -> anyhow::Result<()> {
+    let threads = match threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // One thread, or one runtime per thread: current-thread runtimes, without the
+    // work-stealing scheduler's cross-thread bookkeeping (measured in docs/benchmarks.md).
+    let mut builder = if threads == 1 || scheduler == Scheduler::PerCore {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
     };
     let runtime = builder
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?;
+    let workers = match scheduler {
+        Scheduler::PerCore => Workers::start(threads - 1)?,
+        Scheduler::WorkStealing => Workers::start(0)?,
+    };
+    let worker_runtimes = workers.handles();
     runtime.block_on(async move {
         // Signal handlers first: a SIGTERM or SIGHUP that arrives while the config loads
         // and the listeners bind is acted on once the gateway runs, instead of killing
@@ -174,18 +198,67 @@ fn run(path: PathBuf, watch_interval: Duration, threads: Option<usize>) -> anyho
             .await
             .context("loading the config")?
             .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
-        let handle = Gateway::start(Options {
+        let options = Options {
             config,
             config_path: Some(path),
             watch_interval: (!watch_interval.is_zero()).then_some(watch_interval),
-        })
-        .await?;
+        };
+        let handle = Gateway::start_on(options, worker_runtimes).await?;
         signals.wait(&handle).await;
         tracing::info!("shutting down: draining in-flight requests");
         handle.shutdown().await;
         tracing::info!("stopped");
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?;
+    workers.stop();
+    Ok(())
+}
+
+/// The serving runtimes besides the main one, each a current-thread runtime on a
+/// thread of its own (`--scheduler per-core`).
+struct Workers {
+    threads: Vec<(tokio::runtime::Handle, std::thread::JoinHandle<()>)>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Workers {
+    fn start(count: usize) -> anyhow::Result<Workers> {
+        // Before any config is built: upstream pools keep one shard per runtime.
+        portico::wire::worker::set_count(count + 1);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::with_capacity(count);
+        for index in 1..=count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a worker runtime")?;
+            let handle = runtime.handle().clone();
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("portico-worker-{index}"))
+                .spawn(move || {
+                    portico::wire::worker::enter(index);
+                    runtime.block_on(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    });
+                })
+                .context("starting a worker thread")?;
+            threads.push((handle, thread));
+        }
+        Ok(Workers { threads, stop })
+    }
+
+    fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.threads.iter().map(|(h, _)| h.clone()).collect()
+    }
+
+    /// After the gateway has drained: ends each worker runtime and its thread.
+    fn stop(self) {
+        let _ = self.stop.send(true);
+        for (_, thread) in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// SIGTERM and SIGINT stop the gateway; SIGHUP reloads its config.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::Full;
+use support::binary::{signal, start_binary};
 use support::{client, eventually, gateway, Backend, Client};
 
 fn simple_yaml(backend: &Backend, extra: &str) -> String {
@@ -149,59 +150,6 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(reply.status, 200);
     // The listener is closed: new connections are refused.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
-}
-
-/// Starts the binary on `config` (which listens on `127.0.0.1:0`) and returns it with the
-/// address it bound, read from its JSON log: no port is picked, dropped and reused.
-fn start_binary(
-    config: &std::path::Path,
-    extra: &[&str],
-    stdout: std::process::Stdio,
-) -> (std::process::Child, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["run", "--log-format", "json", "--log-level", "info"])
-        .args(extra)
-        .arg("-c")
-        .arg(config)
-        .stdout(stdout)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start portico");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        // Read to the end, so the child never blocks on a full pipe.
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(addr) = v["fields"]["http_addr"].as_str() {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("portico logged its listening address")
-        .parse()
-        .expect("an address");
-    (child, addr)
-}
-
-/// Sends `SIG<name>` to the child.
-fn signal(child: &std::process::Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success(), "kill -{name} failed");
 }
 
 #[tokio::test]

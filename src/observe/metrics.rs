@@ -17,6 +17,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub connections_refused: IntCounter,
+    /// Proxy connections accepted, one handle per serving runtime (`wire::worker`).
+    pub connections_accepted: Vec<IntCounter>,
     /// Request header fields with `_` in their name, by action (`dropped`, `rejected`).
     pub underscore_headers: IntCounterVec,
     /// Migration splits (handles resolved per split in `split::SplitState`).
@@ -142,6 +144,17 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         );
+        let accepted = register(
+            &registry,
+            counter(
+                "portico_connections_accepted_total",
+                "Client connections accepted on the proxy listeners, by serving runtime (worker)",
+                &["worker"],
+            ),
+        );
+        let connections_accepted = (0..crate::wire::worker::count())
+            .map(|worker| accepted.with_label_values(&[worker.to_string().as_str()]))
+            .collect();
         let underscore_headers = register(
             &registry,
             counter(
@@ -274,6 +287,7 @@ impl Metrics {
             config_reloads,
             access_log_dropped,
             connections_refused,
+            connections_accepted,
             underscore_headers,
             split_requests,
             split_percent,

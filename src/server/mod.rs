@@ -79,6 +79,12 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        if listener.role == Role::Proxy {
+            let accepted = &control.shared.metrics.connections_accepted;
+            if let Some(counter) = accepted.get(crate::wire::worker::index()) {
+                counter.inc();
+            }
+        }
         let _ = stream.set_nodelay(true);
         let limits = control.runtime.load().config.server.limits.clone();
         // The connection's slot, shared with a tunnel it upgrades to: a WebSocket counts
@@ -194,13 +200,52 @@ fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<Tok
 
 /// Binds a listener; `0` ports get an ephemeral port (tests).
 pub async fn bind(address: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let (mut sockets, local) = bind_each(address, 1)?;
+    let socket = sockets
+        .pop()
+        .ok_or_else(|| std::io::Error::other("no socket bound"))?;
+    Ok((TcpListener::from_std(socket)?, local))
+}
+
+/// Binds `address` once for each of `count` serving runtimes. With more than one, the
+/// sockets share the port through `SO_REUSEPORT` and the kernel spreads new
+/// connections over them, so each runtime accepts and serves its own. The sockets are
+/// registered with a runtime only when one serves them (`TcpListener::from_std` there).
+pub fn bind_each(
+    address: &str,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     let addr: SocketAddr = address.parse().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("invalid address {address:?}"),
         )
     })?;
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
+    let shared = count > 1;
+    if shared && addr.port() != 0 {
+        // SO_REUSEPORT would also let this process join a port another process (of the
+        // same user) already serves, splitting its traffic silently: bind once without
+        // it first, so a port in use is the same error as with one runtime.
+        drop(listen_on(addr, false)?);
+    }
+    let first = listen_on(addr, shared)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(listen_on(local, true)?);
+    }
+    Ok((sockets, local))
+}
+
+fn listen_on(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As Tokio's own bind does: a restart may bind while old connections are in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

@@ -20,6 +20,7 @@ pub mod host;
 pub mod idle;
 pub mod path;
 pub mod tls;
+pub mod worker;
 
 /// The error type of every body the gateway passes along.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

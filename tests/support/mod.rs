@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod binary;
 pub mod cache_backend;
 pub mod client;
 pub mod consul;

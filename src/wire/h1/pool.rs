@@ -5,6 +5,9 @@
 //! `keepalive.idle_timeout`, or one the upstream closed or wrote to while idle, is never
 //! handed out. The upstream's sweeper calls `sweep` on endpoints that see no traffic, so
 //! they do not sit in CLOSE_WAIT.
+//!
+//! Each serving runtime has a shard of its own (`wire::worker`): a connection goes back
+//! to, and out from, the runtime whose reactor it is registered with.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -23,25 +26,33 @@ struct Idle {
 
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<VecDeque<Idle>>,
+    shards: Box<[Mutex<VecDeque<Idle>>]>,
     idle_timeout: Duration,
+    /// Per shard: `max_idle` spread over the runtimes, rounded up.
     max_idle: usize,
 }
 
 impl Pool {
-    /// Keeps up to `max_idle` connections, each for at most `idle_timeout`.
+    /// Keeps up to `max_idle` connections (over all runtimes, rounded up to a multiple
+    /// of their number), each for at most `idle_timeout`.
     pub fn new(idle_timeout: Duration, max_idle: usize) -> Pool {
+        let shards = crate::wire::worker::count();
         Pool {
-            idle: Mutex::new(VecDeque::new()),
+            shards: (0..shards).map(|_| Mutex::new(VecDeque::new())).collect(),
             idle_timeout,
-            max_idle,
+            max_idle: max_idle.div_ceil(shards),
         }
+    }
+
+    fn shard(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        let shard = &self.shards[crate::wire::worker::index() % self.shards.len()];
+        shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A live idle connection, or None when a new one must be opened.
     pub fn take(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.shard();
         while let Some(mut entry) = idle.pop_back() {
             if now.duration_since(entry.since) < self.idle_timeout && entry.conn.is_idle() {
                 return Some(entry.conn);
@@ -56,7 +67,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.shard();
         while idle
             .front()
             .is_some_and(|e| now.duration_since(e.since) >= self.idle_timeout)
@@ -72,8 +83,12 @@ impl Pool {
     /// Closes connections that expired or that the upstream closed.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain_mut(|e| now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle());
+        for shard in &self.shards {
+            let mut idle = shard.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain_mut(|e| {
+                now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle()
+            });
+        }
     }
 }
 
