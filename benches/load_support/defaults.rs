@@ -57,8 +57,9 @@ fn start(args: &Args, pinning: &Pinning) -> Result<Fleet, String> {
     let (portico_off, _) =
         basics.start_portico("portico log off", procs::free_port()?, &off, None, pinning)?;
     notes.push(format!(
-        "Portico: `portico run -c` without `--threads`: {} Tokio workers (one per core it may run on, under this pinning); access log on to a file, and a second Portico with it off; {} routes, {} upstreams, listening {} ms after spawn",
-        portico_on.threads_named("tokio-runtime-w"),
+        "Portico: `portico run -c` without `--threads`: {} Tokio worker threads (its default: one per core), on the server cores {:?}; access log on to a file, and a second Portico with it off; {} routes, {} upstreams, listening {} ms after spawn",
+        portico_on.threads_named("tokio-r"),
+        pinning.servers,
         portico_conf::ROUTES,
         portico_conf::UPSTREAMS,
         startup.as_millis()
@@ -74,7 +75,7 @@ fn start(args: &Args, pinning: &Pinning) -> Result<Fleet, String> {
             };
             let proc = nginx::start(&bin, procs::free_port()?, &basics, &opts, pinning)?;
             notes.push(format!(
-                "nginx: {version}, `worker_processes {cores}`, `access_log FILE json_fields buffer=64k flush=1s` (Portico's fields, `escape=json`)"
+                "nginx: {version}, `worker_processes {cores}` on the server cores, `access_log FILE json_fields buffer=64k flush=1s` (Portico's fields, `escape=json`)"
             ));
             logs.push((Target::NginxDefaults, log));
             nginx = Some(proc);

@@ -122,7 +122,8 @@ impl Proc {
     }
 
     /// Threads of the process whose name starts with `prefix` (Tokio names its workers
-    /// `tokio-runtime-w`), for the worker count a default configuration ended up with.
+    /// `tokio-rt-worker`, older versions `tokio-runtime-w`), for the worker count a
+    /// default configuration ended up with.
     pub fn threads_named(&self, prefix: &str) -> usize {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
             return 0;
