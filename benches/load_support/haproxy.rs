@@ -31,7 +31,9 @@ pub fn config(port: u16, backend_port: u16, opts: &Options<'_>) -> String {
     let (global_log, defaults_log) = if opts.log {
         (
             "log stdout format raw local0".to_string(),
-            format!("log global\n    {LOG_FORMAT}"),
+            // `dontlognull`, as HAProxy's packaged config has it: the harness's own
+            // "is it listening" connections carry no request.
+            format!("log global\n    option dontlognull\n    {LOG_FORMAT}"),
         )
     } else {
         (String::new(), "no log".to_string())
