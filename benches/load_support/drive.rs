@@ -4,6 +4,8 @@
 //! read (throughput; latency there is mostly queueing). Open loop: a pacer task releases
 //! requests on a fixed schedule and latency counts from the intended send time, so a
 //! request that waits behind a slow one is charged for its wait (no coordinated omission).
+//! A scenario may speak TLS (rustls), and may open a new connection for every request
+//! (the handshake measurement).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +22,12 @@ use tokio::sync::mpsc;
 use super::backend;
 use super::procs::{Fleet, Proc};
 use crate::Args;
+
+/// Which process serves a target, for its CPU time and peak RSS (None: nothing measured,
+/// as for direct). Each mode's set of processes answers for its own targets.
+pub trait Proxies {
+    fn proxy(&self, target: Target) -> Option<&Proc>;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -50,6 +58,27 @@ pub enum Target {
     /// The plain route with every request (GET and POST) copied to a second backend
     /// process and the answers compared.
     PorticoMirror,
+    /// HAProxy's equivalent of nginx's plain route (tuned: `nbthread` = proxy threads).
+    Haproxy,
+    /// `--scenario defaults`: each proxy with its shipped worker count and its access log
+    /// on, and Portico again with the log off.
+    PorticoLogOn,
+    PorticoLogOff,
+    NginxDefaults,
+    HaproxyDefaults,
+    /// `--scenario https`: TLS terminated by the proxy, kept-alive connections.
+    PorticoHttps,
+    NginxHttps,
+    HaproxyHttps,
+    /// `--scenario https`: a new TCP + TLS connection (full handshake) per request.
+    PorticoHandshake,
+    NginxHandshake,
+    HaproxyHandshake,
+    /// `--scenario scaling`: the plain route with one and with two workers.
+    PorticoOneWorker,
+    PorticoTwoWorkers,
+    NginxOneWorker,
+    NginxTwoWorkers,
 }
 
 impl Target {
@@ -70,6 +99,21 @@ impl Target {
             Target::PorticoLocalLimit => "portico local limit",
             Target::PorticoClusterLimit => "portico cluster limit (redis)",
             Target::PorticoMirror => "portico mirror 100%",
+            Target::Haproxy => "haproxy plain",
+            Target::PorticoLogOn => "portico defaults, access log on",
+            Target::PorticoLogOff => "portico defaults, access log off",
+            Target::NginxDefaults => "nginx defaults, access log on",
+            Target::HaproxyDefaults => "haproxy defaults, access log on",
+            Target::PorticoHttps => "portico https keep-alive",
+            Target::NginxHttps => "nginx https keep-alive",
+            Target::HaproxyHttps => "haproxy https keep-alive",
+            Target::PorticoHandshake => "portico https handshakes",
+            Target::NginxHandshake => "nginx https handshakes",
+            Target::HaproxyHandshake => "haproxy https handshakes",
+            Target::PorticoOneWorker => "portico 1 worker",
+            Target::PorticoTwoWorkers => "portico 2 workers",
+            Target::NginxOneWorker => "nginx 1 worker",
+            Target::NginxTwoWorkers => "nginx 2 workers",
         }
     }
 
@@ -77,6 +121,16 @@ impl Target {
     pub fn nginx_peer(self) -> Target {
         match self {
             Target::PorticoTls | Target::NginxTls => Target::NginxTls,
+            Target::PorticoLogOn
+            | Target::PorticoLogOff
+            | Target::NginxDefaults
+            | Target::HaproxyDefaults => Target::NginxDefaults,
+            Target::PorticoHttps | Target::NginxHttps | Target::HaproxyHttps => Target::NginxHttps,
+            Target::PorticoHandshake | Target::NginxHandshake | Target::HaproxyHandshake => {
+                Target::NginxHandshake
+            }
+            Target::PorticoOneWorker | Target::NginxOneWorker => Target::NginxOneWorker,
+            Target::PorticoTwoWorkers | Target::NginxTwoWorkers => Target::NginxTwoWorkers,
             _ => Target::Nginx,
         }
     }
@@ -114,6 +168,30 @@ pub struct Scenario {
     pub path: String,
     /// Extra request headers (a bearer token, an API key, an origin).
     pub headers: Vec<(&'static str, String)>,
+    /// HTTPS to the target (server name `localhost`) with this client config.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// A new connection for every request, closed after its answer (closed loop only).
+    pub fresh: bool,
+}
+
+impl Scenario {
+    /// GET 100 B on the plain route of the proxy at `port` (`/100b` for direct).
+    pub fn plain_get(target: Target, port: u16) -> Scenario {
+        let prefix = if target == Target::Direct {
+            ""
+        } else {
+            "/plain"
+        };
+        Scenario {
+            target,
+            load: Load::Get100,
+            port,
+            path: format!("{prefix}{}", Load::Get100.path()),
+            headers: Vec::new(),
+            tls: None,
+            fresh: false,
+        }
+    }
 }
 
 pub struct Outcome {
@@ -147,16 +225,18 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
                 port,
                 path: format!("{prefix}{}", load.path()),
                 headers: match target {
-                    Target::PorticoFull => vec![("authorization", fleet.bearer.clone())],
+                    Target::PorticoFull => vec![("authorization", fleet.basics.bearer.clone())],
                     Target::PorticoEdge => vec![
-                        ("x-api-key", super::procs::BENCH_API_KEY.to_string()),
+                        ("x-api-key", super::portico_conf::BENCH_API_KEY.to_string()),
                         ("origin", "https://shop.example".to_string()),
                     ],
                     _ => Vec::new(),
                 },
+                tls: None,
+                fresh: false,
             })
         };
-        add(Target::Direct, fleet.backend.port, "");
+        add(Target::Direct, fleet.basics.backend.port, "");
         add(Target::Portico, fleet.portico.port, "/plain");
         if !smoke {
             add(Target::PorticoMirror, fleet.portico.port, "/mirrored");
@@ -197,6 +277,9 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
                 add(Target::NginxTls, nginx.port, "/tls");
             }
         }
+        if let (Some(haproxy), Load::Get100) = (&fleet.haproxy, load) {
+            add(Target::Haproxy, haproxy.port, "/plain");
+        }
     }
     if let Some(only) = only {
         let chosen = |target: Target| {
@@ -214,9 +297,16 @@ pub fn scenarios(fleet: &Fleet, smoke: bool, only: Option<&str>) -> Vec<Scenario
     out
 }
 
+impl Proxies for Fleet {
+    fn proxy(&self, target: Target) -> Option<&Proc> {
+        proxy_of(self, target)
+    }
+}
+
 fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
     match target {
         Target::Direct => None,
+        Target::Haproxy => fleet.haproxy.as_ref(),
         Target::Portico
         | Target::PorticoFull
         | Target::PorticoCache
@@ -237,6 +327,8 @@ fn proxy_of(fleet: &Fleet, target: Target) -> Option<&Proc> {
         Target::PorticoLocalLimit | Target::PorticoClusterLimit => {
             fleet.limited.as_ref().map(|l| &l.portico)
         }
+        // The other modes' targets: not in this fleet.
+        _ => None,
     }
 }
 
@@ -285,7 +377,7 @@ fn histogram() -> Histogram<u64> {
 /// warm-up before each measured segment.
 pub fn measure(
     args: &Args,
-    fleet: &mut Fleet,
+    fleet: &dyn Proxies,
     scenarios: &[Scenario],
     pacing: Pacing,
 ) -> Result<Vec<Outcome>, String> {
@@ -303,7 +395,7 @@ pub fn measure(
             errors: 0,
             seconds: 0.0,
             histogram: histogram(),
-            proxy_cpu: proxy_of(fleet, s.target).map(|_| 0.0),
+            proxy_cpu: fleet.proxy(s.target).map(|_| 0.0),
             proxy_rss_mib: None,
         })
         .collect();
@@ -330,7 +422,7 @@ pub fn measure(
             );
             let warm = run(s, args.warmup, None);
             outcomes[i].warmup_requests += warm.ok;
-            let proxy = proxy_of(fleet, s.target);
+            let proxy = fleet.proxy(s.target);
             let cpu_before = proxy.map(|p| p.cpu_seconds());
             let o = &mut outcomes[i];
             let counts = run(s, segment, Some(&mut o.histogram));
@@ -344,7 +436,7 @@ pub fn measure(
         }
     }
     for o in &mut outcomes {
-        o.proxy_rss_mib = proxy_of(fleet, o.scenario.target).map(|p| p.peak_rss_mib());
+        o.proxy_rss_mib = fleet.proxy(o.scenario.target).map(|p| p.peak_rss_mib());
     }
     Ok(outcomes)
 }
@@ -365,7 +457,9 @@ async fn run_segment(
         let (s, ok, errors) = (s.clone(), ok.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = self::histogram();
-            if let Err(()) = client_loop(&s, deadline, &mut h, &ok).await {
+            if s.fresh {
+                fresh_loop(&s, deadline, &mut h, &ok, &errors).await;
+            } else if let Err(()) = client_loop(&s, deadline, &mut h, &ok).await {
                 errors.fetch_add(1, Ordering::Relaxed);
             }
             h
@@ -395,7 +489,6 @@ async fn merge(tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>) -> Histogram
 /// One keep-alive connection to a scenario's port, and the scenario's request.
 struct Client {
     sender: SendRequest<Full<Bytes>>,
-    uri: String,
     post_body: Bytes,
 }
 
@@ -405,23 +498,45 @@ impl Client {
             .await
             .map_err(|_| ())?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ())?;
-        tokio::spawn(conn);
+        if s.fresh {
+            // The server closes first (the request says `Connection: close`) and our
+            // close is then a reset: no TIME_WAIT on either side, so thousands of
+            // connections a second do not run out of ports.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+        let sender = match &s.tls {
+            None => http1(TokioIo::new(stream)).await?,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|_| ())?;
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|_| ())?;
+                http1(TokioIo::new(stream)).await?
+            }
+        };
         Ok(Client {
             sender,
-            uri: format!("http://127.0.0.1:{}{}", s.port, s.path),
-            post_body: Bytes::from(vec![b'p'; backend::POST]),
+            post_body: if s.load == Load::Post1k {
+                Bytes::from(vec![b'p'; backend::POST])
+            } else {
+                Bytes::new()
+            },
         })
     }
 
     fn request(&self, s: &Scenario) -> Result<Request<Full<Bytes>>, ()> {
+        // Origin-form, as clients of a reverse proxy send it (hyper's connection writes
+        // the URI as given): HAProxy answers an absolute URI whose authority is not the
+        // Host header with 400.
         let mut req = Request::builder()
-            .uri(&self.uri)
+            .uri(s.path.as_str())
             .header("host", "bench.local");
         for (name, value) in &s.headers {
             req = req.header(*name, value);
+        }
+        if s.fresh {
+            req = req.header("connection", "close");
         }
         let body = if s.load == Load::Post1k {
             req = req
@@ -443,6 +558,49 @@ impl Client {
             Ok(())
         } else {
             Err(())
+        }
+    }
+}
+
+/// An HTTP/1.1 connection over `io`, its connection task spawned.
+async fn http1<IO>(io: IO) -> Result<SendRequest<Full<Bytes>>, ()>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|_| ())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// A new connection per request until `deadline`; latency includes connecting (and the
+/// TLS handshake). Errors count failed requests, and the loop goes on.
+async fn fresh_loop(
+    s: &Scenario,
+    deadline: Instant,
+    h: &mut Histogram<u64>,
+    ok: &AtomicU64,
+    errors: &AtomicU64,
+) {
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let done = async {
+            let mut client = Client::connect(s).await?;
+            let req = client.request(s)?;
+            client.exchange(req).await
+        }
+        .await;
+        match done {
+            Ok(()) => {
+                let _ = h.record(micros(started.elapsed()));
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(()) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                // A server that refuses would otherwise be hammered in a tight loop.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
 }

@@ -1,13 +1,14 @@
-//! Child processes (backend, Portico, nginx), core pinning and /proc readings.
+//! Child processes (backends, Portico, and the nginx and HAProxy of the tuned mode), core
+//! pinning and /proc readings.
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::super::Args;
+use super::{haproxy, nginx, portico_conf};
+use crate::Args;
 
 /// Online cores of the machine (not of this process's affinity mask, which pinning narrows).
 pub fn cores() -> usize {
@@ -58,13 +59,13 @@ impl Pinning {
     }
 
     /// Pins a child to the server cores (when planned) and ties its life to the harness.
-    fn pin_child(&self, cmd: &mut Command) {
+    pub fn pin_child(&self, cmd: &mut Command) {
         pin_to(cmd, self.servers.clone());
     }
 
     /// Pins a child with the load generator: for a service that in production runs on
     /// machines of its own (Redis), so it does not take the measured proxy's core.
-    fn pin_with_client(&self, cmd: &mut Command) {
+    pub fn pin_with_client(&self, cmd: &mut Command) {
         pin_to(cmd, self.client.clone());
     }
 }
@@ -119,9 +120,43 @@ impl Proc {
             .fold(0.0, f64::max)
             / 1024.0
     }
+
+    /// Threads of the process whose name starts with `prefix` (Tokio names its workers
+    /// `tokio-rt-worker`, older versions `tokio-runtime-w`), for the worker count a
+    /// default configuration ended up with.
+    pub fn threads_named(&self, prefix: &str) -> usize {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|name| name.starts_with(prefix))
+            })
+            .count()
+    }
 }
 
 impl Proc {
+    /// Waits until `port` takes connections; fails at once, with the exit status, when the
+    /// process ends first (a proxy that refuses its config), instead of after the timeout.
+    pub fn wait_ready(&mut self, port: u16, what: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{what} exited ({status}) before listening on {port}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{what} did not start listening on {port}"))
+    }
+
     /// Whether any process of this one's group (nginx's workers too) is still alive.
     pub fn group_alive(&self) -> bool {
         // SAFETY: kill with signal 0 only checks; the group id is our child's pid.
@@ -197,12 +232,12 @@ fn status_kib(pid: u32, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn wait_listening(port: u16, what: &str) -> Result<(), String> {
+pub fn wait_listening(port: u16, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -223,24 +258,125 @@ pub fn timestamp() -> String {
 /// The `sample_ratio`s of the traced Portico processes.
 pub const TRACED_RATIOS: [f64; 2] = [0.01, 1.0];
 
-pub struct Fleet {
+/// The harness's temporary directory, removed when the run ends.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn create() -> Result<TempDir, String> {
+        let dir = std::env::temp_dir().join(format!("portico-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What every mode's Portico config needs, started once: the backend (plain and HTTPS),
+/// the mirror backend, the CA of the backend's certificate and the JWT key.
+pub struct Basics {
     pub backend: Proc,
-    /// The second backend the mirrored route copies its requests to (kept for its drop,
-    /// which ends the process).
-    _mirror_backend: Proc,
+    /// The second backend the mirrored route copies its requests to.
+    pub mirror_backend: Proc,
+    pub backend_tls_port: u16,
+    pub ca_file: PathBuf,
+    pub public_key: PathBuf,
+    /// `Authorization` value for the JWT route (an RS256 token minted at start).
+    pub bearer: String,
+    // Last, so the directory outlives the processes that use it.
+    dir: TempDir,
+}
+
+impl Basics {
+    pub fn start(pinning: &Pinning) -> Result<Basics, String> {
+        let dir = TempDir::create()?;
+        let backend_port = free_port()?;
+        let backend_tls_port = free_port()?;
+        let (ca_file, cert_file, key_file) = test_certificates(&dir.0)?;
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.arg("--backend-port").arg(backend_port.to_string());
+        cmd.arg("--backend-tls-port")
+            .arg(backend_tls_port.to_string());
+        cmd.arg("--backend-cert").arg(&cert_file);
+        cmd.arg("--backend-key").arg(&key_file);
+        pinning.pin_child(&mut cmd);
+        let backend = spawn("backend", backend_port, cmd, None)?;
+        wait_listening(backend_port, "backend")?;
+        wait_listening(backend_tls_port, "backend (https)")?;
+        let mirror_port = free_port()?;
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.arg("--backend-port").arg(mirror_port.to_string());
+        pinning.pin_child(&mut cmd);
+        let mirror_backend = spawn("mirror backend", mirror_port, cmd, None)?;
+        wait_listening(mirror_port, "mirror backend")?;
+
+        let (public_pem, bearer) = rs256_key_and_token()?;
+        let public_key = dir.0.join("jwt-public.pem");
+        std::fs::write(&public_key, public_pem).map_err(|e| e.to_string())?;
+        Ok(Basics {
+            backend,
+            mirror_backend,
+            backend_tls_port,
+            ca_file,
+            public_key,
+            bearer,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// Writes the Portico config `name`.yaml with `opts` for `port`, and starts it
+    /// (`threads`: None for Portico's default, one worker per core). Also returns how long
+    /// it took from spawn to listening.
+    pub fn start_portico(
+        &self,
+        name: &'static str,
+        port: u16,
+        opts: &portico_conf::Options<'_>,
+        threads: Option<usize>,
+        pinning: &Pinning,
+    ) -> Result<(Proc, Duration), String> {
+        let config = self.dir.0.join(format!("{}.yaml", name.replace(' ', "-")));
+        std::fs::write(&config, portico_conf::config(port, self, opts))
+            .map_err(|e| format!("{}: {e}", config.display()))?;
+        // Its stdout is the access log: a real file, as nginx's is.
+        let log = opts.access_log.then(|| {
+            self.dir
+                .0
+                .join(format!("{}-access.log", name.replace(' ', "-")))
+        });
+        let started = Instant::now();
+        let mut proc = start_portico(name, port, &config, threads, log.as_deref(), pinning)?;
+        if let Some((tls_port, _, _)) = opts.tls {
+            proc.wait_ready(tls_port, name)?;
+        }
+        Ok((proc, started.elapsed()))
+    }
+}
+
+pub struct Fleet {
     pub portico: Proc,
+    /// From spawn to listening, with the full route table.
+    pub portico_startup: Duration,
     pub nginx: Option<Proc>,
+    /// HAProxy, when installed (`nbthread` = proxy threads, no log).
+    pub haproxy: Option<Proc>,
     /// Portico with `telemetry.tracing` on (the backend takes the exports), by
     /// `sample_ratio`: the same config otherwise, measured on its plain route.
     pub traced: Vec<(f64, Proc)>,
     /// A Portico with `cluster.redis` and a Redis beside it (when redis-server is
     /// installed): the same route with a local and with a `scope: cluster` limit.
     pub limited: Option<Limited>,
-    pub portico_routes: usize,
     pub nginx_version: Option<String>,
-    /// `Authorization` value for the JWT route (an RS256 token minted at start).
-    pub bearer: String,
-    _dir: TempDir,
+    pub haproxy_version: Option<String>,
+    // Last: the proxies stop before their backends.
+    pub basics: Basics,
 }
 
 pub struct Limited {
@@ -262,70 +398,31 @@ impl Limited {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Filler routes so the route table has the size of a real deployment (100 routes).
-pub const ROUTES: usize = 100;
-
 impl Fleet {
     pub fn start(args: &Args, pinning: &Pinning) -> Result<Fleet, String> {
-        let dir = std::env::temp_dir().join(format!("portico-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let dir = TempDir(dir);
-
-        let backend_port = free_port()?;
-        let backend_tls_port = free_port()?;
-        let (ca_file, cert_file, key_file) = test_certificates(&dir.0)?;
-        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-        cmd.arg("--backend-port").arg(backend_port.to_string());
-        cmd.arg("--backend-tls-port")
-            .arg(backend_tls_port.to_string());
-        cmd.arg("--backend-cert").arg(&cert_file);
-        cmd.arg("--backend-key").arg(&key_file);
-        pinning.pin_child(&mut cmd);
-        let backend = spawn("backend", backend_port, cmd)?;
-        wait_listening(backend_port, "backend")?;
-        wait_listening(backend_tls_port, "backend (https)")?;
-        let mirror_port = free_port()?;
-        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-        cmd.arg("--backend-port").arg(mirror_port.to_string());
-        pinning.pin_child(&mut cmd);
-        let mirror_backend = spawn("mirror backend", mirror_port, cmd)?;
-        wait_listening(mirror_port, "mirror backend")?;
-
-        let (public_pem, bearer) = rs256_key_and_token()?;
-        let public_key = dir.0.join("jwt-public.pem");
-        std::fs::write(&public_key, public_pem).map_err(|e| e.to_string())?;
-        let portico_port = free_port()?;
-        let config = dir.0.join("portico.yaml");
-        let mut f = std::fs::File::create(&config).map_err(|e| e.to_string())?;
-        let backends = Backends {
-            plain: backend_port,
-            mirror: mirror_port,
-            tls: backend_tls_port,
-            ca_file: &ca_file,
-        };
-        f.write_all(portico_config(portico_port, &backends, &public_key).as_bytes())
-            .map_err(|e| e.to_string())?;
-        let portico = start_portico("portico", portico_port, &config, args, pinning)?;
+        let basics = Basics::start(pinning)?;
+        let threads = Some(args.proxy_threads);
+        let (portico, portico_startup) = basics.start_portico(
+            "portico",
+            free_port()?,
+            &portico_conf::Options::default(),
+            threads,
+            pinning,
+        )?;
 
         let mut traced = Vec::new();
         if !args.smoke {
+            let backend_port = basics.backend.port;
             for ratio in TRACED_RATIOS {
                 let port = free_port()?;
-                let config = dir.0.join(format!("portico-traced-{ratio}.yaml"));
+                let config = basics.dir.0.join(format!("portico-traced-{ratio}.yaml"));
                 let text = format!(
                     "{}telemetry:\n  tracing:\n    otlp_endpoint: http://127.0.0.1:{backend_port}\n    sample_ratio: {ratio}\n",
-                    portico_config(port, &backends, &public_key)
+                    portico_conf::config(port, &basics, &portico_conf::Options::default())
                 );
                 std::fs::write(&config, text).map_err(|e| e.to_string())?;
-                let proc = start_portico("portico (traced)", port, &config, args, pinning)?;
+                let proc =
+                    start_portico("portico (traced)", port, &config, threads, None, pinning)?;
                 traced.push((ratio, proc));
             }
         }
@@ -333,44 +430,56 @@ impl Fleet {
         let limited = if args.smoke {
             None
         } else {
-            start_limited(&dir.0, backend_port, args, pinning)?
+            start_limited(basics.dir(), basics.backend.port, args, pinning)?
         };
 
-        let mut nginx = None;
-        let mut nginx_version = None;
+        let (mut nginx, mut nginx_version) = (None, None);
         if !args.no_nginx {
-            if let Some(bin) = which("nginx") {
-                let port = free_port()?;
-                let conf = dir.0.join("nginx.conf");
-                std::fs::write(
-                    &conf,
-                    nginx_config(&dir.0, port, &backends, args.proxy_threads),
-                )
-                .map_err(|e| e.to_string())?;
-                nginx_version = Command::new(&bin)
-                    .arg("-v")
-                    .output()
-                    .ok()
-                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string());
-                let mut cmd = Command::new(bin);
-                cmd.arg("-p").arg(&dir.0).arg("-c").arg(&conf);
-                pinning.pin_child(&mut cmd);
-                let p = spawn("nginx", port, cmd)?;
-                wait_listening(port, "nginx")?;
-                nginx = Some(p);
+            if let Some((bin, version)) = nginx::find() {
+                let opts = nginx::Options {
+                    workers: args.proxy_threads,
+                    access_log: None,
+                    tls: None,
+                };
+                nginx = Some(nginx::start(&bin, free_port()?, &basics, &opts, pinning)?);
+                nginx_version = Some(version);
+            }
+        }
+        let (mut haproxy, mut haproxy_version) = (None, None);
+        if !args.no_haproxy {
+            match haproxy::find() {
+                Some((bin, version)) => {
+                    let opts = haproxy::Options {
+                        threads: args.proxy_threads,
+                        log: false,
+                        tls: None,
+                    };
+                    let port = free_port()?;
+                    let backend = basics.backend.port;
+                    haproxy = Some(haproxy::start(
+                        &bin,
+                        basics.dir(),
+                        port,
+                        backend,
+                        &opts,
+                        None,
+                        pinning,
+                    )?);
+                    haproxy_version = Some(version);
+                }
+                None => eprintln!("haproxy not installed: the haproxy scenario is skipped"),
             }
         }
         Ok(Fleet {
-            backend,
-            _mirror_backend: mirror_backend,
             portico,
+            portico_startup,
             nginx,
+            haproxy,
             traced,
             limited,
-            portico_routes: ROUTES,
             nginx_version,
-            bearer,
-            _dir: dir,
+            haproxy_version,
+            basics,
         })
     }
 }
@@ -379,7 +488,7 @@ impl Fleet {
 /// it must not take the measured proxy's core) and a Portico whose `/limit-local` and
 /// `/limit-cluster` routes differ only in the limit's scope; None without redis-server.
 fn start_limited(
-    dir: &std::path::Path,
+    dir: &Path,
     backend_port: u16,
     args: &Args,
     pinning: &Pinning,
@@ -395,7 +504,7 @@ fn start_limited(
         .arg("--dir")
         .arg(dir);
     pinning.pin_with_client(&mut cmd);
-    let redis = spawn("redis", redis_port, cmd)?;
+    let redis = spawn("redis", redis_port, cmd, None)?;
     wait_listening(redis_port, "redis")?;
     let port = free_port()?;
     let config = dir.join("portico-limited.yaml");
@@ -425,39 +534,56 @@ routes:
 "#
     );
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
-    let portico = start_portico("portico (cluster)", port, &config, args, pinning)?;
+    let threads = Some(args.proxy_threads);
+    let portico = start_portico("portico (cluster)", port, &config, threads, None, pinning)?;
     Ok(Some(Limited { portico, redis }))
 }
 
-/// A Portico process on `config`, pinned like the other proxies, once it listens.
+/// A Portico process on `config`, pinned like the other proxies, once it listens. Without
+/// `threads` it runs with its default (one worker per core); its stdout goes to `stdout`
+/// (None: discarded).
 fn start_portico(
     name: &'static str,
     port: u16,
-    config: &std::path::Path,
-    args: &Args,
+    config: &Path,
+    threads: Option<usize>,
+    stdout: Option<&Path>,
     pinning: &Pinning,
 ) -> Result<Proc, String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
-    cmd.args(["run", "--watch-interval", "0", "--threads"])
-        .arg(args.proxy_threads.to_string())
-        .arg("-c")
-        .arg(config)
-        .env("RUST_LOG", "warn");
+    cmd.args(["run", "--watch-interval", "0"]);
+    if let Some(n) = threads {
+        cmd.arg("--threads").arg(n.to_string());
+    }
+    cmd.arg("-c").arg(config).env("RUST_LOG", "warn");
     pinning.pin_child(&mut cmd);
-    let proc = spawn(name, port, cmd)?;
-    wait_listening(port, name)?;
+    let mut proc = spawn(name, port, cmd, stdout)?;
+    proc.wait_ready(port, name)?;
     Ok(proc)
 }
 
-fn spawn(name: &'static str, port: u16, mut cmd: Command) -> Result<Proc, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+/// Starts `cmd` in a process group of its own, stdout to the file `stdout` (created
+/// anew) or discarded.
+pub fn spawn(
+    name: &'static str,
+    port: u16,
+    mut cmd: Command,
+    stdout: Option<&Path>,
+) -> Result<Proc, String> {
+    let out = match stdout {
+        Some(path) => Stdio::from(
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
+    cmd.stdin(Stdio::null()).stdout(out);
     // Its own process group, so `Drop` can stop it with everything it started.
     cmd.process_group(0);
     let child = cmd.spawn().map_err(|e| format!("starting {name}: {e}"))?;
     Ok(Proc { port, child })
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+pub fn which(bin: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
@@ -485,17 +611,9 @@ fn rs256_key_and_token() -> Result<(String, String), String> {
     Ok((pair.public_key_pem(), format!("Bearer {token}")))
 }
 
-/// The backend's ports and the CA that signed its HTTPS certificate.
-struct Backends<'a> {
-    plain: u16,
-    mirror: u16,
-    tls: u16,
-    ca_file: &'a std::path::Path,
-}
-
 /// A CA and a certificate for `localhost` signed by it (rcgen), as PEM files in `dir`:
 /// (CA, certificate, key).
-fn test_certificates(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+fn test_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let e = |e: rcgen::Error| e.to_string();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -521,187 +639,4 @@ fn test_certificates(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf
         std::fs::write(path, pem).map_err(|e| e.to_string())?;
     }
     Ok(paths)
-}
-
-/// The key the edge scenario's consumer holds.
-pub const BENCH_API_KEY: &str = "bench-api-key-0123456789abcdef";
-
-/// The edge route's IP allow list: loopback among 1 000 other ranges, so the check is a
-/// real search.
-fn edge_allow_list() -> String {
-    let mut list = vec!["127.0.0.0/8".to_string()];
-    list.extend((0..1000u32).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)));
-    list.join(", ")
-}
-
-/// The measured routes first (plain; JWT + rate limit + header transform; cached; an
-/// HTTPS upstream), then filler routes up to `ROUTES`.
-fn portico_config(port: u16, backends: &Backends<'_>, public_key: &std::path::Path) -> String {
-    let backend = backends.plain;
-    let mut y = format!(
-        r#"server:
-  listen: 127.0.0.1:{port}
-  access_log: false
-  limits: {{ max_connections: 100000 }}
-jwt:
-  bench:
-    issuer: bench
-    audience: [bench]
-    algorithms: [RS256]
-    public_key: "{key}"
-    required_claims: [sub, exp]
-    forward_claims: {{ sub: X-User-Id }}
-rate_limits:
-  never-trips: {{ key: client_ip, limit: 1000000000, per: 1s }}
-caches:
-  bench: {{ max_size: 64MiB, max_entry: 1MiB, default_ttl: 60s }}
-consumers:
-  bench-app: {{ api_keys: ["{api_key}"], groups: [apps] }}
-cors:
-  storefront:
-    origins: ["https://shop.example", "https://*.shop.example"]
-    expose: [X-Request-Id]
-    credentials: true
-upstreams:
-  backend:
-    targets: ["127.0.0.1:{backend}"]
-  backend-tls:
-    targets: ["127.0.0.1:{tls}"]
-    tls: {{ ca_file: "{ca}", server_name: localhost }}
-  backend-h2c:
-    targets: ["127.0.0.1:{backend}"]
-    protocol: h2c
-  mirror-backend:
-    targets: ["127.0.0.1:{mirror}"]
-routes:
-  - name: grpc
-    match: {{ path_prefix: /grpc }}
-    rewrite: {{ strip_prefix: /grpc }}
-    upstream: backend-h2c
-    grpc: true
-  - name: h2c
-    match: {{ path_prefix: /h2c }}
-    rewrite: {{ strip_prefix: /h2c }}
-    upstream: backend-h2c
-  - name: tls
-    match: {{ path_prefix: /tls }}
-    rewrite: {{ strip_prefix: /tls }}
-    upstream: backend-tls
-  - name: plain
-    match: {{ path_prefix: /plain }}
-    rewrite: {{ strip_prefix: /plain }}
-    upstream: backend
-  - name: full
-    match: {{ path_prefix: /full }}
-    rewrite: {{ strip_prefix: /full }}
-    jwt: bench
-    rate_limit: never-trips
-    transform:
-      request:
-        set_headers: {{ X-Api-Version: "2.0", X-Caller: "${{claim.sub}}" }}
-        remove_headers: [X-Debug]
-      response:
-        set_headers: {{ X-Gateway: portico }}
-        remove_headers: [Server]
-    upstream: backend
-  - name: edge
-    match: {{ path_prefix: /edge }}
-    rewrite: {{ strip_prefix: /edge }}
-    auth: {{ any: [api_key] }}
-    allow: {{ groups: [apps] }}
-    cors: storefront
-    ip: {{ allow: [{allow_list}], deny: [10.6.6.0/24] }}
-    upstream: backend
-  - name: cached
-    match: {{ path_prefix: /cached }}
-    rewrite: {{ strip_prefix: /cached }}
-    cache: bench
-    upstream: backend
-  - name: mirrored
-    match: {{ path_prefix: /mirrored }}
-    rewrite: {{ strip_prefix: /mirrored }}
-    upstream: backend
-    mirror:
-      upstream: mirror-backend
-      rewrite: {{ strip_prefix: /mirrored }}
-      percent: 100
-      methods: [GET, POST]
-      max_in_flight: 1000
-      compare: {{ status: true, headers: [Content-Type] }}
-"#,
-        mirror = backends.mirror,
-        key = public_key.display(),
-        api_key = BENCH_API_KEY,
-        allow_list = edge_allow_list(),
-        tls = backends.tls,
-        ca = backends.ca_file.display(),
-    );
-    for i in 1..ROUTES - 5 {
-        y.push_str(&format!(
-            "  - name: svc-{i}\n    match: {{ path_prefix: /svc-{i}, methods: [GET] }}\n    rewrite: {{ strip_prefix: /svc-{i} }}\n    upstream: backend\n"
-        ));
-    }
-    y
-}
-
-/// nginx as a keep-alive reverse proxy equivalent to Portico's plain route.
-fn nginx_config(
-    dir: &std::path::Path,
-    port: u16,
-    backends: &Backends<'_>,
-    workers: usize,
-) -> String {
-    let d = dir.display();
-    let (backend, tls, ca) = (backends.plain, backends.tls, backends.ca_file.display());
-    format!(
-        r#"daemon off;
-master_process on;
-worker_processes {workers};
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-user root;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 1000000;
-    upstream backend {{
-        server 127.0.0.1:{backend};
-        keepalive 256;
-    }}
-    upstream backend_tls {{
-        server 127.0.0.1:{tls};
-        keepalive 256;
-    }}
-    server {{
-        listen 127.0.0.1:{port} reuseport;
-        location /plain/ {{
-            proxy_pass http://backend/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_buffering on;
-        }}
-        location /tls/ {{
-            proxy_pass https://backend_tls/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_ssl_verify on;
-            proxy_ssl_trusted_certificate {ca};
-            proxy_ssl_name localhost;
-            proxy_ssl_server_name on;
-            proxy_ssl_session_reuse on;
-            proxy_buffering on;
-        }}
-    }}
-}}
-"#
-    )
 }

@@ -8,7 +8,7 @@ use super::drive::{Load, Outcome, Target};
 use super::procs::{Fleet, Pinning};
 use crate::Args;
 
-fn rps(o: &Outcome) -> f64 {
+pub fn rps(o: &Outcome) -> f64 {
     if o.seconds > 0.0 {
         o.requests as f64 / o.seconds
     } else {
@@ -16,17 +16,17 @@ fn rps(o: &Outcome) -> f64 {
     }
 }
 
-fn ms(o: &Outcome, q: f64) -> f64 {
+pub fn ms(o: &Outcome, q: f64) -> f64 {
     o.histogram.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn find(results: &[Outcome], target: Target, load: Load) -> Option<&Outcome> {
+pub fn find(results: &[Outcome], target: Target, load: Load) -> Option<&Outcome> {
     results
         .iter()
         .find(|o| o.scenario.target == target && o.scenario.load == load)
 }
 
-fn cpu_model() -> String {
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -43,7 +43,7 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
     let _ = writeln!(out, "### Portico load run\n");
     let _ = writeln!(
         out,
-        "- machine: {} cores, {}\n- pinning: {}\n- load: {} keep-alive connections, closed loop, {:?} measured per scenario in {} alternating rounds, {:?} warm-up per segment\n- open loop: {}\n- threads: proxy {}, load generator {}\n- Portico: {} routes, access log off; nginx: {}\n",
+        "- machine: {} cores, {}\n- pinning: {}\n- load: {} keep-alive connections, closed loop, {:?} measured per scenario in {} alternating rounds, {:?} warm-up per segment\n- open loop: {}\n- threads: proxy {}, load generator {}\n- Portico: {} routes, {} upstreams, access log off, listening {} ms after spawn; nginx: {}; haproxy: {}\n",
         super::procs::cores(),
         cpu_model(),
         pinning.describe(),
@@ -66,8 +66,11 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
         },
         args.proxy_threads,
         args.client_threads,
-        fleet.portico_routes,
+        super::portico_conf::ROUTES,
+        super::portico_conf::UPSTREAMS,
+        fleet.portico_startup.as_millis(),
         fleet.nginx_version.as_deref().unwrap_or("not run"),
+        fleet.haproxy_version.as_deref().unwrap_or("not run"),
     );
     let _ = writeln!(
         out,
@@ -104,6 +107,75 @@ pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcom
             ratio(direct),
             ratio(nginx),
             ratio(plain),
+            o.errors
+        );
+    }
+    out
+}
+
+/// Proxy CPU per answered request in microseconds (None for direct or without requests).
+pub fn cpu_micros(o: &Outcome) -> Option<f64> {
+    match o.proxy_cpu {
+        Some(c) if o.requests > 0 => Some(c / o.requests as f64 * 1e6),
+        _ => None,
+    }
+}
+
+/// The header of the other modes' reports: the machine, the pinning, the load, and
+/// `notes` (one list item each).
+pub fn mode_header(title: &str, args: &Args, pinning: &Pinning, notes: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(
+        out,
+        "- machine: {} cores, {}\n- pinning: {}\n- load: {} connections, closed loop, {:?} measured per target in {} alternating rounds, {:?} warm-up per segment, load generator threads {}",
+        super::procs::cores(),
+        cpu_model(),
+        pinning.describe(),
+        args.connections,
+        args.duration,
+        args.rounds,
+        args.warmup,
+        args.client_threads,
+    );
+    for n in notes {
+        let _ = writeln!(out, "- {n}");
+    }
+    out.push('\n');
+    out
+}
+
+/// One row per target that `keep` keeps: throughput (`rate` names its unit), latency, the
+/// proxy's CPU per request and peak RSS, and both against the target's nginx peer.
+pub fn proxy_table(results: &[Outcome], rate: &str, keep: impl Fn(Target) -> bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| target | {rate} | p50 ms | p99 ms | proxy CPU µs / req | proxy peak RSS MiB | {rate} vs nginx | CPU / req vs nginx | errors |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for o in results.iter().filter(|o| keep(o.scenario.target)) {
+        let nginx = find(results, o.scenario.target.nginx_peer(), o.scenario.load);
+        let vs = match nginx.map(rps) {
+            Some(n) if n > 0.0 => format!("{:.2}", rps(o) / n),
+            _ => "–".into(),
+        };
+        let cpu = cpu_micros(o);
+        let cpu_vs = match (cpu, nginx.and_then(cpu_micros)) {
+            (Some(c), Some(n)) if n > 0.0 => format!("{:.2}", c / n),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+            o.scenario.target.label(),
+            rps(o),
+            ms(o, 0.5),
+            ms(o, 0.99),
+            cpu.map_or("–".into(), |c| format!("{c:.1}")),
+            o.proxy_rss_mib.map_or("–".into(), |r| format!("{r:.1}")),
+            vs,
+            cpu_vs,
             o.errors
         );
     }
@@ -232,6 +304,15 @@ fn percentile_svg(results: &[Outcome], title: &str) -> String {
             Target::PorticoLocalLimit => "#8c6d31",
             Target::PorticoClusterLimit => "#843c39",
             Target::PorticoMirror => "#e7969c",
+            Target::Haproxy => "#31a354",
+            Target::PorticoLogOn | Target::PorticoHttps | Target::PorticoOneWorker => "#d62728",
+            Target::PorticoLogOff | Target::PorticoHandshake | Target::PorticoTwoWorkers => {
+                "#9467bd"
+            }
+            Target::NginxDefaults | Target::NginxHttps | Target::NginxOneWorker => "#ff7f0e",
+            Target::NginxHandshake | Target::NginxTwoWorkers => "#e377c2",
+            Target::HaproxyDefaults | Target::HaproxyHttps => "#31a354",
+            Target::HaproxyHandshake => "#74c476",
         };
         let points: Vec<String> = QUANTILES
             .iter()
