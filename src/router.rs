@@ -3,6 +3,7 @@
 //! parsed when the table is built, never per request.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -32,8 +33,13 @@ const INDEX_FROM: usize = 32;
 
 impl<T> RouteTable<T> {
     pub fn new(entries: Vec<(RouteMatch, T)>) -> Self {
-        let index = (entries.len() >= INDEX_FROM)
-            .then(|| SegmentIndex::build(entries.iter().map(|(m, _)| m.literal_segments())));
+        let index = (entries.len() >= INDEX_FROM).then(|| {
+            SegmentIndex::build(
+                entries
+                    .iter()
+                    .map(|(m, _)| (m.literal_segments(), m.host.as_ref())),
+            )
+        });
         RouteTable { entries, index }
     }
 
@@ -47,7 +53,9 @@ impl<T> RouteTable<T> {
                 .map(|(_, t)| t);
         };
         index
-            .first_match(request.path, |i| self.entries[i].0.matches(request))
+            .first_match(request.host, request.path, |i| {
+                self.entries[i].0.matches(request)
+            })
             .map(|i| &self.entries[i].1)
     }
 
@@ -69,38 +77,79 @@ impl<T> RouteTable<T> {
 /// sit at `api/users`, `api/users/me` and `api`. A route can only match a path that
 /// starts with its segments, so the routes worth checking for a path are those on the
 /// trie walk along the path's segments: a few short lists instead of the whole table.
-/// Each list is in file order, so "first match wins" is kept by taking the lowest match.
+/// At each node, routes with a host rule are keyed by their host (`shop.example.com`) or
+/// wildcard suffix (`.example.com`), so many tenants on one path cost a lookup or two, not
+/// a check each. Each list is in file order, so "first match wins" is kept by taking the
+/// lowest match over the lists.
 #[derive(Debug, Default)]
 struct SegmentIndex {
+    /// Routes without a host rule.
     routes: Vec<usize>,
-    children: std::collections::HashMap<String, SegmentIndex>,
+    exact_hosts: HashMap<String, Vec<usize>>,
+    host_suffixes: HashMap<String, Vec<usize>>,
+    children: HashMap<String, SegmentIndex>,
 }
 
 impl SegmentIndex {
-    fn build<'a>(keys: impl Iterator<Item = Vec<&'a str>>) -> SegmentIndex {
+    fn build<'a>(
+        keys: impl Iterator<Item = (Vec<&'a str>, Option<&'a HostMatch>)>,
+    ) -> SegmentIndex {
         let mut root = SegmentIndex::default();
-        for (i, segments) in keys.enumerate() {
+        for (i, (segments, host)) in keys.enumerate() {
             let mut node = &mut root;
             for segment in segments {
                 node = node.children.entry(segment.to_string()).or_default();
             }
-            node.routes.push(i);
+            let list = match host {
+                None => &mut node.routes,
+                Some(HostMatch::Exact(h)) => node.exact_hosts.entry(h.clone()).or_default(),
+                Some(HostMatch::Suffix(s)) => node.host_suffixes.entry(s.clone()).or_default(),
+            };
+            list.push(i);
         }
         root
     }
 
-    fn first_match(&self, path: &str, matches: impl Fn(usize) -> bool) -> Option<usize> {
+    fn first_match(
+        &self,
+        host: &str,
+        path: &str,
+        matches: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        // Host rules are stored lowercase; a request host rarely needs the copy.
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         let mut best: Option<usize> = None;
+        let lowest = |list: &[usize], best: &mut Option<usize>| {
+            for &i in list {
+                if best.is_some_and(|b| i > b) {
+                    return;
+                }
+                if matches(i) {
+                    *best = Some(i);
+                    return;
+                }
+            }
+        };
         let mut node = self;
         let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
         loop {
-            for &i in &node.routes {
-                if best.is_some_and(|b| i > b) {
-                    break;
+            lowest(&node.routes, &mut best);
+            if !node.exact_hosts.is_empty() {
+                if let Some(list) = node.exact_hosts.get(host.as_ref()) {
+                    lowest(list, &mut best);
                 }
-                if matches(i) {
-                    best = Some(i);
-                    break;
+            }
+            if !node.host_suffixes.is_empty() {
+                // `*.example.com` matches `a.example.com` and `a.b.example.com`: try the
+                // host from each of its dots.
+                for (at, _) in host.match_indices('.').filter(|&(at, _)| at > 0) {
+                    if let Some(list) = node.host_suffixes.get(&host[at..]) {
+                        lowest(list, &mut best);
+                    }
                 }
             }
             let Some(next) = segments.next().and_then(|s| node.children.get(s)) else {
@@ -511,6 +560,10 @@ mod tests {
                 if next(4) == 0 {
                     config.methods = vec!["POST".into()];
                 }
+                if next(3) == 0 {
+                    let hosts = ["a.shop.local", "*.shop.local", "*.local", "B.Shop.Local"];
+                    config.host = Some(hosts[next(hosts.len())].into());
+                }
                 entries.push((RouteMatch::build(&config).unwrap(), i));
             }
             let scan: Vec<RouteMatch> = entries.iter().map(|(m, _)| m.clone()).collect();
@@ -531,7 +584,16 @@ mod tests {
                 } else {
                     Method::POST
                 };
-                let req = view(&method, "h", &path, &headers);
+                let hosts = [
+                    "h",
+                    "a.shop.local",
+                    "x.a.shop.local",
+                    "A.SHOP.local",
+                    "shop.local",
+                    "b.local",
+                    "b.shop.local",
+                ];
+                let req = view(&method, hosts[next(hosts.len())], &path, &headers);
                 let expected = scan.iter().position(|m| m.matches(&req));
                 assert_eq!(table.find(&req).copied(), expected, "{method} {path}");
                 if expected.is_some() {

@@ -57,8 +57,8 @@ fn start(args: &Args, pinning: &Pinning) -> Result<Fleet, String> {
     let (portico_off, _) =
         basics.start_portico("portico log off", procs::free_port()?, &off, None, pinning)?;
     notes.push(format!(
-        "Portico: `portico run -c` without `--threads`: {} Tokio worker threads (its default: one per core), on the server cores {:?}; access log on to a file, and a second Portico with it off; {} routes, {} upstreams, listening {} ms after spawn",
-        portico_on.threads_named("tokio-r"),
+        "Portico: `portico run -c` without `--threads`: {} serving runtimes (its default: one per core it may run on, each a current-thread runtime), on the server cores {:?}; access log on to a file, and a second Portico with it off; {} routes, {} upstreams, listening {} ms after spawn",
+        serving_runtimes(&portico_on),
         pinning.servers,
         portico_conf::ROUTES,
         portico_conf::UPSTREAMS,
@@ -192,4 +192,13 @@ pub fn run(args: &Args, pinning: &Pinning) -> Result<(String, Vec<Outcome>), Str
         );
     }
     Ok((out, results))
+}
+
+/// Portico's serving runtimes: the main thread and one `portico-worker-N` thread per
+/// further runtime, or the threads of a work-stealing runtime.
+fn serving_runtimes(portico: &procs::Proc) -> usize {
+    match portico.threads_named("tokio-r") {
+        0 => 1 + portico.threads_named("portico-worker"),
+        stealing => stealing,
+    }
 }
