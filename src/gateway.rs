@@ -261,7 +261,8 @@ async fn forward_request(
         trace: ctx.trace.clone(),
     };
 
-    let sent_at = Instant::now();
+    // The split's latency window is the only reader of this clock.
+    let sent_at = chosen.is_some().then(Instant::now);
     let sent = if let Some(protocol) = upgrade {
         Box::pin(upgrade_request(ctx, parts, call, protocol, rt.idle_timeout)).await
     } else if let Some(cache) = &route.cache {
@@ -280,7 +281,7 @@ async fn forward_request(
     } else {
         uncached(ctx, &route, call, body).await
     };
-    if let Some((split, side)) = chosen {
+    if let (Some((split, side)), Some(sent_at)) = (chosen, sent_at) {
         split.record(
             side,
             sent.as_ref().map(|r| r.status()).map_err(|e| e.status()),
