@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
@@ -103,14 +103,21 @@ impl AccessLog {
     pub async fn flush(&self, within: Duration) {
         let Some(tx) = &self.tx else { return };
         let (done, flushed) = oneshot::channel();
-        // The queue may be full: hand the marker over from the blocking pool, which may
-        // wait for room, rather than block this worker.
-        let tx = tx.clone();
-        let wait = async move {
-            let sent = tokio::task::spawn_blocking(move || tx.send(Message::Flush(done)).is_ok());
-            if matches!(sent.await, Ok(true)) {
-                let _ = flushed.await;
+        let wait = async {
+            // The queue may be full: retry without blocking this thread, and without a
+            // blocking-pool task that a stuck stdout would keep the process waiting on.
+            let mut marker = Message::Flush(done);
+            loop {
+                match tx.try_send(marker) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back)) => {
+                        marker = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
+                }
             }
+            let _ = flushed.await;
         };
         if tokio::time::timeout(within, wait).await.is_err() {
             tracing::warn!("access log not flushed within {within:?} at shutdown");
