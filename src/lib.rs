@@ -135,7 +135,16 @@ impl Gateway {
             None => None,
         };
         let admin = match &config.admin {
-            Some(admin) => Some(bind(admin.listen.clone(), 1)?),
+            Some(admin) => {
+                Some(
+                    server::bind(&admin.listen)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            address: admin.listen.clone(),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         check::config(&config)?;
@@ -192,20 +201,8 @@ impl Gateway {
         }
         let mut background = Vec::new();
         let mut admin_addr = None;
-        if let Some((mut sockets, addr)) = admin {
+        if let Some((tcp, addr)) = admin {
             admin_addr = Some(addr);
-            let tcp = sockets
-                .pop()
-                .map(tokio::net::TcpListener::from_std)
-                .transpose()
-                .map_err(|source| StartError::Bind {
-                    address: addr.to_string(),
-                    source,
-                })?
-                .ok_or_else(|| StartError::Bind {
-                    address: addr.to_string(),
-                    source: std::io::Error::other("no socket bound"),
-                })?;
             background.push(tokio::spawn(server::serve(
                 server::Listener {
                     tcp,

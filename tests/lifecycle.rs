@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::Full;
-use support::binary::{signal, start_binary};
+use support::binary::{signal, start_binary, wait_with_stdout};
 use support::{client, eventually, gateway, Backend, Client};
 
 fn simple_yaml(backend: &Backend, extra: &str) -> String {
@@ -189,7 +189,7 @@ async fn every_request_answered_across_sigterm_is_logged() {
     );
     let file = support::tempfile_path::TempPath::new("portico-log", "yaml");
     std::fs::write(file.path(), yaml).unwrap();
-    let (mut child, addr) = start_binary(file.path(), &[], std::process::Stdio::piped());
+    let (child, addr) = start_binary(file.path(), &[], std::process::Stdio::piped());
     let client = Client::new();
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
@@ -202,14 +202,7 @@ async fn every_request_answered_across_sigterm_is_logged() {
     for request in in_flight {
         assert_eq!(request.await.unwrap().status, 200);
     }
-    let mut stdout = child.stdout.take().expect("stdout");
-    let (status, text) = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-        (child.wait(), text)
-    })
-    .await
-    .unwrap();
+    let (status, text) = wait_with_stdout(child).await;
     assert!(status.expect("wait").success());
     let lines: Vec<serde_json::Value> = text
         .lines()

@@ -7,8 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::binary::{signal, start_binary_logged};
+use support::binary::{http_addr, signal, start_binary_logged, terminate, wait_with_stdout};
 use support::{eventually, Backend, Client};
+
+const TWO_RUNTIMES: &[&str] = &["--threads", "2", "--watch-interval", "0"];
 
 fn yaml(backend: &Backend, access_log: bool) -> String {
     format!(
@@ -57,12 +59,9 @@ async fn every_runtime_serves_connections_and_all_of_them_drain_on_sigterm() {
     let be = Backend::start("be").await;
     let file = support::tempfile_path::TempPath::new("portico-workers", "yaml");
     std::fs::write(file.path(), yaml(&be, true)).unwrap();
-    let (mut child, fields) = start_binary_logged(
-        file.path(),
-        &["--threads", "2", "--watch-interval", "0"],
-        std::process::Stdio::piped(),
-    );
-    let addr: std::net::SocketAddr = fields["http_addr"].as_str().unwrap().parse().unwrap();
+    let (child, fields) =
+        start_binary_logged(file.path(), TWO_RUNTIMES, std::process::Stdio::piped());
+    let addr = http_addr(&fields);
     let admin = admin_addr(&fields);
 
     // Forty connections, one request each: the kernel spreads them over both sockets.
@@ -87,14 +86,7 @@ async fn every_runtime_serves_connections_and_all_of_them_drain_on_sigterm() {
     for request in in_flight {
         assert_eq!(request.await.unwrap().status, 200);
     }
-    let mut stdout = child.stdout.take().expect("stdout");
-    let (status, text) = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-        (child.wait(), text)
-    })
-    .await
-    .unwrap();
+    let (status, text) = wait_with_stdout(child).await;
     assert!(status.expect("wait").success());
     let slow_lines = text
         .lines()
@@ -109,12 +101,9 @@ async fn upstream_connections_are_reused_within_each_runtime() {
     let be = Backend::start("be").await;
     let file = support::tempfile_path::TempPath::new("portico-workers-pool", "yaml");
     std::fs::write(file.path(), yaml(&be, false)).unwrap();
-    let (mut child, fields) = start_binary_logged(
-        file.path(),
-        &["--threads", "2", "--watch-interval", "0"],
-        std::process::Stdio::null(),
-    );
-    let addr: std::net::SocketAddr = fields["http_addr"].as_str().unwrap().parse().unwrap();
+    let (child, fields) =
+        start_binary_logged(file.path(), TWO_RUNTIMES, std::process::Stdio::null());
+    let addr = http_addr(&fields);
     // One client connection after another: each runtime opens upstream connections of
     // its own once, and reuses them for every later request it serves.
     for _ in 0..60 {
@@ -126,11 +115,7 @@ async fn upstream_connections_are_reused_within_each_runtime() {
         (1..=2).contains(&opened),
         "sequential requests over two runtimes opened {opened} upstream connections"
     );
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap();
-    assert!(status.expect("wait").success());
+    assert!(terminate(child).await.success());
 }
 
 /// A second gateway with several runtimes on the port of a first one (whose sockets
@@ -140,12 +125,9 @@ async fn a_port_in_use_is_refused_with_several_runtimes_too() {
     let be = Backend::start("be").await;
     let first_file = support::tempfile_path::TempPath::new("portico-workers-first", "yaml");
     std::fs::write(first_file.path(), yaml(&be, false)).unwrap();
-    let (mut first, fields) = start_binary_logged(
-        first_file.path(),
-        &["--threads", "2", "--watch-interval", "0"],
-        std::process::Stdio::null(),
-    );
-    let addr = fields["http_addr"].as_str().unwrap().to_string();
+    let (first, fields) =
+        start_binary_logged(first_file.path(), TWO_RUNTIMES, std::process::Stdio::null());
+    let addr = http_addr(&fields).to_string();
     let file = support::tempfile_path::TempPath::new("portico-workers-taken", "yaml");
     std::fs::write(
         file.path(),
@@ -181,9 +163,37 @@ async fn a_port_in_use_is_refused_with_several_runtimes_too() {
         stderr.contains(&addr),
         "the error names the address: {stderr}"
     );
-    signal(&first, "TERM");
-    let status = tokio::task::spawn_blocking(move || first.wait())
-        .await
-        .unwrap();
-    assert!(status.expect("wait").success());
+    assert!(terminate(first).await.success());
+}
+
+/// `--scheduler work-stealing`: one multi-thread runtime with one accept loop, which
+/// serves and drains like the per-core one.
+#[tokio::test]
+async fn the_work_stealing_scheduler_serves_from_one_accept_loop() {
+    let be = Backend::start("be").await;
+    let file = support::tempfile_path::TempPath::new("portico-workers-stealing", "yaml");
+    std::fs::write(file.path(), yaml(&be, false)).unwrap();
+    let (child, fields) = start_binary_logged(
+        file.path(),
+        &[
+            "--threads",
+            "2",
+            "--scheduler",
+            "work-stealing",
+            "--watch-interval",
+            "0",
+        ],
+        std::process::Stdio::null(),
+    );
+    let addr = http_addr(&fields);
+    for _ in 0..10 {
+        assert_eq!(Client::new().get(addr, "/x").await.status, 200);
+    }
+    let metrics = metrics_text(admin_addr(&fields)).await;
+    assert_eq!(
+        accepted_by_worker(&metrics),
+        vec![("0".to_string(), 10)],
+        "{metrics}"
+    );
+    assert!(terminate(child).await.success());
 }

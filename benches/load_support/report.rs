@@ -39,39 +39,32 @@ pub fn cpu_model() -> String {
 }
 
 pub fn markdown(args: &Args, pinning: &Pinning, fleet: &Fleet, results: &[Outcome]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "### Portico load run\n");
-    let _ = writeln!(
-        out,
-        "- machine: {} cores, {}\n- pinning: {}\n- load: {} keep-alive connections, closed loop, {:?} measured per scenario in {} alternating rounds, {:?} warm-up per segment\n- open loop: {}\n- threads: proxy {}, load generator {}\n- Portico: {} routes, {} upstreams, access log off, listening {} ms after spawn; nginx: {}; haproxy: {}\n",
-        super::procs::cores(),
-        cpu_model(),
-        pinning.describe(),
-        args.connections,
-        args.duration,
-        args.rounds,
-        args.warmup,
-        if args.rate > 0.0 {
-            format!(
-                "{} req/s in total over the same connections, GET 100 B, same rounds and warm-up; {}",
-                args.rate,
-                if pinning.client.is_empty() {
-                    "paced by tokio's 1 ms timer (one core: send times up to 1 ms late, counted as latency)"
-                } else {
-                    "paced by busy-polling the load generator's core"
-                }
-            )
-        } else {
-            "off".into()
-        },
-        args.proxy_threads,
-        args.client_threads,
-        super::portico_conf::ROUTES,
-        super::portico_conf::UPSTREAMS,
-        fleet.portico_startup.as_millis(),
-        fleet.nginx_version.as_deref().unwrap_or("not run"),
-        fleet.haproxy_version.as_deref().unwrap_or("not run"),
-    );
+    let open_loop = if args.rate > 0.0 {
+        format!(
+            "{} req/s in total over the same connections, GET 100 B, same rounds and warm-up; {}",
+            args.rate,
+            if pinning.client.is_empty() {
+                "paced by tokio's 1 ms timer (one core: send times up to 1 ms late, counted as latency)"
+            } else {
+                "paced by busy-polling the load generator's core"
+            }
+        )
+    } else {
+        "off".into()
+    };
+    let notes = [
+        format!("open loop: {open_loop}"),
+        format!("proxy threads: {}", args.proxy_threads),
+        format!(
+            "Portico: {} routes, {} upstreams, access log off, listening {} ms after spawn; nginx: {}; haproxy: {}",
+            super::portico_conf::ROUTES,
+            super::portico_conf::UPSTREAMS,
+            fleet.portico_startup.as_millis(),
+            fleet.nginx_version.as_deref().unwrap_or("not run"),
+            fleet.haproxy_version.as_deref().unwrap_or("not run"),
+        ),
+    ];
+    let mut out = mode_header("Portico load run", args, pinning, &notes);
     let _ = writeln!(
         out,
         "| load | target | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | proxy peak RSS MiB | req/s vs direct | req/s vs nginx | req/s vs portico plain | errors |"

@@ -12,12 +12,31 @@ pub fn start_binary(
     stdout: std::process::Stdio,
 ) -> (std::process::Child, std::net::SocketAddr) {
     let (child, fields) = start_binary_logged(config, extra, stdout);
-    let addr = fields["http_addr"]
+    (child, http_addr(&fields))
+}
+
+/// The proxy address in the fields of the "portico listening" line.
+pub fn http_addr(fields: &serde_json::Value) -> std::net::SocketAddr {
+    fields["http_addr"]
         .as_str()
         .expect("an http_addr field")
         .parse()
-        .expect("an address");
-    (child, addr)
+        .expect("an address")
+}
+
+/// Waits for the child to exit (it was started with a piped stdout) and returns its
+/// exit status and everything it wrote to stdout.
+pub async fn wait_with_stdout(
+    mut child: std::process::Child,
+) -> (std::io::Result<std::process::ExitStatus>, String) {
+    let mut stdout = child.stdout.take().expect("stdout");
+    tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        (child.wait(), text)
+    })
+    .await
+    .expect("the waiting thread")
 }
 
 /// `start_binary`, returning the fields of the "portico listening" log line.
@@ -68,4 +87,13 @@ pub fn signal(child: &std::process::Child, name: &str) {
         .status()
         .expect("kill");
     assert!(sent.success(), "kill -{name} failed");
+}
+
+/// SIGTERM, then the exit status once the child has drained and exited.
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    signal(&child, "TERM");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("the waiting thread")
+        .expect("wait")
 }
